@@ -1,0 +1,128 @@
+"""The JSON API's edge: authentication, CSRF, body limits and the error shape.
+
+Every 4xx answer under ``/api/`` is ``{"error": CODE, "message": S}``. Views are
+async, wrapped by :func:`api_view`, and raise :class:`ApiError` to answer one.
+"""
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
+
+from project import tokens
+from project.middleware import get_active_user
+from project.protocol import API_MAX_BODY_BYTES
+
+STATUS_OF = {
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "invalid_json": 400,
+    "invalid_body": 400,
+    "invalid_query": 400,
+    "too_large": 413,
+    "throttled": 429,
+}
+
+
+class ApiError(Exception):
+    """An API answer with an error body; the status follows from the code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def response(self) -> JsonResponse:
+        return error_response(self.code, self.message)
+
+
+def error_response(code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": code, "message": message}, status=STATUS_OF[code])
+
+
+_csrf = CsrfViewMiddleware(lambda request: None)
+
+
+async def authenticate(request: HttpRequest):
+    """The user of a Bearer token, else of the session (CSRF-checked for writes)."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError("unauthorized", "Authorization must be 'Bearer <token>'")
+        try:
+            claims = tokens.decode(token.strip())
+        except tokens.ExpiredToken:
+            raise ApiError("unauthorized", "token has expired") from None
+        except tokens.InvalidToken:
+            raise ApiError("unauthorized", "token is invalid") from None
+        user = await get_active_user(claims.user_id)
+        if user is None:
+            raise ApiError("unauthorized", "token names no active user")
+        return user
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise ApiError("unauthorized", "authentication required (Bearer token or session)")
+    if request.method not in {"GET", "HEAD", "OPTIONS"}:
+        rejected = _csrf.process_view(request, None, (), {})
+        if rejected is not None:
+            raise ApiError("forbidden", "CSRF check failed")
+    return user
+
+
+def read_json_object(request: HttpRequest) -> dict[str, Any]:
+    """The request body as a JSON object of at most ``API_MAX_BODY_BYTES`` bytes."""
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > API_MAX_BODY_BYTES:
+        raise ApiError("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise ApiError("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes") from None
+    if len(body) > API_MAX_BODY_BYTES:
+        raise ApiError("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError("invalid_json", "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError("invalid_body", "body must be a JSON object")
+    return data
+
+
+View = Callable[..., Awaitable[JsonResponse]]
+
+
+def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[[View], View]:
+    """Wrap an async API view: method check, authentication, error translation.
+
+    The view gets ``request.api_user`` (``AnonymousUser`` when ``auth`` is off).
+    """
+
+    def decorator(view: View) -> View:
+        @csrf_exempt  # checked in authenticate(), for session-authenticated writes only
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+            try:
+                if request.method not in methods:
+                    raise ApiError("method_not_allowed", f"use {' or '.join(methods)}")
+                request.api_user = await authenticate(request) if auth else AnonymousUser()
+                if staff and not request.api_user.is_staff:
+                    raise ApiError("forbidden", "staff only")
+                return await view(request, *args, **kwargs)
+            except ApiError as exc:
+                return exc.response()
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,23 @@
+"""ASGI entry point: HTTP to Django, WebSockets through origin check and auth."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from project.middleware import WebSocketAuthStack  # noqa: E402
+from project.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        # Static files are served in every mode, so the chat page works under
+        # daphne alone; a deployment may let nginx serve STATIC_ROOT instead.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": WebSocketAuthStack(URLRouter(websocket_urlpatterns)),
+    }
+)

@@ -1,0 +1,251 @@
+"""The base of every WebSocket consumer, and the echo consumer.
+
+:class:`ProtocolConsumer` applies what the contract says of every endpoint:
+the auth outcomes (accept, then close 4001/4002/4003), the connection caps
+(4013), the message-size limit (4009), the per-connection token bucket
+(``rate_limited``, then 4008), token refresh with the ``auth`` frame and the
+close at token expiry. Subclasses implement :meth:`joined`, :meth:`left` and
+:meth:`receive_frame`; a :class:`~project.protocol.ProtocolError` raised there
+becomes an ``error`` frame and the connection stays open.
+"""
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
+from django.conf import settings
+
+from project import protocol, tokens
+from project.hub import Hub, get_hub
+from project.middleware import get_active_user
+from project.protocol import CloseCode, ErrorCode, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+class ProtocolConsumer(AsyncWebsocketConsumer):
+    """A consumer that keeps the contract's limits and auth rules."""
+
+    #: Whether the endpoint needs an authenticated user.
+    requires_user = True
+    #: The endpoint's name in the connection registry.
+    endpoint = ""
+
+    hub: Hub
+    conn: str
+    closing = False
+    _counted = False
+    _registered = False
+    _joined = False
+    _expiry: asyncio.TimerHandle | None = None
+
+    async def dispatch(self, message):
+        """Call the handler directly.
+
+        Channels' own ``dispatch`` closes stale database connections through a
+        thread hop on every event; all our database work goes through
+        ``database_sync_to_async``, which does that itself.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # --- Lifecycle ----------------------------------------------------------------
+
+    def handshake_refusal(self) -> str | None:
+        """A reason to refuse the handshake (HTTP 403), or ``None``."""
+        return None
+
+    async def websocket_connect(self, message) -> None:
+        refusal = self.handshake_refusal()
+        if refusal:
+            logger.info("refused %s handshake: %s", self.endpoint, refusal)
+            await self.close()
+            return
+        self.hub = await get_hub()
+        self.conn = self.hub.new_connection_name()
+        self.user = self.scope.get("user")
+        await self.accept()
+        auth_error = self.scope.get("auth_error") if self.requires_user else None
+        if auth_error is not None:
+            logger.info("closed %s connection: auth failure %s", self.endpoint, auth_error.name)
+            await self.close_with(auth_error)
+            return
+        if settings.WS_MAX_CONNECTIONS and self.hub.connections >= settings.WS_MAX_CONNECTIONS:
+            logger.warning("connection cap of this process reached (%d)", self.hub.connections)
+            await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
+            return
+        self.hub.connections += 1
+        self._counted = True
+        self.bucket = TokenBucket(settings.WS_RATE_LIMIT, settings.WS_RATE_BURST)
+        if self.requires_user:
+            self._registered = await self.hub.registry.register(
+                self.user.username, self.conn, self.endpoint,
+                settings.WS_MAX_CONNECTIONS_PER_USER,
+            )
+            if not self._registered:
+                logger.info("per-user connection cap reached for a user")
+                await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
+                return
+            self.hub.add_user_connection(self.user.username, self)
+            self.schedule_expiry(self.scope.get("token_expires_at"))
+        self._joined = True
+        await self.joined()
+
+    async def websocket_disconnect(self, message) -> None:
+        self.closing = True
+        try:
+            if self._joined:
+                await self.left()
+        except Exception:
+            logger.exception("error while leaving a %s connection", self.endpoint)
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if self._registered:
+                self.hub.remove_user_connection(self.user.username, self)
+                try:
+                    await self.hub.registry.unregister(self.user.username, self.conn)
+                except Exception:
+                    logger.exception("could not unregister a connection")
+            if self._counted:
+                self.hub.connections -= 1
+        raise StopConsumer()
+
+    async def joined(self) -> None:
+        """The connection is accepted, authenticated and within the caps."""
+
+    async def left(self) -> None:
+        """The connection closed after :meth:`joined`."""
+
+    async def close_with(self, code: CloseCode) -> None:
+        """Close with an application code; nothing more is sent or handled."""
+        if not self.closing:
+            self.closing = True
+            await self.close(code=int(code))
+
+    async def send_frame(self, text: str) -> None:
+        if not self.closing:
+            await self.base_send({"type": "websocket.send", "text": text})
+
+    # --- Incoming frames ----------------------------------------------------------------
+
+    async def websocket_receive(self, message) -> None:
+        if self.closing:
+            return
+        text, data = message.get("text"), message.get("bytes")
+        if too_large(text, data, settings.WS_MAX_MESSAGE_BYTES):
+            await self.close_with(CloseCode.MESSAGE_TOO_BIG)
+            return
+        if not self.bucket.take():
+            if self.bucket.dropped_in_row >= settings.WS_RATE_BURST:
+                logger.info("closing a %s connection that kept flooding", self.endpoint)
+                await self.close_with(CloseCode.RATE_LIMITED)
+            else:
+                await self.send_frame(
+                    protocol.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
+                )
+            return
+        try:
+            await self.receive_frame(text, data)
+        except ProtocolError as exc:
+            await self.send_frame(protocol.error(exc.code, exc.message))
+        except Exception:
+            logger.exception("unexpected error handling a %s frame", self.endpoint)
+            await self.send_frame(
+                protocol.error(ErrorCode.UNAVAILABLE, "the server could not handle this frame")
+            )
+
+    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
+        raise NotImplementedError
+
+    # --- Token lifetime ---------------------------------------------------------------
+
+    def schedule_expiry(self, expires_at: datetime | None) -> None:
+        """Close with 4001 when a token-authenticated connection's token expires."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires_at is None:
+            return
+        delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.05
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(
+            delay, lambda: loop.create_task(self.close_with(CloseCode.TOKEN_EXPIRED))
+        )
+
+    async def refresh_token(self, token: str) -> None:
+        """Handle an ``auth`` frame: same user, valid token -> ``auth_ok``."""
+        try:
+            claims = tokens.decode(token)
+        except tokens.TokenError:
+            raise ProtocolError(ErrorCode.INVALID_TOKEN, "token is expired or invalid") from None
+        if claims.user_id != self.user.username or await get_active_user(claims.user_id) is None:
+            raise ProtocolError(ErrorCode.INVALID_TOKEN, "token is for another or inactive user")
+        if self.scope.get("token_expires_at") is not None:
+            self.schedule_expiry(claims.expires_at)
+        await self.send_frame(protocol.auth_ok(claims.expires_at))
+
+
+def too_large(text: str | None, data: bytes | None, limit: int) -> bool:
+    """Whether a frame's payload exceeds ``limit`` bytes (0: no limit)."""
+    if not limit:
+        return False
+    if data is not None:
+        return len(data) > limit
+    if text is None:
+        return False
+    # A code point is at most 4 bytes in UTF-8: skip the encoding when it can't matter.
+    if len(text) > limit:
+        return True
+    return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
+
+
+class TokenBucket:
+    """``rate`` frames per second with bursts of ``burst``; either 0 disables it."""
+
+    __slots__ = ("burst", "dropped_in_row", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: int, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.dropped_in_row = 0
+
+    def take(self) -> bool:
+        if not self.rate or not self.burst:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.dropped_in_row = 0
+            return True
+        self.dropped_in_row += 1
+        return False
+
+
+class EchoConsumer(ProtocolConsumer):
+    """``/ws/echo/``: text ``X`` comes back as ``Echo: X``, bytes as themselves."""
+
+    requires_user = False
+    endpoint = "echo"
+
+    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
+        if text is not None:
+            await self.send_frame("Echo: " + text)
+        elif data:
+            await self.base_send({"type": "websocket.send", "bytes": data})
+
+
+class RefusingConsumer(AsyncWebsocketConsumer):
+    """Any WebSocket path without a route: refused at the handshake (HTTP 403)."""
+
+    async def websocket_connect(self, message) -> None:
+        await self.close()

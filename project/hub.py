@@ -1,0 +1,201 @@
+"""The process hub: one channel-layer subscription per group per process.
+
+A plain Channels app adds every consumer's channel to its groups, so a room of
+1000 members costs 1000 layer deliveries per message, each decoded and
+dispatched by its own consumer. Here each process has one channel (the hub's);
+the hub joins a group once, when the first local listener asks for it, and
+hands each event to the local listeners (a chat room, a user's notification
+tabs), which send the frame, serialised once by the publisher, to their sockets.
+
+Events are small dicts of plain values with a ``group`` key; the hub knows
+nothing about chat or notifications.
+"""
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from project.registry import Departure, LocalRegistry, RedisRegistry
+
+logger = logging.getLogger(__name__)
+
+GROUP_REFRESH_SECONDS = 3600.0
+
+
+class Listener(Protocol):
+    async def hub_event(self, event: dict) -> None: ...
+
+
+DepartureHandler = Callable[["Hub", list[Departure]], Awaitable[None]]
+departure_handlers: list[DepartureHandler] = []
+
+
+class Hub:
+    """Everything one process (one event loop) shares between its connections."""
+
+    def __init__(self) -> None:
+        self.proc_id = secrets.token_hex(6)
+        self.layer = get_channel_layer()
+        if settings.REDIS_URL:
+            self.registry = RedisRegistry(self.proc_id, settings.REDIS_URL, settings.REDIS_PREFIX)
+        else:
+            self.registry = LocalRegistry(self.proc_id)
+        self.groups: dict[str, set[Listener]] = {}
+        self.connections = 0
+        # Authenticated consumers of this process by username (to revoke a user).
+        self.user_connections: dict[str, set] = {}
+        self.channel = ""
+        self._membership = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self.heartbeat_seconds = settings.HUB_HEARTBEAT_SECONDS
+        self.dead_after_seconds = settings.HUB_DEAD_AFTER_SECONDS
+
+    async def start(self) -> None:
+        self.channel = await self.layer.new_channel("hub")
+        await self.registry.heartbeat()
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name="hub-receive"),
+            asyncio.create_task(self._maintenance_loop(), name="hub-maintenance"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for group in list(self.groups):
+            try:
+                await self.layer.group_discard(group, self.channel)
+            except Exception:
+                logger.warning("could not leave group %s", group, exc_info=True)
+        self.groups.clear()
+        await self.registry.close()
+
+    def new_connection_name(self) -> str:
+        return f"{self.proc_id}|{secrets.token_hex(8)}"
+
+    def add_user_connection(self, user: str, consumer) -> None:
+        self.user_connections.setdefault(user, set()).add(consumer)
+
+    def remove_user_connection(self, user: str, consumer) -> None:
+        consumers = self.user_connections.get(user)
+        if consumers is not None:
+            consumers.discard(consumer)
+            if not consumers:
+                del self.user_connections[user]
+
+    # --- Groups -------------------------------------------------------------------
+
+    async def subscribe(self, group: str, listener: Listener) -> None:
+        """Deliver ``group``'s events to ``listener``; returns once the layer has joined."""
+        async with self._membership:
+            listeners = self.groups.get(group)
+            if listeners is None:
+                await self.layer.group_add(group, self.channel)
+                listeners = self.groups[group] = set()
+            listeners.add(listener)
+
+    async def unsubscribe(self, group: str, listener: Listener) -> None:
+        async with self._membership:
+            listeners = self.groups.get(group)
+            if listeners is None:
+                return
+            listeners.discard(listener)
+            if not listeners:
+                del self.groups[group]
+                await self.layer.group_discard(group, self.channel)
+
+    async def publish(self, group: str, event: dict) -> None:
+        """Send ``event`` to every process subscribed to ``group`` (this one included)."""
+        await self.layer.group_send(group, {"type": "hub.event", "group": group, **event})
+
+    async def _receive_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                event = await self.layer.receive(self.channel)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("channel layer receive failed; retrying in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for listener in list(self.groups.get(event.get("group"), ())):
+                try:
+                    await listener.hub_event(event)
+                except Exception:
+                    logger.exception("listener %r failed on a %s event", listener,
+                                     event.get("kind"))
+
+    # --- Maintenance ------------------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        last_refresh = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                if await self.registry.heartbeat():
+                    # Our heartbeat was gone: Redis lost its data (a restart) or we
+                    # were taken for dead. Put back what this process holds.
+                    logger.warning("registry lost this process's state; restoring it")
+                    await self.registry.restore()
+                    await self._refresh_groups()
+                    last_refresh = time.monotonic()
+                departures = await self.registry.reap(self.dead_after_seconds)
+                if departures:
+                    logger.info("reaped %d departures of dead processes", len(departures))
+                    for handler in departure_handlers:
+                        await handler(self, departures)
+                if time.monotonic() - last_refresh > GROUP_REFRESH_SECONDS:
+                    await self._refresh_groups()
+                    last_refresh = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("hub maintenance failed; retrying next beat")
+
+    async def _refresh_groups(self) -> None:
+        for group in list(self.groups):
+            await self.layer.group_add(group, self.channel)
+
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+_starting: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
+
+
+async def get_hub() -> Hub:
+    """The hub of the running event loop, started on first use."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is not None:
+        return hub
+    starting = _starting.get(loop)
+    if starting is not None:
+        return await asyncio.shield(starting)
+    future = _starting[loop] = loop.create_future()
+    try:
+        hub = Hub()
+        await hub.start()
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # mark retrieved: a waiter may or may not exist
+        raise
+    finally:
+        del _starting[loop]
+    _hubs[loop] = hub
+    future.set_result(hub)
+    return hub
+
+
+async def close_hub() -> None:
+    """Stop this loop's hub (tests, shutdown); the next ``get_hub`` starts a new one."""
+    hub = _hubs.pop(asyncio.get_running_loop(), None)
+    if hub is not None:
+        await hub.close()

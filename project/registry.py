@@ -1,0 +1,289 @@
+"""Who is connected where: connection counts and room presence, across processes.
+
+Two implementations share one interface:
+
+* :class:`LocalRegistry` keeps everything in this process. It is used with the
+  in-memory channel layer, where there is only one process to know about.
+* :class:`RedisRegistry` keeps it in Redis (``REDIS_URL``), so every daphne
+  process sees the same counts and room members. Each process writes a
+  heartbeat; a process that stops heartbeating (``kill -9``, a lost host) is
+  reaped by the survivors, which drop its connections and report which users
+  left which rooms. Each change is one Lua script, so it is atomic.
+
+Connections are named ``"<process id>|<connection id>"``.
+"""
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+NOTIFICATIONS = "notifications"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChange:
+    """The result of a join or leave: was/is the user present, and who is."""
+
+    user_present: bool
+    users: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A user who left ``room`` because a dead process was reaped."""
+
+    room: str
+    user: str
+    users: list[str]
+
+
+class LocalRegistry:
+    """The registry of a single process."""
+
+    def __init__(self, proc_id: str) -> None:
+        self.proc_id = proc_id
+        self.user_conns: dict[str, dict[str, str]] = defaultdict(dict)
+        self.room_conns: dict[str, dict[str, str]] = defaultdict(dict)
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def register(self, user: str, conn: str, endpoint: str, limit: int) -> bool:
+        conns = self.user_conns[user]
+        if limit and len(conns) >= limit:
+            return False
+        conns[conn] = endpoint
+        return True
+
+    async def unregister(self, user: str, conn: str) -> None:
+        conns = self.user_conns.get(user)
+        if conns is not None:
+            conns.pop(conn, None)
+            if not conns:
+                del self.user_conns[user]
+
+    async def notification_connections(self, user: str) -> int:
+        return sum(1 for e in self.user_conns.get(user, {}).values() if e == NOTIFICATIONS)
+
+    async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
+        members = self.room_conns[room]
+        present = user in members.values()
+        members[conn] = user
+        return RoomChange(present, sorted(set(members.values())))
+
+    async def room_leave(self, room: str, conn: str) -> RoomChange:
+        members = self.room_conns.get(room, {})
+        user = members.pop(conn, None)
+        present = user in members.values()
+        users = sorted(set(members.values()))
+        if not members:
+            self.room_conns.pop(room, None)
+        return RoomChange(present, users)
+
+    async def room_has_user(self, room: str, user: str) -> bool:
+        return user in self.room_conns.get(room, {}).values()
+
+    @contextlib.asynccontextmanager
+    async def room_lock(self, room: str) -> AsyncIterator[None]:
+        lock = self.locks.setdefault(room, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def heartbeat(self) -> bool:
+        """Nothing to do: this process cannot die without its registry."""
+        return False
+
+    async def restore(self) -> None:
+        pass
+
+    async def reap(self, timeout: float) -> list[Departure]:
+        return []
+
+    async def close(self) -> None:
+        self.user_conns.clear()
+        self.room_conns.clear()
+
+
+# KEYS/ARGV layouts are documented at each script. Hash fields are connection names.
+_REGISTER = """
+local n = redis.call('HLEN', KEYS[1])
+if tonumber(ARGV[3]) > 0 and n >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[4])
+return 1
+"""  # KEYS: user hash, proc users set; ARGV: conn, endpoint, limit, user
+
+_USERS = """
+local function users_of(key)
+  local seen, list = {}, {}
+  for _, u in ipairs(redis.call('HVALS', key)) do
+    if not seen[u] then seen[u] = true; table.insert(list, u) end
+  end
+  table.sort(list)
+  return list, seen
+end
+"""
+
+_ROOM_JOIN = _USERS + """
+local _, before = users_of(KEYS[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+local list = users_of(KEYS[1])
+return {before[ARGV[2]] and 1 or 0, list}
+"""  # KEYS: room hash, proc rooms set; ARGV: conn, user, room
+
+_ROOM_LEAVE = _USERS + """
+local user = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+local list, seen = users_of(KEYS[1])
+return {(user and seen[user]) and 1 or 0, list}
+"""  # KEYS: room hash; ARGV: conn
+
+_COUNT_VALUE = """
+local n = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do if v == ARGV[1] then n = n + 1 end end
+return n
+"""  # KEYS: hash; ARGV: value
+
+_REAP_ROOM = _USERS + """
+local _, before = users_of(KEYS[1])
+local prefix = ARGV[1]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+end
+local list, after = users_of(KEYS[1])
+local gone = {}
+for u, _ in pairs(before) do if not after[u] then table.insert(gone, u) end end
+table.sort(gone)
+return {gone, list}
+"""  # KEYS: room hash; ARGV: "<proc>|"
+
+_REAP_USER = """
+local prefix = ARGV[1]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+end
+return 1
+"""  # KEYS: user hash; ARGV: "<proc>|"
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisRegistry:
+    """The registry shared by every process on one Redis."""
+
+    lock_ttl_ms = 5000
+
+    def __init__(self, proc_id: str, url: str, prefix: str = "rt") -> None:
+        import redis.asyncio as redis
+
+        self.proc_id = proc_id
+        self.prefix = prefix + ":"
+        self.redis = redis.Redis.from_url(url, decode_responses=True)
+        # What this process has written, to put back if Redis loses it (a restart).
+        self.own_conns: dict[str, tuple[str, str]] = {}
+        self.own_room_conns: dict[tuple[str, str], str] = {}
+        self.scripts = {
+            name: self.redis.register_script(source)
+            for name, source in {
+                "register": _REGISTER,
+                "room_join": _ROOM_JOIN,
+                "room_leave": _ROOM_LEAVE,
+                "count_value": _COUNT_VALUE,
+                "reap_room": _REAP_ROOM,
+                "reap_user": _REAP_USER,
+                "unlock": _UNLOCK,
+            }.items()
+        }
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def register(self, user: str, conn: str, endpoint: str, limit: int) -> bool:
+        keys = [self.key("user", user), self.key("proc", self.proc_id, "users")]
+        if not await self.scripts["register"](keys, [conn, endpoint, limit, user]):
+            return False
+        self.own_conns[conn] = (user, endpoint)
+        return True
+
+    async def unregister(self, user: str, conn: str) -> None:
+        self.own_conns.pop(conn, None)
+        await self.redis.hdel(self.key("user", user), conn)
+
+    async def notification_connections(self, user: str) -> int:
+        return int(await self.scripts["count_value"]([self.key("user", user)], [NOTIFICATIONS]))
+
+    async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
+        keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms")]
+        present, users = await self.scripts["room_join"](keys, [conn, user, room])
+        self.own_room_conns[room, conn] = user
+        return RoomChange(bool(present), list(users))
+
+    async def room_leave(self, room: str, conn: str) -> RoomChange:
+        self.own_room_conns.pop((room, conn), None)
+        present, users = await self.scripts["room_leave"]([self.key("room", room)], [conn])
+        return RoomChange(bool(present), list(users))
+
+    async def room_has_user(self, room: str, user: str) -> bool:
+        return user in await self.redis.hvals(self.key("room", room))
+
+    @contextlib.asynccontextmanager
+    async def room_lock(self, room: str) -> AsyncIterator[None]:
+        """A lock on ``room`` across processes; it expires if its holder dies."""
+        key, token, delay = self.key("lock", room), secrets.token_hex(8), 0.001
+        deadline = time.monotonic() + 10
+        while not await self.redis.set(key, token, nx=True, px=self.lock_ttl_ms):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"room lock {room!r} not acquired in 10 s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        try:
+            yield
+        finally:
+            await self.scripts["unlock"]([key], [token])
+
+    async def heartbeat(self) -> bool:
+        """Beat; true when this process was missing (Redis restarted, or we were reaped)."""
+        return bool(await self.redis.zadd(self.key("procs"), {self.proc_id: time.time()}))
+
+    async def restore(self) -> None:
+        """Write back every connection and room membership this process holds."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conn, (user, endpoint) in self.own_conns.items():
+                pipe.hset(self.key("user", user), conn, endpoint)
+                pipe.sadd(self.key("proc", self.proc_id, "users"), user)
+            for (room, conn), user in self.own_room_conns.items():
+                pipe.hset(self.key("room", room), conn, user)
+                pipe.sadd(self.key("proc", self.proc_id, "rooms"), room)
+            await pipe.execute()
+
+    async def reap(self, timeout: float) -> list[Departure]:
+        """Drop the connections of processes silent for ``timeout`` seconds."""
+        departures: list[Departure] = []
+        dead = await self.redis.zrangebyscore(self.key("procs"), "-inf", time.time() - timeout)
+        for proc in dead:
+            # ZREM succeeds for one process only: that one reaps.
+            if proc == self.proc_id or not await self.redis.zrem(self.key("procs"), proc):
+                continue
+            departures += await self._reap_process(proc)
+        return departures
+
+    async def _reap_process(self, proc: str) -> list[Departure]:
+        departures = []
+        users_key, rooms_key = self.key("proc", proc, "users"), self.key("proc", proc, "rooms")
+        for user in await self.redis.smembers(users_key):
+            await self.scripts["reap_user"]([self.key("user", user)], [proc + "|"])
+        for room in await self.redis.smembers(rooms_key):
+            gone, users = await self.scripts["reap_room"]([self.key("room", room)], [proc + "|"])
+            departures += [Departure(room, user, list(users)) for user in gone]
+        await self.redis.delete(users_key, rooms_key)
+        return departures
+
+    async def close(self) -> None:
+        """Stop talking to Redis; what this process still holds is reaped by the others."""
+        await self.redis.aclose()

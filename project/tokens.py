@@ -1,0 +1,68 @@
+"""JSON Web Tokens: the only place that signs or decodes one.
+
+Tokens are HS256, signed with ``settings.JWT_SECRET`` (``SECRET_KEY`` when unset),
+and carry ``user_id`` (the username), ``iat`` and ``exp``. Any other algorithm,
+``alg: none`` included, and any missing claim make a token invalid.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from django.conf import settings
+
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ["user_id", "exp", "iat"]
+
+
+class TokenError(Exception):
+    """The token cannot be used."""
+
+
+class ExpiredToken(TokenError):
+    """Validly signed, but past its ``exp``."""
+
+    def __init__(self, user_id: str | None) -> None:
+        super().__init__("token has expired")
+        self.user_id = user_id
+
+
+class InvalidToken(TokenError):
+    """Bad signature, wrong algorithm, malformed, or a claim missing."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: str
+    expires_at: datetime
+
+
+def issue(username: str, ttl: int | None = None) -> tuple[str, datetime]:
+    """Sign a token for ``username``, valid ``ttl`` seconds (``JWT_TTL`` by default)."""
+    issued_at = datetime.now(UTC).replace(microsecond=0)
+    expires_at = issued_at + timedelta(seconds=settings.JWT_TTL if ttl is None else ttl)
+    payload = {"user_id": username, "iat": issued_at, "exp": expires_at}
+    return jwt.encode(payload, settings.JWT_SECRET, algorithm=ALGORITHM), expires_at
+
+
+def decode(token: str) -> Claims:
+    """Verify ``token`` and return its claims; raise ``ExpiredToken`` or ``InvalidToken``."""
+    try:
+        payload = jwt.decode(
+            token,
+            settings.JWT_SECRET,
+            algorithms=[ALGORITHM],
+            options={"require": REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError:
+        # The signature was checked before the expiry, so the claims can be trusted
+        # enough to say whom the expired token named.
+        unverified = jwt.decode(token, options={"verify_signature": False})
+        user_id = unverified.get("user_id")
+        raise ExpiredToken(user_id if isinstance(user_id, str) else None) from None
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(str(exc)) from None
+    user_id = payload["user_id"]
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidToken("user_id must be a non-empty string")
+    return Claims(user_id, datetime.fromtimestamp(payload["exp"], UTC))

@@ -1,0 +1,61 @@
+"""Project-level HTTP views: token issue and the ``/api/`` fallback."""
+
+import hashlib
+import time
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django.core.cache import cache
+from django.http import HttpRequest, JsonResponse
+
+from project import protocol, tokens
+from project.api import ApiError, api_view, read_json_object
+
+
+def _failure_keys(username: str, address: str) -> list[str]:
+    digest = hashlib.sha256(username.encode()).hexdigest()
+    return [f"login-failures:user:{digest}", f"login-failures:addr:{address}"]
+
+
+def _recent(stamps: list[float] | None) -> list[float]:
+    cutoff = time.time() - settings.LOGIN_FAILURE_WINDOW
+    return [s for s in stamps or [] if s > cutoff]
+
+
+async def _throttled(keys: list[str]) -> bool:
+    found = await cache.aget_many(keys)
+    return any(len(_recent(found.get(k))) >= settings.LOGIN_MAX_FAILURES for k in keys)
+
+
+async def _record_failure(keys: list[str]) -> None:
+    found = await cache.aget_many(keys)
+    now = time.time()
+    await cache.aset_many(
+        {k: [*_recent(found.get(k)), now] for k in keys}, timeout=settings.LOGIN_FAILURE_WINDOW
+    )
+
+
+@api_view("POST", auth=False)
+async def token(request: HttpRequest) -> JsonResponse:
+    """``POST /api/token``: trade a username and password for a JWT."""
+    body = read_json_object(request)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiError("invalid_body", "'username' and 'password' must be strings")
+    keys = _failure_keys(username, request.META.get("REMOTE_ADDR", ""))
+    if await _throttled(keys):
+        raise ApiError("throttled", "too many failed logins; try again in 5 minutes")
+    user = await database_sync_to_async(authenticate)(
+        request, username=username, password=password
+    )
+    if user is None:
+        await _record_failure(keys)
+        raise ApiError("unauthorized", "bad username or password")
+    jwt, expires_at = tokens.issue(user.get_username())
+    return JsonResponse({"token": jwt, "expires_at": protocol.timestamp(expires_at)})
+
+
+@api_view("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", auth=False)
+async def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    raise ApiError("not_found", "no such API endpoint")

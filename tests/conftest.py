@@ -1,0 +1,188 @@
+"""Fixtures shared by the whole suite.
+
+* Under CI (``CI=true``) Redis and PostgreSQL must be reachable when their
+  URLs are set: a missing service fails the run instead of skipping tests.
+* ``daphne_server`` starts real daphne processes on the test database.
+* ``make_user`` / ``token_for`` create users and sign tokens.
+"""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from project import tokens
+from project.hub import close_hub
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not IN_CI:
+        return
+    missing = [name for name in ("REDIS_URL", "DATABASE_URL") if not os.environ.get(name)]
+    if missing:
+        pytest.exit(f"CI needs {', '.join(missing)} set (see .ci/run)", returncode=1)
+    import redis
+
+    try:
+        redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=3).ping()
+    except Exception as exc:
+        pytest.exit(f"CI: Redis at REDIS_URL is unreachable: {exc}", returncode=1)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """REDIS_URL; skips without it on a user's machine, fails under CI."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        if IN_CI:
+            pytest.fail("REDIS_URL must be set under CI")
+        pytest.skip("REDIS_URL is not set: Redis tests skipped")
+    return url
+
+
+@pytest.fixture(autouse=True)
+async def fresh_hub():
+    """Each test starts with a new process hub and an empty in-memory layer."""
+    yield
+    await close_hub()
+    layer = get_channel_layer()
+    if hasattr(layer, "flush") and not settings.REDIS_URL:
+        await layer.flush()
+
+
+@pytest.fixture
+def make_user(transactional_db) -> Callable[..., object]:
+    def make(username: str, *, staff: bool = False, active: bool = True, password=None):
+        user = get_user_model().objects.create(
+            username=username, is_staff=staff, is_active=active
+        )
+        user.set_password(password)
+        user.save()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def token_for() -> Callable[..., str]:
+    def make(username: str, ttl: int | None = None) -> str:
+        return tokens.issue(username, ttl)[0]
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_env() -> dict[str, str]:
+    """Environment that points a child process at this test run's database."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return {"SQLITE_PATH": str(db["NAME"]), "DATABASE_URL": ""}
+    port = db.get("PORT") or 5432
+    user = db.get("USER") or ""
+    auth = f"{user}:{db.get('PASSWORD')}@" if db.get("PASSWORD") else (f"{user}@" if user else "")
+    return {"DATABASE_URL": f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{port}/{db['NAME']}"}
+
+
+class DaphneProcess:
+    """A real ``manage.py serve`` process on a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited early:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"daphne did not listen within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """``kill -9``: no disconnect handlers run."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def daphne_server(transactional_db, tmp_path) -> Iterator[Callable[..., DaphneProcess]]:
+    """Start daphne processes on the test database: ``daphne_server(**env)``."""
+    started: list[DaphneProcess] = []
+
+    def start(**extra_env: str) -> DaphneProcess:
+        env = {
+            **os.environ,
+            **database_env(),
+            "DEBUG": "false",
+            "PYTHONUNBUFFERED": "1",
+            **extra_env,
+        }
+        server = DaphneProcess(env, tmp_path / f"daphne-{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def expired(seconds: int = 10) -> timedelta:
+    return timedelta(seconds=-seconds)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
