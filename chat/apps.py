@@ -5,3 +5,10 @@ class ChatConfig(AppConfig):
     name = "chat"
     verbose_name = "Chat"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from chat.services import announce_departures
+        from project.hub import departure_handlers
+
+        if announce_departures not in departure_handlers:
+            departure_handlers.append(announce_departures)

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -50,6 +50,8 @@ class Hub:
         self.connections = 0
         # Authenticated consumers of this process by username (to revoke a user).
         self.user_connections: dict[str, set] = {}
+        # Per-process state of the apps (chat rooms, notification listeners).
+        self.apps: dict[str, Any] = {}
         self.channel = ""
         self._membership = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []

@@ -276,3 +276,22 @@ def history(room: str, messages: list[dict], truncated: bool, **extra: Any) -> s
     frame["messages"] = messages
     frame["truncated"] = truncated
     return encode(frame)
+
+
+def message_item(
+    id: int, room: str, user_id: str, content: str, moment: str, ref: str | None = None
+) -> dict[str, Any]:
+    """MSG as a dict (for history lists); ``ref`` only in the sender's own copy."""
+    item = {"type": "message", "id": id, "room": room, "user_id": user_id,
+            "content": content, "timestamp": moment}
+    if ref is not None:
+        item["ref"] = ref
+    return item
+
+
+def private_item(
+    id: int, room: str, sender: str, recipient: str, content: str, moment: str
+) -> dict[str, Any]:
+    """PRIV as a dict."""
+    return {"type": "private", "id": id, "room": room, "from": sender, "to": recipient,
+            "content": content, "timestamp": moment}

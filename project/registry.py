@@ -98,7 +98,7 @@ class LocalRegistry:
     async def restore(self) -> None:
         pass
 
-    async def reap(self, timeout: float) -> list[Departure]:
+    async def reap(self, dead_after: float) -> list[Departure]:
         return []
 
     async def close(self) -> None:
@@ -262,10 +262,10 @@ class RedisRegistry:
                 pipe.sadd(self.key("proc", self.proc_id, "rooms"), room)
             await pipe.execute()
 
-    async def reap(self, timeout: float) -> list[Departure]:
-        """Drop the connections of processes silent for ``timeout`` seconds."""
+    async def reap(self, dead_after: float) -> list[Departure]:
+        """Drop the connections of processes silent for ``dead_after`` seconds."""
         departures: list[Departure] = []
-        dead = await self.redis.zrangebyscore(self.key("procs"), "-inf", time.time() - timeout)
+        dead = await self.redis.zrangebyscore(self.key("procs"), "-inf", time.time() - dead_after)
         for proc in dead:
             # ZREM succeeds for one process only: that one reaps.
             if proc == self.proc_id or not await self.redis.zrem(self.key("procs"), proc):

@@ -54,7 +54,7 @@ if not SECRET_KEY:
         raise ImproperlyConfigured(
             "SECRET_KEY is not set. Set it in the environment (or DEBUG=true for development)."
         )
-    SECRET_KEY = "django-insecure-development-only-key-do-not-deploy"  # noqa: S105
+    SECRET_KEY = "django-insecure-development-only-key-do-not-deploy"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")

@@ -1,0 +1,26 @@
+"""``GET /api/rooms/<room>/messages``: history paging over HTTP."""
+
+from django.http import HttpRequest, JsonResponse
+
+from chat import services
+from project import protocol
+from project.api import ApiError, api_view
+
+
+@api_view("GET")
+async def room_messages(request: HttpRequest, room: str) -> JsonResponse:
+    """The visible messages before ``before`` (or the latest), like the ``history`` frame."""
+    if not protocol.is_room_name(room):
+        raise ApiError("not_found", "no such room")
+    try:
+        before = request.GET.get("before") or None
+        before = None if before is None else protocol.parse_cursor(before)
+        if before == 0:
+            raise ValueError("before must be positive")
+        limit = request.GET.get("limit")
+        limit = protocol.HISTORY_PAGE_DEFAULT if limit is None else protocol.parse_limit(limit)
+    except ValueError as exc:
+        raise ApiError("invalid_query", f"bad query parameter: {exc}") from None
+    items, truncated = await services.history(
+        room, request.api_user, before=before, limit=limit)
+    return JsonResponse({"room": room, "messages": items, "truncated": truncated})

@@ -1,0 +1,43 @@
+"""Reads of chat history, shared by the consumer and the HTTP API."""
+
+from django.db.models import Q, QuerySet
+
+from chat.models import Message
+from project import protocol
+
+
+def visible_messages(room: str, user) -> QuerySet[Message]:
+    """Messages of ``room`` that ``user`` may see: room-wide, or private to or from them."""
+    return Message.objects.filter(room__name=room).filter(
+        Q(recipient__isnull=True) | Q(sender=user) | Q(recipient=user)
+    )
+
+
+def message_to_item(message: Message, room: str) -> dict:
+    moment = protocol.timestamp(message.created_at)
+    if message.recipient_id is None:
+        return protocol.message_item(
+            message.pk, room, message.sender.username, message.content, moment
+        )
+    return protocol.private_item(
+        message.pk, room, message.sender.username, message.recipient.username,
+        message.content, moment,
+    )
+
+
+def history_page(
+    room: str, user, *, after: int | None = None, before: int | None = None, limit: int
+) -> tuple[list[dict], bool]:
+    """The newest ``limit`` visible messages in the range, oldest first.
+
+    Returns the items and ``truncated``: whether visible messages of the range
+    (``id > after``, ``id < before``) were left out because of ``limit``.
+    """
+    messages = visible_messages(room, user).select_related("sender", "recipient")
+    if after is not None:
+        messages = messages.filter(id__gt=after)
+    if before is not None:
+        messages = messages.filter(id__lt=before)
+    newest = list(messages.order_by("-id")[: limit + 1])
+    truncated = len(newest) > limit
+    return [message_to_item(m, room) for m in reversed(newest[:limit])], truncated

@@ -1,0 +1,318 @@
+"""Chat actions: join, leave, send; the ordering and fan-out of a room.
+
+**Ordering.** Every message of a room is stored and then published by one
+:class:`RoomSequencer` per room per process, under the registry's room lock
+(a Redis lock across processes, an ``asyncio.Lock`` on one). Ids are assigned
+at insert time, so "stored, then published, in id order" holds across every
+process, and each connection receives a room's ids in strictly increasing
+order. Messages that wait for the lock are stored together in one transaction
+(a batch), which keeps the lock and the database round trips few under load.
+
+**Fan-out.** Each process keeps one :class:`LocalRoom` per room it serves. It is
+the hub's only listener for the room's group: a published batch arrives once
+per process and its frames, serialised once by the publisher, go to every local
+socket that may see them.
+
+**No gap on join.** A joining connection is registered with its LocalRoom
+before history is read, and buffers what arrives meanwhile; after history it
+drops what history already held (ids up to the last one sent) and goes live.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from chat import selectors
+from chat.models import Message, Room
+from project import protocol
+from project.hub import Hub
+from project.protocol import ErrorCode, ProtocolError
+from project.registry import Departure
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 200
+
+
+class ServiceUnavailable(Exception):
+    """The database or the channel layer failed; ``stored_id`` says if it was stored."""
+
+    def __init__(self, message: str, stored_id: int | None = None) -> None:
+        super().__init__(message)
+        self.stored_id = stored_id
+
+
+def room_group(room: str) -> str:
+    return f"chat.{room}"
+
+
+# --- Local fan-out ------------------------------------------------------------------
+
+
+class Member:
+    """What a LocalRoom needs of a connection (the chat consumer implements it)."""
+
+    conn: str
+    username: str
+    last_id: int
+    pending: list[dict] | None
+
+    async def send_frame(self, text: str) -> None: ...
+
+
+class LocalRoom:
+    """The sockets of one room on this process, and the room's sequencer."""
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self.hub, self.name, self.group = hub, name, room_group(name)
+        self.members: dict[str, Member] = {}
+        self.sequencer = RoomSequencer(self)
+
+    def __repr__(self) -> str:
+        return f"<LocalRoom {self.name} members={len(self.members)}>"
+
+    async def hub_event(self, event: dict) -> None:
+        kind = event.get("kind")
+        if kind == "batch":
+            for item in event["items"]:
+                await self.deliver(item)
+        elif kind == "presence":
+            await self.deliver(event)
+
+    async def deliver(self, item: dict) -> None:
+        """Send one item to every member that may see it, or buffer it if joining."""
+        audience, skip = item.get("to"), item.get("skip")
+        for member in list(self.members.values()):
+            if member.conn == skip or (audience and member.username not in audience):
+                continue
+            if member.pending is not None:
+                member.pending.append(item)
+                continue
+            await send_item(member, item)
+
+
+async def send_item(member: Member, item: dict) -> None:
+    item_id = item.get("id")
+    if item_id is not None:
+        if item_id <= member.last_id:
+            return
+        member.last_id = item_id
+    frame = item.get("frame_ref") if item.get("origin") == member.conn else None
+    await member.send_frame(frame or item["frame"])
+
+
+def local_rooms(hub: Hub) -> dict[str, LocalRoom]:
+    return hub.apps.setdefault("chat.rooms", {})
+
+
+async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
+    """Attach ``member`` to this process's room, buffering until :func:`go_live`."""
+    rooms = local_rooms(hub)
+    local = rooms.get(room)
+    if local is None:
+        local = rooms[room] = LocalRoom(hub, room)
+    member.pending = []
+    local.members[member.conn] = member
+    # Returns once the layer delivers the room's events here, so nothing published
+    # after the history query below can be missed.
+    await hub.subscribe(local.group, local)
+    return local
+
+
+async def announce_join(local: LocalRoom, member: Member) -> None:
+    """Register presence; tell the room if the user is new there, else only the member."""
+    change = await local.hub.registry.room_join(local.name, member.conn, member.username)
+    frame = protocol.presence(
+        "user_joined", member.username, change.users, protocol.now_timestamp()
+    )
+    await member.send_frame(frame)
+    if not change.user_present:
+        await local.hub.publish(
+            local.group, {"kind": "presence", "frame": frame, "skip": member.conn}
+        )
+
+
+async def go_live(member: Member) -> None:
+    """Send what arrived while joining (minus what history held), then stream."""
+    while member.pending:
+        pending, member.pending = member.pending, []
+        for item in pending:
+            await send_item(member, item)
+    member.pending = None
+
+
+async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None:
+    """Detach ``member``; tell the room if it was the user's last connection there."""
+    rooms = local_rooms(hub)
+    local = rooms.get(room)
+    if local is not None and local.members.get(member.conn) is member:
+        del local.members[member.conn]
+        if not local.members:
+            rooms.pop(room, None)
+            await hub.unsubscribe(local.group, local)
+    if not announced:
+        return
+    change = await hub.registry.room_leave(room, member.conn)
+    if not change.user_present:
+        frame = protocol.presence(
+            "user_left", member.username, change.users, protocol.now_timestamp()
+        )
+        await hub.publish(room_group(room), {"kind": "presence", "frame": frame})
+
+
+async def announce_departures(hub: Hub, departures: list[Departure]) -> None:
+    """``user_left`` for the users of a dead process (see ``Hub`` maintenance)."""
+    moment = protocol.now_timestamp()
+    for departure in departures:
+        frame = protocol.presence("user_left", departure.user, departure.users, moment)
+        await hub.publish(room_group(departure.room), {"kind": "presence", "frame": frame})
+
+
+# --- Sending ---------------------------------------------------------------------------
+
+
+@dataclass
+class Outgoing:
+    sender: Any
+    content: str
+    origin: str | None = None
+    ref: str | None = None
+    recipient: str | None = None
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class RoomSequencer:
+    """Stores and publishes a room's messages one batch at a time, in id order."""
+
+    def __init__(self, local: LocalRoom) -> None:
+        self.local = local
+        self.queue: list[Outgoing] = []
+        self.task: asyncio.Task | None = None
+
+    async def submit(self, outgoing: Outgoing) -> int:
+        self.queue.append(outgoing)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self.run(), name=f"sequencer-{self.local.name}")
+        return await outgoing.done
+
+    async def run(self) -> None:
+        while self.queue:
+            batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+            try:
+                await self.store_and_publish(batch)
+            except Exception as exc:
+                logger.exception("storing or publishing in room %s failed", self.local.name)
+                for outgoing in batch:
+                    if not outgoing.done.done():
+                        outgoing.done.set_exception(
+                            exc if isinstance(exc, ServiceUnavailable)
+                            else ServiceUnavailable("message could not be stored")
+                        )
+
+    async def store_and_publish(self, batch: list[Outgoing]) -> None:
+        local = self.local
+        async with local.hub.registry.room_lock(local.name):
+            stored = await store_messages(local.name, batch)
+            items = []
+            for outgoing, message in zip(batch, stored, strict=True):
+                if message is None:
+                    outgoing.done.set_exception(
+                        ProtocolError(ErrorCode.NOT_IN_ROOM, "that user is not in this room")
+                    )
+                    continue
+                items.append(event_item(local.name, outgoing, message))
+            if not items:
+                return
+            try:
+                await local.hub.publish(local.group, {"kind": "batch", "items": items})
+            except Exception:
+                logger.exception("publishing to room %s failed", local.name)
+                for outgoing, item in zip(
+                    (o for o, m in zip(batch, stored, strict=True) if m), items, strict=True
+                ):
+                    outgoing.done.set_exception(ServiceUnavailable(
+                        "stored, but not delivered live; it comes back with history",
+                        stored_id=item["id"],
+                    ))
+                return
+        for outgoing, message in zip(batch, stored, strict=True):
+            if message is not None and not outgoing.done.done():
+                outgoing.done.set_result(message.pk)
+
+
+def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:
+    """The layer item of one stored message: its frame, serialised once."""
+    moment = protocol.timestamp(message.created_at)
+    username = outgoing.sender.username
+    if outgoing.recipient is None:
+        item = {"id": message.pk, "frame": protocol.encode(
+            protocol.message_item(message.pk, room, username, outgoing.content, moment))}
+        if outgoing.ref is not None:
+            item["origin"] = outgoing.origin
+            item["frame_ref"] = protocol.encode(protocol.message_item(
+                message.pk, room, username, outgoing.content, moment, outgoing.ref))
+        return item
+    return {
+        "id": message.pk,
+        "to": [username, outgoing.recipient],
+        "frame": protocol.encode(protocol.private_item(
+            message.pk, room, username, outgoing.recipient, outgoing.content, moment)),
+    }
+
+
+@database_sync_to_async
+def store_messages(room: str, batch: list[Outgoing]) -> list[Message | None]:
+    """Insert a batch in one transaction; ``None`` where a recipient does not exist."""
+    now = timezone.now()
+    recipients = {o.recipient for o in batch if o.recipient is not None}
+    users = {}
+    if recipients:
+        users = {
+            u.username: u
+            for u in get_user_model().objects.filter(username__in=recipients, is_active=True)
+        }
+    with transaction.atomic():
+        room_row, _ = Room.objects.get_or_create(name=room)
+        rows: list[Message | None] = []
+        for outgoing in batch:
+            if outgoing.recipient is not None and outgoing.recipient not in users:
+                rows.append(None)
+                continue
+            rows.append(Message(
+                room=room_row, sender=outgoing.sender, content=outgoing.content,
+                recipient=users.get(outgoing.recipient), created_at=now,
+            ))
+        Message.objects.bulk_create([r for r in rows if r is not None])
+        Room.objects.filter(pk=room_row.pk).update(last_message_at=now)
+    return rows
+
+
+async def message_send(
+    *, local: LocalRoom, user, content: str, ref: str | None = None, origin: str | None = None
+) -> int:
+    """Store a room message, then publish it to the room; returns its id."""
+    return await local.sequencer.submit(
+        Outgoing(sender=user, content=content, ref=ref, origin=origin)
+    )
+
+
+async def private_send(*, local: LocalRoom, user, target: str, content: str) -> int:
+    """Store a private message to ``target``, who must be in the room; returns its id."""
+    if target == user.username:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "'target' must be another user")
+    if not await local.hub.registry.room_has_user(local.name, target):
+        raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"{target!r} is not in this room")
+    return await local.sequencer.submit(Outgoing(sender=user, content=content, recipient=target))
+
+
+async def history(room: str, user, *, after=None, before=None, limit: int):
+    """:func:`chat.selectors.history_page` off the event loop."""
+    return await database_sync_to_async(selectors.history_page)(
+        room, user, after=after, before=before, limit=limit
+    )
