@@ -1,0 +1,130 @@
+"""``/ws/notifications/``: the queue on connect, then live NOTEs, acks and pings.
+
+Each process holds one hub listener (a :class:`Feed`) per user group and one
+for broadcasts, shared by every local connection it feeds; the NOTE arrives
+serialised in the event, so a user's ten tabs cost one layer delivery and no
+extra encoding.
+
+No gap at connect: the connection joins its feeds (holding live NOTEs back)
+and the hub has joined the groups *before* the undelivered notifications are
+read. A notification stored before that read is in it; one pushed after the
+join is held back. The queue goes out first, oldest first, then the held-back
+NOTEs that were not in it, then live ones.
+"""
+
+import asyncio
+import logging
+import weakref
+
+from notifications import services
+from project import protocol
+from project.consumers import ProtocolConsumer
+from project.hub import Hub
+from project.protocol import Ack, Auth, ErrorCode, Ping
+from project.registry import NOTIFICATIONS
+
+logger = logging.getLogger(__name__)
+
+
+class Feed:
+    """The hub listener of one group on this process, shared by its local connections."""
+
+    def __init__(self) -> None:
+        self.consumers: set[NotificationConsumer] = set()
+        self.subscribed: asyncio.Future | None = None
+
+    async def hub_event(self, event: dict) -> None:
+        if event.get("kind") != services.EVENT_KIND:
+            return
+        for consumer in list(self.consumers):
+            await consumer.deliver(event["id"], event["frame"])
+
+
+# The feeds of each process hub, by group. Weak keys: a closed hub takes its feeds.
+_feeds: "weakref.WeakKeyDictionary[Hub, dict[str, Feed]]" = weakref.WeakKeyDictionary()
+
+
+async def attach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None:
+    """Feed ``group`` to ``consumer``; returns once the hub has joined the group."""
+    feeds = _feeds.setdefault(hub, {})
+    feed = feeds.get(group)
+    if feed is None:
+        feed = feeds[group] = Feed()
+        feed.subscribed = asyncio.ensure_future(hub.subscribe(group, feed))
+    feed.consumers.add(consumer)
+    try:
+        await asyncio.shield(feed.subscribed)
+    except Exception:
+        feed.consumers.discard(consumer)
+        if feeds.get(group) is feed:
+            del feeds[group]  # the next connection tries again
+        raise
+
+
+async def detach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None:
+    """Stop feeding ``consumer``; the hub leaves the group with the last one."""
+    feeds = _feeds.get(hub, {})
+    feed = feeds.get(group)
+    if feed is None or consumer not in feed.consumers:
+        return
+    feed.consumers.discard(consumer)
+    if not feed.consumers:
+        del feeds[group]
+        await hub.unsubscribe(group, feed)
+
+
+class NotificationConsumer(ProtocolConsumer):
+    """``/ws/notifications/`` (auth): NOTE frames, ``ack``, ``ping``, ``auth``."""
+
+    endpoint = NOTIFICATIONS
+
+    #: Live NOTEs held back while the queue is sent; ``None`` once live.
+    _held: list[tuple[int, str]] | None = None
+    #: Ids sent from the queue: a late live copy of one of them is dropped.
+    _queued_ids: frozenset[int] = frozenset()
+    _groups: tuple[str, ...] = ()
+
+    async def joined(self) -> None:
+        """Join the feeds, send the queue, then the held-back live NOTEs."""
+        self._held = []
+        self._groups = (services.user_group(self.user.get_username()), services.BROADCAST_GROUP)
+        try:
+            for group in self._groups:
+                await attach(self.hub, group, self)
+            queue = await services.aundelivered_frames(self.user.pk)
+        except Exception:
+            logger.exception("could not start a notifications connection")
+            await self.send_frame(
+                protocol.error(ErrorCode.UNAVAILABLE, "notifications are unavailable; reconnect")
+            )
+            self.closing = True
+            await self.close()
+            return
+        self._queued_ids = frozenset(note_id for note_id, _ in queue)
+        for _, frame in queue:
+            await self.send_frame(frame)
+        while self._held:
+            note_id, frame = self._held.pop(0)
+            if note_id not in self._queued_ids:
+                await self.send_frame(frame)
+        self._held = None
+
+    async def left(self) -> None:
+        for group in self._groups:
+            await detach(self.hub, group, self)
+
+    async def deliver(self, note_id: int, frame: str) -> None:
+        """A live NOTE from a feed: held back while connecting, else sent."""
+        if self._held is not None:
+            self._held.append((note_id, frame))
+        elif note_id not in self._queued_ids:
+            await self.send_frame(frame)
+
+    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
+        frame = protocol.parse_notification_frame(text, data)
+        if isinstance(frame, Ping):
+            await self.send_frame(protocol.PONG)
+        elif isinstance(frame, Auth):
+            await self.refresh_token(frame.token)
+        elif isinstance(frame, Ack):
+            await services.aacknowledge(self.user.pk, frame.ids)
