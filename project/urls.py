@@ -5,6 +5,7 @@ from project import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("api/token", views.token, name="api-token"),
     path("api/", include("chat.api_urls")),
     path("api/", include("notifications.urls")),

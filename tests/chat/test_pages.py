@@ -1,0 +1,129 @@
+"""The HTML pages: login, lobby, room, and their static files under daphne."""
+
+import re
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from chat.models import Room
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice", password=PASSWORD)
+
+
+@pytest.fixture
+def client_alice(alice) -> Client:
+    client = Client()
+    client.force_login(alice)
+    return client
+
+
+@pytest.mark.parametrize("path", ["/", "/chat/general/"])
+def test_pages_need_login(alice, path):
+    """An anonymous visitor is sent to the login page, with a way back."""
+    response = Client().get(path)
+    assert response.status_code == 302
+    assert response["Location"] == f"/accounts/login/?next={path}"
+
+
+def test_login_form_logs_in_and_returns_to_next(alice):
+    """The styled login form signs in with Django's auth and follows ?next=."""
+    client = Client()
+    page = client.get("/accounts/login/?next=/chat/general/")
+    assert page.status_code == 200
+    assert b'name="username"' in page.content and b'for="id_password"' in page.content
+    response = client.post(
+        "/accounts/login/",
+        {"username": "alice", "password": PASSWORD, "next": "/chat/general/"},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/chat/general/"
+    assert client.get("/chat/general/").status_code == 200
+
+
+def test_login_with_a_bad_password_says_so(alice):
+    """A wrong password re-renders the form with an alert, not a redirect."""
+    response = Client().post("/accounts/login/", {"username": "alice", "password": "nope"})
+    assert response.status_code == 200
+    assert b'role="alert"' in response.content
+
+
+def test_logout_is_a_post(client_alice):
+    """Logging out takes a POST (the page's form) and ends the session."""
+    response = client_alice.post("/accounts/logout/")
+    assert response.status_code == 302
+    assert client_alice.get("/").status_code == 302
+
+
+def test_lobby_lists_rooms_newest_activity_first(client_alice):
+    """Rooms are listed by last_message_at, newest first; rooms without messages last."""
+    now = timezone.now()
+    Room.objects.create(name="old", last_message_at=now - timedelta(days=2))
+    Room.objects.create(name="empty")
+    Room.objects.create(name="fresh", last_message_at=now - timedelta(minutes=1))
+    response = client_alice.get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    names = re.findall(r'href="/chat/([^/"]+)/"', html)
+    assert names == ["fresh", "old", "empty"]
+
+
+def test_lobby_form_opens_a_valid_room(client_alice):
+    """Submitting a valid name redirects to that room's page."""
+    response = client_alice.get("/", {"room": "new-room_1"})
+    assert response.status_code == 302
+    assert response["Location"] == "/chat/new-room_1/"
+
+
+@pytest.mark.parametrize("name", ["", "has space", "a/b", "x" * 65, "ünï"])
+def test_lobby_form_refuses_a_bad_room_name(client_alice, name):
+    """A name outside the room pattern is shown back with an error, no redirect."""
+    response = client_alice.get("/", {"room": name})
+    assert response.status_code == 400
+    assert b'id="room-errors"' in response.content
+
+
+def test_room_page_renders_for_a_valid_name(client_alice):
+    """The room page carries the room, the user and the WebSocket path; no token."""
+    response = client_alice.get("/chat/Room_1-x/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'data-room="Room_1-x"' in html
+    assert 'data-user="alice"' in html
+    assert 'data-ws-path="/ws/chat/Room_1-x/"' in html
+    assert 'aria-live="polite"' in html
+    assert "eyJ" not in html  # no JWT (they all start with a base64 '{"')
+    assert "token=" not in html
+    assert "/static/js/chat.js" in html and "/static/js/notifications.js" in html
+
+
+@pytest.mark.parametrize("path", ["/chat/bad%20name/", "/chat/" + "x" * 65 + "/",
+                                  "/chat/%C3%BC/", "/chat/a.b/"])
+def test_room_page_404_for_an_invalid_name(client_alice, path):
+    """A name the WebSocket route would refuse has no page either."""
+    assert client_alice.get(path).status_code == 404
+
+
+@pytest.mark.daphne
+def test_static_files_are_served_by_daphne_without_debug(daphne_server):
+    """With DEBUG=false, daphne alone serves the page's JS and CSS."""
+    server = daphne_server()
+    for path, needle in [
+        ("/static/js/chat.js", b"/ws/chat/"),
+        ("/static/js/realtime.js", b"ReconnectingSocket"),
+        ("/static/js/notifications.js", b'type: "ack"'),
+        ("/static/css/app.css", b".messages"),
+    ]:
+        with urllib.request.urlopen(server.url + path, timeout=10) as response:
+            assert response.status == 200
+            assert needle in response.read()
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(server.url + "/static/js/missing.js", timeout=10)
+    assert missing.value.code == 404
