@@ -1,0 +1,63 @@
+"""Helpers of the notifications tests: users from async tests, communicators, frames."""
+
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from project.asgi import application
+
+PATH = "/ws/notifications/"
+
+
+@pytest.fixture
+def amake_user(make_user) -> Callable[..., Awaitable[object]]:
+    """``make_user`` for async tests (the ORM runs in the thread pool)."""
+
+    async def make(username: str, **kwargs):
+        return await database_sync_to_async(make_user)(username, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+async def connect(token_for):
+    """Open ``/ws/notifications/`` as a user; every communicator is disconnected after."""
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_(username: str | None = None, *, token: str | None = None,
+                    query: str | None = None) -> WebsocketCommunicator:
+        if query is None:
+            query = "?token=" + (token if token is not None else token_for(username))
+        communicator = WebsocketCommunicator(application, PATH + query)
+        opened.append(communicator)
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected
+        return communicator
+
+    yield open_
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+async def receive(communicator: WebsocketCommunicator, timeout: float = 3) -> dict:
+    """The next frame, as JSON."""
+    return json.loads(await communicator.receive_from(timeout=timeout))
+
+
+async def receive_notes(communicator: WebsocketCommunicator, count: int) -> list[dict]:
+    frames = [await receive(communicator) for _ in range(count)]
+    assert all(frame["type"] == "notification" for frame in frames), frames
+    return frames
+
+
+async def assert_closed(communicator: WebsocketCommunicator, code: int) -> None:
+    """The server closed the connection with ``code`` and sent nothing before."""
+    output = await communicator.receive_output(timeout=3)
+    assert output == {"type": "websocket.close", "code": code}
+
+
+async def send(communicator: WebsocketCommunicator, frame: dict) -> None:
+    await communicator.send_to(text_data=json.dumps(frame))

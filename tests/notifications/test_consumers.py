@@ -1,0 +1,328 @@
+"""/ws/notifications/ over the ASGI application: queue, acks, live NOTEs, frames, errors."""
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from notifications import consumers, services
+from project.asgi import application
+from project.hub import get_hub
+from tests.conftest import expired
+from tests.notifications.conftest import (
+    PATH,
+    assert_closed,
+    receive,
+    receive_notes,
+    send,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+# --- Authentication -------------------------------------------------------------------
+
+
+async def test_no_token_closes_4003(amake_user):
+    """Without credentials the server accepts, then closes with 4003 and sends nothing."""
+    communicator = WebsocketCommunicator(application, PATH)
+    assert (await communicator.connect())[0]
+    await assert_closed(communicator, 4003)
+    await communicator.disconnect()
+
+
+async def test_bad_token_closes_4002(amake_user, connect):
+    """A token that is not a valid JWT closes with 4002."""
+    await assert_closed(await connect(token="garbage"), 4002)
+
+
+async def test_expired_token_closes_4001(amake_user, connect):
+    """A validly signed but expired token closes with 4001."""
+    from project import tokens
+
+    await amake_user("bob")
+    token, _ = tokens.issue("bob", -10)
+    await assert_closed(await connect(token=token), 4001)
+    assert expired  # the shared helper exists for other suites
+
+
+# --- Queue on connect, acks ---------------------------------------------------------------
+
+
+async def test_queued_while_offline_then_delivered_in_order_on_connect(amake_user, connect):
+    """Notifications posted while offline arrive on connect as NOTEs, oldest first."""
+    bob = await amake_user("bob")
+    posted = [await services.anotify(bob, {"n": n}) for n in range(3)]
+    assert [status for _, status in posted] == ["queued"] * 3
+    communicator = await connect("bob")
+    frames = await receive_notes(communicator, 3)
+    assert [frame["id"] for frame in frames] == [note_id for note_id, _ in posted]
+    assert [frame["data"] for frame in frames] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert await communicator.receive_nothing(0.2)
+
+
+async def test_note_frame_is_exactly_the_contract(amake_user, connect):
+    """A NOTE has exactly type, id, data (as posted) and a UTC ISO 8601 timestamp."""
+    bob = await amake_user("bob")
+    data = {"text": "héllo ✓", "nested": {"list": [1, 2.5, None, True]}, "empty": {}}
+    before = datetime.now(UTC)
+    note_id, _ = await services.anotify(bob, data)
+    frame = await receive(await connect("bob"))
+    assert set(frame) == {"type", "id", "data", "timestamp"}
+    assert (frame["type"], frame["id"], frame["data"]) == ("notification", note_id, data)
+    assert frame["timestamp"].endswith("Z")
+    moment = datetime.fromisoformat(frame["timestamp"])
+    assert moment.utcoffset().total_seconds() == 0
+    assert before.replace(microsecond=0) <= moment <= datetime.now(UTC)
+
+
+async def test_ack_stops_redelivery(amake_user, connect):
+    """Acknowledged notifications do not come again on the next connect."""
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
+    first = await connect("bob")
+    await receive_notes(first, 3)
+    await send(first, {"type": "ack", "ids": ids[:2]})
+    await send(first, {"type": "ping"})  # frames are handled in order: the ack is done
+    assert await receive(first) == {"type": "pong"}
+    await first.disconnect()
+    second = await connect("bob")
+    assert [frame["id"] for frame in await receive_notes(second, 1)] == ids[2:]
+    assert await second.receive_nothing(0.2)
+
+
+async def test_no_ack_means_redelivery_on_next_connect(amake_user, connect):
+    """Unacknowledged notifications, live ones included, come again on the next connect."""
+    bob = await amake_user("bob")
+    queued_id, _ = await services.anotify(bob, {"n": 0})
+    first = await connect("bob")
+    await receive_notes(first, 1)
+    live_id, status = await services.anotify(bob, {"n": 1})
+    assert status == "sent"
+    assert (await receive(first))["id"] == live_id
+    await first.disconnect()
+    second = await connect("bob")
+    assert [f["id"] for f in await receive_notes(second, 2)] == [queued_id, live_id]
+
+
+async def test_ack_with_ids_of_another_user_is_ignored(amake_user, connect):
+    """Ids in an ack that belong to another user leave that user's queue untouched."""
+    bob, carol = await amake_user("bob"), await amake_user("carol")
+    carol_id, _ = await services.anotify(carol, {"for": "carol"})
+    communicator = await connect("bob")
+    await send(communicator, {"type": "ack", "ids": [carol_id, 999999]})
+    await send(communicator, {"type": "ping"})
+    assert await receive(communicator) == {"type": "pong"}
+    assert [row.pk for row in await asyncio.to_thread(services.undelivered, carol.pk)] == [
+        carol_id]
+    assert bob.pk != carol.pk
+
+
+async def test_queue_limit_keeps_the_newest_on_connect(amake_user, connect, settings):
+    """With NOTIFICATIONS_QUEUE_LIMIT=2, only the two newest offline notifications arrive."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 2
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
+    communicator = await connect("bob")
+    assert [frame["id"] for frame in await receive_notes(communicator, 2)] == ids[-2:]
+    assert await communicator.receive_nothing(0.2)
+
+
+# --- Live delivery ---------------------------------------------------------------------------
+
+
+async def test_two_tabs_both_get_a_live_notification(amake_user, connect):
+    """Both connections of a user get the same NOTE, through one hub listener."""
+    bob = await amake_user("bob")
+    await amake_user("carol")
+    tabs = [await connect("bob"), await connect("bob")]
+    other = await connect("carol")
+    note_id, status = await services.anotify(bob, {"text": "live"})
+    assert status == "sent"
+    texts = [await tab.receive_from(timeout=3) for tab in tabs]
+    assert texts[0] == texts[1]
+    assert json.loads(texts[0])["id"] == note_id
+    assert await other.receive_nothing(0.2), "another user's connection gets nothing"
+    hub = await get_hub()
+    assert len(hub.groups[services.user_group("bob")]) == 1
+    for tab in tabs:
+        await tab.disconnect()
+    assert services.user_group("bob") not in hub.groups
+    assert services.user_group("carol") in hub.groups
+
+
+@pytest.mark.parametrize("moment", ["before_subscribe", "before_query", "after_query"])
+async def test_notification_posted_while_connecting_arrives_exactly_once(
+    amake_user, connect, monkeypatch, moment
+):
+    """A notification posted between registering and the queue query arrives once, in order."""
+    bob = await amake_user("bob")
+    posted: list[tuple[int, str]] = []
+    original_attach, original_query = consumers.attach, services.aundelivered_frames
+
+    async def post() -> None:
+        posted.append(await services.anotify(bob, {"during": moment}))
+
+    async def hooked_attach(hub, group, consumer):
+        if moment == "before_subscribe" and not posted:
+            await post()
+        await original_attach(hub, group, consumer)
+
+    async def hooked_query(user_id):
+        if moment == "before_query":
+            await post()
+            await asyncio.sleep(0.05)  # let the live copy reach the held-back list
+        frames = await original_query(user_id)
+        if moment == "after_query":
+            await post()
+            await asyncio.sleep(0.05)
+        return frames
+
+    monkeypatch.setattr(consumers, "attach", hooked_attach)
+    monkeypatch.setattr(services, "aundelivered_frames", hooked_query)
+    communicator = await connect("bob")
+    first = await receive(communicator)
+    [(note_id, status)] = posted
+    assert status == "sent", "the connection was registered before the post"
+    assert first["id"] == note_id
+    # A later live NOTE comes next: a duplicate of the first would come before it.
+    later_id, _ = await services.anotify(bob, {"after": True})
+    assert (await receive(communicator))["id"] == later_id
+    assert await communicator.receive_nothing(0.2)
+
+
+async def test_live_notes_held_back_during_queue_are_sent_after_it(amake_user, connect,
+                                                                   monkeypatch):
+    """Live NOTEs that arrive while the queue is read come after the queue, oldest first."""
+    bob = await amake_user("bob")
+    queued_id, _ = await services.anotify(bob, {"queued": True})
+    original_query = services.aundelivered_frames
+    live: list[int] = []
+
+    async def hooked_query(user_id):
+        frames = await original_query(user_id)
+        for n in range(3):
+            live.append((await services.anotify(bob, {"live": n}))[0])
+        await asyncio.sleep(0.05)
+        return frames
+
+    monkeypatch.setattr(services, "aundelivered_frames", hooked_query)
+    communicator = await connect("bob")
+    assert [f["id"] for f in await receive_notes(communicator, 4)] == [queued_id, *live]
+    assert await communicator.receive_nothing(0.2)
+
+
+# --- Broadcasts ---------------------------------------------------------------------------------
+
+
+async def test_broadcast_reaches_every_connected_user_and_is_never_resent(amake_user, connect):
+    """A broadcast reaches every connection with broadcast: true, needs no ack, never returns."""
+    for name in ("alice", "bob", "carol"):
+        await amake_user(name)
+    alice, bob_tabs = await connect("alice"), [await connect("bob"), await connect("bob")]
+    note_id, status = await services.abroadcast({"maintenance": "tonight"})
+    assert status == "broadcast"
+    for communicator in (alice, *bob_tabs):
+        frame = await receive(communicator)
+        assert frame == {"type": "notification", "id": note_id,
+                         "data": {"maintenance": "tonight"},
+                         "timestamp": frame["timestamp"], "broadcast": True}
+    await alice.disconnect()
+    again = await connect("alice")
+    late = await connect("carol")
+    assert await again.receive_nothing(0.3), "a broadcast is not re-sent without an ack"
+    assert await late.receive_nothing(0.1), "a broadcast is not queued for the offline"
+
+
+# --- Other frames ------------------------------------------------------------------------------
+
+
+async def test_ping_gets_pong(amake_user, connect):
+    """Both {"type": "ping"} and the plain text ping get {"type": "pong"}."""
+    await amake_user("bob")
+    communicator = await connect("bob")
+    await send(communicator, {"type": "ping"})
+    assert await receive(communicator) == {"type": "pong"}
+    await communicator.send_to(text_data="ping")
+    assert await receive(communicator) == {"type": "pong"}
+
+
+async def test_auth_refresh(amake_user, connect, token_for):
+    """auth with a token of the same user gets auth_ok; another user's token invalid_token."""
+    await amake_user("bob")
+    await amake_user("carol")
+    communicator = await connect("bob")
+    await send(communicator, {"type": "auth", "token": token_for("bob")})
+    frame = await receive(communicator)
+    assert frame["type"] == "auth_ok"
+    assert datetime.fromisoformat(frame["expires_at"]) > datetime.now(UTC)
+    await send(communicator, {"type": "auth", "token": token_for("carol")})
+    assert (await receive(communicator))["code"] == "invalid_token"
+    await send(communicator, {"type": "auth", "token": "garbage"})
+    assert (await receive(communicator))["code"] == "invalid_token"
+    await send(communicator, {"type": "auth"})
+    assert (await receive(communicator))["code"] == "invalid_message"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_message"),
+        ('{"no": "type"}', "invalid_message"),
+        ('{"type": 3}', "invalid_message"),
+        ('{"type": "message", "content": "hi"}', "unknown_type"),
+        ('{"type": "ack"}', "invalid_message"),
+        ('{"type": "ack", "ids": "1"}', "invalid_message"),
+        ('{"type": "ack", "ids": [0]}', "invalid_message"),
+        ('{"type": "ack", "ids": [true]}', "invalid_message"),
+        ('{"type": "ack", "ids": [1.5]}', "invalid_message"),
+        (b"\x01binary", "invalid_message"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_keep_the_connection(amake_user, connect, frame,
+                                                               code):
+    """A frame the server cannot use gets an error frame; the connection stays open."""
+    await amake_user("bob")
+    communicator = await connect("bob")
+    if isinstance(frame, bytes):
+        await communicator.send_to(bytes_data=frame)
+    else:
+        await communicator.send_to(text_data=frame)
+    answer = await receive(communicator)
+    assert answer["type"] == "error" and answer["code"] == code
+    assert isinstance(answer["message"], str) and answer["message"]
+    await send(communicator, {"type": "ping"})
+    assert await receive(communicator) == {"type": "pong"}
+
+
+async def test_empty_ack_is_accepted(amake_user, connect):
+    """An ack with an empty id list is valid and answered by nothing."""
+    await amake_user("bob")
+    communicator = await connect("bob")
+    await send(communicator, {"type": "ack", "ids": []})
+    assert await communicator.receive_nothing(0.2)
+
+
+async def test_oversized_frame_closes_4009(amake_user, connect, settings):
+    """A client frame larger than WS_MAX_MESSAGE_BYTES closes the connection with 4009."""
+    settings.WS_MAX_MESSAGE_BYTES = 100
+    await amake_user("bob")
+    communicator = await connect("bob")
+    await communicator.send_to(text_data=json.dumps({"type": "ack", "ids": [1] * 40}))
+    await assert_closed(communicator, 4009)
+
+
+async def test_rate_limit_then_4008(amake_user, connect, settings):
+    """Frames over the rate get rate_limited; WS_RATE_BURST drops in a row close with 4008."""
+    settings.WS_RATE_LIMIT, settings.WS_RATE_BURST = 1, 2
+    await amake_user("bob")
+    communicator = await connect("bob")
+    for _ in range(3):
+        await communicator.send_to(text_data="ping")
+    assert [(await receive(communicator))["type"] for _ in range(3)] == [
+        "pong", "pong", "error"]
+    await communicator.send_to(text_data="ping")
+    await assert_closed(communicator, 4008)

@@ -1,0 +1,201 @@
+"""notifications.services: store first, then push; queue limit; acks; sync notify()."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from notifications import services
+from notifications.models import Notification
+from project import hub as hub_module
+from tests.notifications.conftest import receive
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def undelivered_ids(user) -> list[int]:
+    rows = await sync_to_async(services.undelivered)(user.pk)
+    return [row.pk for row in rows]
+
+
+async def test_anotify_offline_stores_and_queues(amake_user):
+    """A notification for a user without a connection is stored undelivered and 'queued'."""
+    bob = await amake_user("bob")
+    note_id, status = await services.anotify(bob, {"text": "hi"})
+    assert status == "queued"
+    row = await Notification.objects.aget(pk=note_id)
+    assert (row.user_id, row.data, row.broadcast, row.delivered_at) == (
+        bob.pk, {"text": "hi"}, False, None)
+    assert await undelivered_ids(bob) == [note_id]
+
+
+async def test_undelivered_is_oldest_first(amake_user):
+    """The undelivered listing is in posting order, oldest first."""
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
+    assert await undelivered_ids(bob) == ids
+
+
+async def test_queue_limit_keeps_the_newest(amake_user, settings):
+    """Beyond NOTIFICATIONS_QUEUE_LIMIT undelivered, the oldest are deleted."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 3
+    bob, carol = await amake_user("bob"), await amake_user("carol")
+    carol_id, _ = await services.anotify(carol, {"other": True})
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
+    assert await undelivered_ids(bob) == ids[-3:]
+    assert await Notification.objects.filter(user=bob).acount() == 3
+    assert await undelivered_ids(carol) == [carol_id], "another user's queue is untouched"
+
+
+async def test_queue_limit_counts_only_undelivered(amake_user, settings):
+    """Acknowledged notifications neither count toward the limit nor get trimmed."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 2
+    bob = await amake_user("bob")
+    acked = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
+    assert await services.aacknowledge(bob.pk, acked) == 2
+    queued = [(await services.anotify(bob, {"n": n}))[0] for n in range(2, 4)]
+    assert await undelivered_ids(bob) == queued
+    assert await Notification.objects.filter(user=bob).acount() == 4
+
+
+async def test_acknowledge_ignores_ids_of_other_users(amake_user):
+    """Ack marks the user's own ids delivered; another user's and unknown ids are ignored."""
+    bob, carol = await amake_user("bob"), await amake_user("carol")
+    bob_id, _ = await services.anotify(bob, {"for": "bob"})
+    carol_id, _ = await services.anotify(carol, {"for": "carol"})
+    assert await services.aacknowledge(bob.pk, [bob_id, carol_id, carol_id + 1000]) == 1
+    assert await undelivered_ids(bob) == []
+    assert await undelivered_ids(carol) == [carol_id]
+
+
+async def test_acknowledge_handles_more_ids_than_one_batch(amake_user, settings):
+    """An ack with thousands of ids (duplicates included) is applied in batches."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 1000
+    bob = await amake_user("bob")
+    last, _ = await services.anotify(bob, {"n": 1})
+    ids = [*range(1, last + 1), *range(1, 3000)] * 2
+    assert await services.aacknowledge(bob.pk, ids) == 1
+    assert await undelivered_ids(bob) == []
+
+
+async def test_abroadcast_is_stored_delivered_and_never_queued(amake_user):
+    """A broadcast is one delivered row without a user, in nobody's queue."""
+    bob = await amake_user("bob")
+    note_id, status = await services.abroadcast({"all": 1})
+    assert status == "broadcast"
+    row = await Notification.objects.aget(pk=note_id)
+    assert row.broadcast and row.user_id is None and row.delivered_at is not None
+    assert await undelivered_ids(bob) == []
+
+
+async def test_notify_data_must_be_a_dict(amake_user):
+    """Data that is not a JSON object is refused before anything is stored."""
+    bob = await amake_user("bob")
+    with pytest.raises(TypeError):
+        await services.anotify(bob, ["not", "an", "object"])
+    with pytest.raises(TypeError):
+        await services.abroadcast("text")
+    assert await Notification.objects.acount() == 0
+
+
+def test_user_group_is_a_valid_group_name_for_any_username():
+    """Unicode and long usernames map to valid, distinct channel-layer group names."""
+    layer = get_channel_layer()
+    names = ["bob", "Bob", "jürgen 名前", "x" * 150, "a@b.c+d-e_f"]
+    groups = {services.user_group(name) for name in names}
+    assert len(groups) == len(names)
+    for group in groups:
+        assert layer.require_valid_group_name(group)
+    assert layer.require_valid_group_name(services.BROADCAST_GROUP)
+
+
+def test_note_frame_matches_the_contract():
+    """NOTE is exactly type, id, data, timestamp (UTC, Z), plus broadcast: true for broadcasts."""
+    from datetime import UTC, datetime
+    import json
+
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert json.loads(services.note_frame(7, {"a": "é"}, moment)) == {
+        "type": "notification", "id": 7, "data": {"a": "é"}, "timestamp": "2026-01-02T03:04:05Z"}
+    assert json.loads(services.note_frame(8, {}, moment, broadcast=True))["broadcast"] is True
+
+
+def test_sync_notify_from_plain_sync_code(make_user):
+    """notify() in sync code with no event loop stores, answers 'queued', starts no hub."""
+    bob = make_user("bob")
+    hubs_before = dict(hub_module._hubs)
+    note_id, status = services.notify(bob, {"text": "export ready"})
+    assert status == "queued"
+    assert Notification.objects.get(pk=note_id).data == {"text": "export ready"}
+    assert [row.pk for row in services.undelivered(bob.pk)] == [note_id]
+    assert hub_module._hubs == hubs_before
+    broadcast_id, status = services.broadcast({"all": True})
+    assert status == "broadcast" and broadcast_id > note_id
+
+
+def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch):
+    """Inside atomic, notify() pushes only once the transaction commits, never on rollback."""
+    bob = make_user("bob")
+    pushed = []
+
+    async def record(username, event):
+        pushed.append(event["id"])
+        return "queued"
+
+    monkeypatch.setattr(services, "_push", record)
+    with transaction.atomic():
+        committed_id, _ = services.notify(bob, {"n": 1})
+        assert pushed == []
+    assert pushed == [committed_id]
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        services.notify(bob, {"n": 2})
+        raise Rollback
+    assert pushed == [committed_id]
+    assert [row.pk for row in services.undelivered(bob.pk)] == [committed_id]
+
+
+async def test_sync_notify_refuses_to_run_on_an_event_loop(amake_user):
+    """notify() called on an event loop raises before storing (use anotify there)."""
+    bob = await amake_user("bob")
+    with pytest.raises(RuntimeError, match="anotify"):
+        services.notify(bob, {"n": 1})
+    assert await Notification.objects.acount() == 0
+
+
+async def test_sync_notify_from_a_server_thread_reaches_a_connected_user(amake_user, connect):
+    """notify() from sync code run by the server (a sync view) is 'sent' and arrives live."""
+    bob = await amake_user("bob")
+    communicator = await connect("bob")
+    note_id, status = await sync_to_async(services.notify)(bob, {"text": "from sync"})
+    assert status == "sent"
+    frame = await receive(communicator)
+    assert (frame["id"], frame["data"]) == (note_id, {"text": "from sync"})
+
+
+async def test_failed_push_keeps_the_notification_queued(amake_user, monkeypatch):
+    """When the channel layer fails after storing, the answer is 'queued' and the row stays."""
+    bob = await amake_user("bob")
+
+    async def broken(group, event):
+        raise ConnectionError("layer down")
+
+    monkeypatch.setattr(services, "publish", broken)
+    note_id, status = await services.anotify(bob, {"n": 1})
+    assert status == "queued"
+    assert await undelivered_ids(bob) == [note_id]
+
+
+async def test_status_is_sent_only_while_connected(amake_user, connect):
+    """'sent' while the user has a notifications connection, 'queued' once it closed."""
+    bob = await amake_user("bob")
+    communicator = await connect("bob")
+    assert (await services.anotify(bob, {"n": 1}))[1] == "sent"
+    await communicator.disconnect()
+    await asyncio.sleep(0)
+    assert (await services.anotify(bob, {"n": 2}))[1] == "queued"
