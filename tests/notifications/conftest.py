@@ -42,9 +42,9 @@ async def connect(token_for):
         await communicator.disconnect()
 
 
-async def receive(communicator: WebsocketCommunicator, timeout: float = 3) -> dict:
-    """The next frame, as JSON."""
-    return json.loads(await communicator.receive_from(timeout=timeout))
+async def receive(communicator: WebsocketCommunicator) -> dict:
+    """The next frame (within 3 s), as JSON."""
+    return json.loads(await communicator.receive_from(timeout=3))
 
 
 async def receive_notes(communicator: WebsocketCommunicator, count: int) -> list[dict]:

@@ -1,6 +1,8 @@
 """notifications.services: store first, then push; queue limit; acks; sync notify()."""
 
 import asyncio
+import json
+from datetime import UTC, datetime
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -113,9 +115,6 @@ def test_user_group_is_a_valid_group_name_for_any_username():
 
 def test_note_frame_matches_the_contract():
     """NOTE is exactly type, id, data, timestamp (UTC, Z), plus broadcast: true for broadcasts."""
-    from datetime import UTC, datetime
-    import json
-
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert json.loads(services.note_frame(7, {"a": "é"}, moment)) == {
         "type": "notification", "id": 7, "data": {"a": "é"}, "timestamp": "2026-01-02T03:04:05Z"}
