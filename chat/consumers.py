@@ -28,6 +28,7 @@ class ChatConsumer(ProtocolConsumer):
     local: services.LocalRoom | None = None
     announced = False
     last_id = 0
+    presence_version = 0
     pending: list | None = None
 
     def handshake_refusal(self) -> str | None:

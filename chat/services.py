@@ -61,6 +61,7 @@ class Member:
     conn: str
     username: str
     last_id: int
+    presence_version: int
     pending: list[dict] | None
 
     async def send_frame(self, text: str) -> None: ...
@@ -98,11 +99,17 @@ class LocalRoom:
 
 
 async def send_item(member: Member, item: dict) -> None:
+    """Send unless the member has seen it: ids and presence versions only rise."""
     item_id = item.get("id")
     if item_id is not None:
         if item_id <= member.last_id:
             return
         member.last_id = item_id
+    version = item.get("version")
+    if version is not None:
+        if version <= member.presence_version:
+            return
+        member.presence_version = version
     frame = item.get("frame_ref") if item.get("origin") == member.conn else None
     await member.send_frame(frame or item["frame"])
 
@@ -131,11 +138,12 @@ async def announce_join(local: LocalRoom, member: Member) -> None:
     frame = protocol.presence(
         "user_joined", member.username, change.users, protocol.now_timestamp()
     )
+    member.presence_version = change.version
     await member.send_frame(frame)
     if not change.user_present:
-        await local.hub.publish(
-            local.group, {"kind": "presence", "frame": frame, "skip": member.conn}
-        )
+        await local.hub.publish(local.group, {
+            "kind": "presence", "frame": frame, "skip": member.conn, "version": change.version,
+        })
 
 
 async def go_live(member: Member) -> None:
@@ -163,7 +171,9 @@ async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None
         frame = protocol.presence(
             "user_left", member.username, change.users, protocol.now_timestamp()
         )
-        await hub.publish(room_group(room), {"kind": "presence", "frame": frame})
+        await hub.publish(
+            room_group(room), {"kind": "presence", "frame": frame, "version": change.version}
+        )
 
 
 async def announce_departures(hub: Hub, departures: list[Departure]) -> None:
@@ -171,7 +181,8 @@ async def announce_departures(hub: Hub, departures: list[Departure]) -> None:
     moment = protocol.now_timestamp()
     for departure in departures:
         frame = protocol.presence("user_left", departure.user, departure.users, moment)
-        await hub.publish(room_group(departure.room), {"kind": "presence", "frame": frame})
+        await hub.publish(room_group(departure.room),
+                          {"kind": "presence", "frame": frame, "version": departure.version})
 
 
 # --- Sending ---------------------------------------------------------------------------

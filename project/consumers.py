@@ -14,9 +14,9 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.consumer import get_handler_name
 from django.conf import settings
 
 from project import protocol, tokens
@@ -34,6 +34,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     requires_user = True
     #: The endpoint's name in the connection registry.
     endpoint = ""
+    #: No channel-layer channel per connection: the process hub carries all layer
+    #: traffic (an unknown alias makes channels skip the per-consumer channel).
+    channel_layer_alias = None
 
     hub: Hub
     conn: str

@@ -59,7 +59,9 @@ class Hub:
         self.dead_after_seconds = settings.HUB_DEAD_AFTER_SECONDS
 
     async def start(self) -> None:
-        self.channel = await self.layer.new_channel("hub")
+        # The default "specific" prefix: channels-redis reads every channel of a
+        # process through one loop per prefix.
+        self.channel = await self.layer.new_channel()
         await self.registry.heartbeat()
         self._tasks = [
             asyncio.create_task(self._receive_loop(), name="hub-receive"),

@@ -26,10 +26,15 @@ NOTIFICATIONS = "notifications"
 
 @dataclass(frozen=True, slots=True)
 class RoomChange:
-    """The result of a join or leave: was/is the user present, and who is."""
+    """The result of a join or leave: was/is the user present, and who is.
+
+    ``version`` rises with every change of the room's presence, so a listener
+    can drop a presence event older than one it has already seen.
+    """
 
     user_present: bool
     users: list[str]
+    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class Departure:
     room: str
     user: str
     users: list[str]
+    version: int
 
 
 class LocalRegistry:
@@ -49,6 +55,7 @@ class LocalRegistry:
         self.user_conns: dict[str, dict[str, str]] = defaultdict(dict)
         self.room_conns: dict[str, dict[str, str]] = defaultdict(dict)
         self.locks: dict[str, asyncio.Lock] = {}
+        self.versions: dict[str, int] = defaultdict(int)
 
     async def register(self, user: str, conn: str, endpoint: str, limit: int) -> bool:
         conns = self.user_conns[user]
@@ -71,7 +78,8 @@ class LocalRegistry:
         members = self.room_conns[room]
         present = user in members.values()
         members[conn] = user
-        return RoomChange(present, sorted(set(members.values())))
+        self.versions[room] += 1
+        return RoomChange(present, sorted(set(members.values())), self.versions[room])
 
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         members = self.room_conns.get(room, {})
@@ -80,7 +88,8 @@ class LocalRegistry:
         users = sorted(set(members.values()))
         if not members:
             self.room_conns.pop(room, None)
-        return RoomChange(present, users)
+        self.versions[room] += 1
+        return RoomChange(present, users, self.versions[room])
 
     async def room_has_user(self, room: str, user: str) -> bool:
         return user in self.room_conns.get(room, {}).values()
@@ -131,15 +140,15 @@ local _, before = users_of(KEYS[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 local list = users_of(KEYS[1])
-return {before[ARGV[2]] and 1 or 0, list}
-"""  # KEYS: room hash, proc rooms set; ARGV: conn, user, room
+return {before[ARGV[2]] and 1 or 0, list, redis.call('INCR', KEYS[3])}
+"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room
 
 _ROOM_LEAVE = _USERS + """
 local user = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 local list, seen = users_of(KEYS[1])
-return {(user and seen[user]) and 1 or 0, list}
-"""  # KEYS: room hash; ARGV: conn
+return {(user and seen[user]) and 1 or 0, list, redis.call('INCR', KEYS[2])}
+"""  # KEYS: room hash, room version; ARGV: conn
 
 _COUNT_VALUE = """
 local n = 0
@@ -157,8 +166,8 @@ local list, after = users_of(KEYS[1])
 local gone = {}
 for u, _ in pairs(before) do if not after[u] then table.insert(gone, u) end end
 table.sort(gone)
-return {gone, list}
-"""  # KEYS: room hash; ARGV: "<proc>|"
+return {gone, list, redis.call('INCR', KEYS[2])}
+"""  # KEYS: room hash, room version; ARGV: "<proc>|"
 
 _REAP_USER = """
 local prefix = ARGV[1]
@@ -219,15 +228,17 @@ class RedisRegistry:
         return int(await self.scripts["count_value"]([self.key("user", user)], [NOTIFICATIONS]))
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
-        keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms")]
-        present, users = await self.scripts["room_join"](keys, [conn, user, room])
+        keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),
+                self.key("room-version", room)]
+        present, users, version = await self.scripts["room_join"](keys, [conn, user, room])
         self.own_room_conns[room, conn] = user
-        return RoomChange(bool(present), list(users))
+        return RoomChange(bool(present), list(users), int(version))
 
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         self.own_room_conns.pop((room, conn), None)
-        present, users = await self.scripts["room_leave"]([self.key("room", room)], [conn])
-        return RoomChange(bool(present), list(users))
+        keys = [self.key("room", room), self.key("room-version", room)]
+        present, users, version = await self.scripts["room_leave"](keys, [conn])
+        return RoomChange(bool(present), list(users), int(version))
 
     async def room_has_user(self, room: str, user: str) -> bool:
         return user in await self.redis.hvals(self.key("room", room))
@@ -279,8 +290,9 @@ class RedisRegistry:
         for user in await self.redis.smembers(users_key):
             await self.scripts["reap_user"]([self.key("user", user)], [proc + "|"])
         for room in await self.redis.smembers(rooms_key):
-            gone, users = await self.scripts["reap_room"]([self.key("room", room)], [proc + "|"])
-            departures += [Departure(room, user, list(users)) for user in gone]
+            keys = [self.key("room", room), self.key("room-version", room)]
+            gone, users, version = await self.scripts["reap_room"](keys, [proc + "|"])
+            departures += [Departure(room, user, list(users), int(version)) for user in gone]
         await self.redis.delete(users_key, rooms_key)
         return departures
 

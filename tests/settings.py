@@ -19,3 +19,9 @@ os.environ.setdefault(
 os.environ.setdefault("REDIS_PREFIX", "test-" + secrets.token_hex(4))
 
 from project.settings import *  # noqa: E402, F403
+
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):  # noqa: F405
+    # One test database per run, so concurrent runs on one server don't collide.
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"  # noqa: F405
+    }
