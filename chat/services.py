@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from chat import selectors
 from chat.models import Message, Room
-from project import protocol
+from project import metrics, protocol
 from project.hub import Hub
 from project.protocol import ErrorCode, ProtocolError
 from project.registry import Departure
@@ -230,6 +230,7 @@ class RoomSequencer:
         local = self.local
         async with local.hub.registry.room_lock(local.name):
             stored = await store_messages(local.name, batch)
+            metrics.inc("realtime_messages_stored_total", sum(1 for m in stored if m))
             items = []
             for outgoing, message in zip(batch, stored, strict=True):
                 if message is None:

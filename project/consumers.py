@@ -19,7 +19,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from project import protocol, tokens
+from project import metrics, protocol, tokens
 from project.hub import Hub, get_hub
 from project.middleware import get_active_user
 from project.protocol import CloseCode, ErrorCode, ProtocolError
@@ -77,6 +77,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         auth_error = self.scope.get("auth_error") if self.requires_user else None
         if auth_error is not None:
             logger.info("closed %s connection: auth failure %s", self.endpoint, auth_error.name)
+            metrics.inc("realtime_auth_failures_total", code=str(int(auth_error)))
             await self.close_with(auth_error)
             return
         if settings.WS_MAX_CONNECTIONS and self.hub.connections >= settings.WS_MAX_CONNECTIONS:
@@ -85,6 +86,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             return
         self.hub.connections += 1
         self._counted = True
+        metrics.inc("realtime_connections_total", endpoint=self.endpoint)
+        metrics.inc("realtime_connections_open", endpoint=self.endpoint)
         self.bucket = TokenBucket(settings.WS_RATE_LIMIT, settings.WS_RATE_BURST)
         if self.requires_user:
             self._registered = await self.hub.registry.register(
@@ -118,6 +121,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                     logger.exception("could not unregister a connection")
             if self._counted:
                 self.hub.connections -= 1
+                metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
         raise StopConsumer()
 
     async def joined(self) -> None:
@@ -130,10 +134,12 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         """Close with an application code; nothing more is sent or handled."""
         if not self.closing:
             self.closing = True
+            metrics.inc("realtime_closes_total", code=str(int(code)))
             await self.close(code=int(code))
 
     async def send_frame(self, text: str) -> None:
         if not self.closing:
+            metrics.inc("realtime_frames_out_total", endpoint=self.endpoint)
             await self.base_send({"type": "websocket.send", "text": text})
 
     # --- Incoming frames ----------------------------------------------------------------
@@ -142,6 +148,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         text, data = message.get("text"), message.get("bytes")
+        metrics.inc("realtime_frames_in_total", endpoint=self.endpoint)
         if too_large(text, data, settings.WS_MAX_MESSAGE_BYTES):
             await self.close_with(CloseCode.MESSAGE_TOO_BIG)
             return
@@ -157,9 +164,11 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         try:
             await self.receive_frame(text, data)
         except ProtocolError as exc:
+            metrics.inc("realtime_errors_total", code=str(exc.code))
             await self.send_frame(protocol.error(exc.code, exc.message))
         except Exception:
             logger.exception("unexpected error handling a %s frame", self.endpoint)
+            metrics.inc("realtime_errors_total", code=str(ErrorCode.UNAVAILABLE))
             await self.send_frame(
                 protocol.error(ErrorCode.UNAVAILABLE, "the server could not handle this frame")
             )
