@@ -307,7 +307,7 @@
     while (recipient.options.length > 1) recipient.remove(1);
     users.forEach(function (name) {
       if (name === ME) return;
-      var option = el("option", "", "Only " + name + " (private)");
+      var option = el("option", "", name + " (private)");
       option.value = name;
       recipient.appendChild(option);
     });

@@ -1,0 +1,365 @@
+"""The chat page in a real Chromium against a real daphne.
+
+Each test logs users in through the login form, so the page's WebSockets are
+authenticated by the session cookie exactly as in production.
+"""
+
+import asyncio
+import itertools
+import json
+import re
+import sys
+import urllib.request
+from datetime import timedelta
+
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+from playwright.async_api import expect
+
+from chat.models import Message, Room
+from notifications.models import Notification
+from tests.browser.conftest import DOCS
+
+pytestmark = [pytest.mark.browser, pytest.mark.daphne]
+
+expect.set_options(timeout=20_000)
+_refs = itertools.count(1)
+
+
+@pytest.fixture
+def live(daphne_server, users):
+    """One daphne for the test, with the users already in the database."""
+    return daphne_server()
+
+
+class WsChat:
+    """A plain ``websockets`` client of ``/ws/chat/<room>/`` (token in the query)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, server, token: str, room: str) -> "WsChat":
+        ws = await websockets.connect(f"{server.ws_url}/ws/chat/{room}/?token={token}")
+        client = cls(ws)
+        assert (await client.recv())["type"] == "history"
+        assert (await client.recv())["type"] == "user_joined"
+        return client
+
+    async def recv(self) -> dict:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+
+    async def say(self, content: str) -> int:
+        """Send a room message and wait for its own copy; return its id."""
+        ref = f"t{next(_refs)}"
+        await self.ws.send(json.dumps({"type": "message", "content": content, "ref": ref}))
+        while True:
+            frame = await self.recv()
+            assert frame["type"] != "error", frame
+            if frame["type"] == "message" and frame.get("ref") == ref:
+                return frame["id"]
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def contents(page):
+    return page.locator("#messages .msg-content")
+
+
+def exactly(text: str) -> re.Pattern:
+    return re.compile(rf"^{re.escape(text)}$")
+
+
+async def wait_live(page) -> None:
+    await expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+
+
+async def say(page, text: str) -> None:
+    await page.fill("#message-input", text)
+    await page.press("#message-input", "Enter")
+
+
+async def shown_once(page, text: str) -> None:
+    """Wait until ``text`` is a message on the page, then require exactly one copy."""
+    await expect(contents(page).filter(has_text=exactly(text))).to_have_count(1)
+
+
+async def assert_ids_unique_and_sorted(page) -> list[int]:
+    ids = [int(i) for i in await page.locator("#messages > li").evaluate_all(
+        "nodes => nodes.map(n => n.dataset.id)")]
+    assert ids == sorted(set(ids)), ids
+    assert ids == await page.evaluate("chatDebug.ids()")
+    return ids
+
+
+async def test_two_users_chat_both_ways(live, open_page):
+    """Two logged-in users see each other, and each one's messages reach both."""
+    alice = await open_page(live, "alice", "/chat/lounge/")
+    bob = await open_page(live, "bob", "/chat/lounge/")
+    await wait_live(alice)
+    await wait_live(bob)
+    await expect(alice.locator("#people [data-user=bob]")).to_have_count(1)
+    await expect(bob.locator("#people [data-user=alice]")).to_have_count(1)
+
+    await say(alice, "hi bob")
+    await shown_once(bob, "hi bob")
+    await say(bob, "hello alice\nsecond line")
+    await shown_once(alice, "hello alice\nsecond line")
+    await shown_once(alice, "hi bob")
+    await shown_once(bob, "hello alice\nsecond line")
+
+    on_bob = bob.locator("#messages .msg").filter(has_text="hi bob")
+    await expect(on_bob.locator(".msg-author")).to_have_text("alice")
+    await expect(on_bob.locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-"))
+    await expect(on_bob).not_to_have_class(re.compile(r"\bmine\b"))
+    await expect(alice.locator("#messages .msg.mine")).to_have_count(1)
+    await expect(alice.locator("#pending > li")).to_have_count(0)
+
+    # A page opened later gets both from the history frame, in order.
+    carol = await open_page(live, "carol", "/chat/lounge/")
+    await wait_live(carol)
+    await expect(contents(carol)).to_have_text(["hi bob", "hello alice\nsecond line"])
+    await assert_ids_unique_and_sorted(carol)
+    assert alice.errors == bob.errors == carol.errors == []
+
+
+async def test_private_message_reaches_only_its_target(live, open_page):
+    """A private message shows (marked private) to sender and target, not to a third user."""
+    alice = await open_page(live, "alice", "/chat/lounge/")
+    bob = await open_page(live, "bob", "/chat/lounge/")
+    carol = await open_page(live, "carol", "/chat/lounge/")
+    for page in (alice, bob, carol):
+        await wait_live(page)
+        await expect(page.locator("#people > li")).to_have_count(3)
+
+    await say(alice, "Morning all! Stand-up in 5 minutes.")
+    await say(carol, "On my way ☕")
+    await shown_once(alice, "On my way ☕")
+    await alice.click("#people button[data-user=bob], #people [data-user=bob] button")
+    await expect(alice.locator("#recipient")).to_have_value("bob")
+    await say(alice, "psst bob: the release notes are ready for review")
+    await shown_once(bob, "psst bob: the release notes are ready for review")
+    await shown_once(alice, "psst bob: the release notes are ready for review")
+    for page, tag in ((alice, "private to bob"), (bob, "private to you")):
+        private = page.locator("#messages .msg.private")
+        await expect(private).to_have_count(1)
+        await expect(private.locator(".msg-private-tag")).to_have_text(tag)
+
+    # A later room message has a higher id: once carol has it, she would have had
+    # the private one before it.
+    await alice.select_option("#recipient", "")
+    await say(alice, "Thanks everyone")
+    await shown_once(carol, "Thanks everyone")
+    await expect(carol.locator("#messages .msg.private")).to_have_count(0)
+    assert "psst" not in await carol.locator("#messages").inner_text()
+    await shown_once(bob, "Thanks everyone")
+    await say(bob, "Will do, thanks!")
+    await shown_once(alice, "Will do, thanks!")
+
+    DOCS.mkdir(exist_ok=True)
+    await alice.locator("#message-input").fill("Great, see you there")
+    await alice.screenshot(path=str(DOCS / "screenshot-chat.png"))
+    assert alice.errors == bob.errors == carol.errors == []
+
+
+async def test_private_message_to_someone_who_left_shows_the_error(live, open_page):
+    """The server's not_in_room error frame is shown, and nothing is stored."""
+    alice = await open_page(live, "alice", "/chat/lounge/")
+    bob = await open_page(live, "bob", "/chat/lounge/")
+    await wait_live(alice)
+    await wait_live(bob)
+    await alice.select_option("#recipient", "bob")
+    await alice.fill("#message-input", "are you there?")
+    await bob.close()
+    await expect(alice.locator("#people > li")).to_have_count(1)
+    # alice's page moved her back to "everyone" when bob left; force a private
+    # frame to bob as a stale page would send it.
+    await alice.evaluate("""() => {
+        const select = document.getElementById('recipient');
+        const option = document.createElement('option');
+        option.value = 'bob'; option.textContent = 'bob';
+        select.appendChild(option); select.value = 'bob';
+    }""")
+    await alice.press("#message-input", "Enter")
+    await expect(alice.locator("#alerts [data-code=not_in_room]")).to_have_count(1)
+    await expect(alice.locator("#message-input")).to_have_value("are you there?")
+    assert await sync_to_async(Message.objects.filter(content="are you there?").count)() == 0
+
+
+async def test_markup_in_a_message_is_shown_as_text(live, open_page):
+    """HTML in content is rendered as text: no element is created, no script runs."""
+    payloads = [
+        "<img src=x onerror=alert(1)>",
+        "<script>alert(2)</script>",
+        '<b onmouseover="alert(3)">bold?</b> & &amp; "quotes"',
+    ]
+    alice = await open_page(live, "alice", "/chat/xss/")
+    bob = await open_page(live, "bob", "/chat/xss/")
+    await wait_live(alice)
+    await wait_live(bob)
+    for payload in payloads:
+        await say(alice, payload)
+    for page in (alice, bob):
+        for payload in payloads:
+            await shown_once(page, payload)
+    # And through the history frame, on a fresh page.
+    carol = await open_page(live, "carol", "/chat/xss/")
+    await wait_live(carol)
+    await expect(contents(carol)).to_have_text(payloads)
+    await carol.hover("#messages .msg-content >> nth=2")
+    await asyncio.sleep(0.5)
+    for page in (alice, bob, carol):
+        assert await page.locator("#messages img, #messages script, #messages b").count() == 0
+        assert await page.locator("img").count() == 0
+        assert page.dialogs == [], page.dialogs
+        assert page.errors == [], page.errors
+
+
+async def test_page_recovers_what_was_sent_while_its_socket_was_down(
+        live, open_page, token_for):
+    """After a drop the page reconnects with ?since= and shows each missed message once."""
+    alice = await open_page(live, "alice", "/chat/recover/")
+    sockets: list[str] = []
+    alice.on("websocket", lambda ws: sockets.append(ws.url))
+    bob = await WsChat.open(live, token_for("bob"), "recover")
+    try:
+        before = [await bob.say(f"before {i}") for i in range(3)]
+        await wait_live(alice)
+        await shown_once(alice, "before 2")
+        assert await alice.evaluate("chatDebug.lastId()") == before[-1]
+
+        await alice.evaluate("chatDebug.dropSocket({hold: true})")
+        await expect(alice.locator("#conn-state")).to_have_attribute("data-state", "reconnecting")
+        await expect(alice.locator("#send-button")).to_be_disabled()
+        missed = [await bob.say(f"missed {i}") for i in range(5)]
+
+        await alice.evaluate("chatDebug.resume()")
+        await wait_live(alice)
+        for i in range(5):
+            await shown_once(alice, f"missed {i}")
+        after = await bob.say("after")
+        await shown_once(alice, "after")
+    finally:
+        await bob.close()
+    ids = await assert_ids_unique_and_sorted(alice)
+    assert ids == [*before, *missed, after]
+    assert sockets[-1].endswith(f"/ws/chat/recover/?since={before[-1]}"), sockets
+    assert all("token" not in url for url in sockets)
+    assert alice.errors == []
+
+
+async def test_page_survives_a_server_restart(live, daphne_server, open_page, token_for,
+                                              monkeypatch):
+    """daphne is killed and started again on its port: the page comes back, no gap, no dupes."""
+    alice = await open_page(live, "alice", "/chat/restart/")
+    await wait_live(alice)
+    sockets: list[str] = []
+    alice.on("websocket", lambda ws: sockets.append(ws.url))
+    bob = await WsChat.open(live, token_for("bob"), "restart")
+    first = await bob.say("before the crash")
+    await bob.close()
+    await shown_once(alice, "before the crash")
+
+    live.kill()
+    await expect(alice.locator("#conn-state")).to_have_attribute("data-state", "reconnecting")
+    # Start the new process on the same port (the fixture picks the port by calling
+    # its module's free_port).
+    monkeypatch.setattr(sys.modules[type(live).__module__], "free_port", lambda: live.port)
+    restarted = await asyncio.to_thread(daphne_server)
+    assert restarted.port == live.port
+    bob = await WsChat.open(restarted, token_for("bob"), "restart")
+    try:
+        later = [await bob.say(f"while coming back {i}") for i in range(3)]
+        await wait_live(alice)
+        for i in range(3):
+            await shown_once(alice, f"while coming back {i}")
+    finally:
+        await bob.close()
+    await shown_once(alice, "before the crash")
+    assert await assert_ids_unique_and_sorted(alice) == [first, *later]
+    chat_sockets = [url for url in sockets if "/ws/chat/" in url]
+    assert chat_sockets and all(url.endswith(f"?since={first}") for url in chat_sockets), sockets
+    await say(alice, "back online")
+    await shown_once(alice, "back online")
+
+
+@pytest.fixture
+def long_room(users) -> list[int]:
+    """A room with 120 stored messages (ids oldest first)."""
+    room = Room.objects.create(name="long", last_message_at=timezone.now())
+    start = timezone.now() - timedelta(hours=2)
+    Message.objects.bulk_create(
+        Message(room=room, sender=users["bob"], content=f"old message {i}",
+                created_at=start + timedelta(seconds=i))
+        for i in range(120)
+    )
+    return list(Message.objects.filter(room=room).values_list("id", flat=True))
+
+
+async def test_load_earlier_pages_back_to_the_start(long_room, live, open_page):
+    """"Load earlier messages" pages back with `before` until `truncated` is false."""
+    alice = await open_page(live, "alice", "/chat/long/")
+    await wait_live(alice)
+    await expect(contents(alice)).to_have_count(50)
+    button = alice.locator("#load-earlier")
+    await expect(button).to_be_visible()
+    await expect(alice.locator("#history-start")).to_be_hidden()
+    await button.click()
+    await expect(contents(alice)).to_have_count(100)
+    await button.click()
+    await expect(contents(alice)).to_have_count(120)
+    await expect(button).to_be_hidden()
+    await expect(alice.locator("#history-start")).to_be_visible()
+    assert await assert_ids_unique_and_sorted(alice) == long_room
+    await expect(contents(alice).first).to_have_text("old message 0")
+
+
+async def test_notification_posted_through_the_api_appears_and_is_acked(
+        live, open_page, token_for):
+    """POST /api/notify/<user> shows a toast and the badge; the page acks it."""
+    alice = await open_page(live, "alice", "/")
+    await expect(alice.locator("#notifications")).to_have_attribute("data-state", "live")
+    request = urllib.request.Request(
+        f"{live.url}/api/notify/alice",
+        data=json.dumps({"title": "Deploy", "message": "v2 is <b>live</b>"}).encode(),
+        headers={"Authorization": f"Bearer {token_for('ops')}",
+                 "Content-Type": "application/json"},
+        method="POST",
+    )
+    answer = await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(request).read()))
+    assert answer["status"] == "sent"
+    await expect(alice.locator("#toasts .toast-text")).to_have_text("Deploy: v2 is <b>live</b>")
+    await expect(alice.locator("#notif-badge")).to_have_text("1")
+    await alice.click("#notif-toggle")
+    await expect(alice.locator("#notif-list > li")).to_have_count(1)
+    await expect(alice.locator("#notif-badge")).to_be_hidden()
+    assert await alice.locator("#notifications b, #toasts b").count() == 0
+
+    async def delivered() -> bool:
+        note = await sync_to_async(Notification.objects.get)(pk=answer["id"])
+        return note.delivered_at is not None
+
+    for _ in range(100):
+        if await delivered():
+            break
+        await asyncio.sleep(0.1)
+    assert await delivered(), "the page did not acknowledge the notification"
+
+
+async def test_logged_out_page_goes_to_login_instead_of_retrying(live, open_page):
+    """When the session ends, the next connection is refused (4003): the page goes to login."""
+    alice = await open_page(live, "alice", "/chat/lounge/")
+    await wait_live(alice)
+    sockets: list[str] = []
+    alice.on("websocket", lambda ws: sockets.append(ws.url))
+    other_tab = await alice.context.new_page()
+    await other_tab.goto(f"{live.url}/")
+    await other_tab.click("text=Log out")
+    await other_tab.wait_for_url(re.compile(r"/accounts/login/"))
+    await alice.evaluate("chatDebug.dropSocket()")
+    await alice.wait_for_url(re.compile(r"/accounts/login/\?next=%2Fchat%2Flounge%2F"))
+    chat_attempts = [url for url in sockets if "/ws/chat/" in url]
+    assert len(chat_attempts) == 1, chat_attempts
