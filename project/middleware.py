@@ -101,7 +101,7 @@ class TokenAuthMiddleware(BaseMiddleware):
         return AnonymousUser(), CloseCode.NO_CREDENTIALS, None
 
 
-def WebSocketAuthStack(inner):  # noqa: N802 - named like channels' AuthMiddlewareStack
+def WebSocketAuthStack(inner):
     """Origin check, cookies and session, then token authentication."""
     return AllowedHostsOrNoOriginValidator(
         CookieMiddleware(SessionMiddleware(TokenAuthMiddleware(inner)))

@@ -62,7 +62,19 @@ def decode(token: str) -> Claims:
         raise ExpiredToken(user_id if isinstance(user_id, str) else None) from None
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from None
+    except UnicodeError:
+        # A str token with lone surrogates (from a JSON ``auth`` frame) cannot be encoded.
+        raise InvalidToken("token is not ASCII") from None
     user_id = payload["user_id"]
     if not isinstance(user_id, str) or not user_id:
         raise InvalidToken("user_id must be a non-empty string")
-    return Claims(user_id, datetime.fromtimestamp(payload["exp"], UTC))
+    exp = payload["exp"]
+    # PyJWT also takes a numeric string or a bool for ``exp``; a datetime needs a number
+    # that fits the platform's time_t.
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise InvalidToken("exp must be a number")
+    try:
+        expires_at = datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidToken("exp is out of range") from None
+    return Claims(user_id, expires_at)
