@@ -137,6 +137,10 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             metrics.inc("realtime_closes_total", code=str(int(code)))
             await self.close(code=int(code))
 
+    async def revoke(self) -> None:
+        """The user was deactivated or deleted: close as for an unknown user."""
+        await self.close_with(CloseCode.INVALID_CREDENTIALS)
+
     async def send_frame(self, text: str) -> None:
         if not self.closing:
             metrics.inc("realtime_frames_out_total", endpoint=self.endpoint)

@@ -26,6 +26,8 @@ from project.registry import Departure, LocalRegistry, RedisRegistry
 logger = logging.getLogger(__name__)
 
 GROUP_REFRESH_SECONDS = 3600.0
+#: Every process listens here for control events (such as revoking a user).
+CONTROL_GROUP = "hub.control"
 
 
 class Listener(Protocol):
@@ -63,6 +65,7 @@ class Hub:
         # process through one loop per prefix.
         self.channel = await self.layer.new_channel()
         await self.registry.heartbeat()
+        await self.subscribe(CONTROL_GROUP, self)
         self._tasks = [
             asyncio.create_task(self._receive_loop(), name="hub-receive"),
             asyncio.create_task(self._maintenance_loop(), name="hub-maintenance"),
@@ -92,6 +95,25 @@ class Hub:
             consumers.discard(consumer)
             if not consumers:
                 del self.user_connections[user]
+
+    async def hub_event(self, event: dict) -> None:
+        """Control events: ``revoke`` closes every local connection of a user."""
+        if event.get("kind") == "revoke":
+            await self.revoke_local(event["user"])
+
+    async def revoke_local(self, username: str) -> None:
+        for consumer in list(self.user_connections.get(username, ())):
+            logger.info("closing a connection of a deactivated or deleted user")
+            await consumer.revoke()
+
+    async def sweep_revoked(self) -> None:
+        """Close connections of users who are no longer active (the signal's fallback)."""
+        if not self.user_connections:
+            return
+        from project.revocation import inactive_usernames
+
+        for username in await inactive_usernames(list(self.user_connections)):
+            await self.revoke_local(username)
 
     # --- Groups -------------------------------------------------------------------
 
@@ -141,10 +163,13 @@ class Hub:
     # --- Maintenance ------------------------------------------------------------------
 
     async def _maintenance_loop(self) -> None:
-        last_refresh = time.monotonic()
+        last_refresh = last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             try:
+                if time.monotonic() - last_sweep >= settings.REVOCATION_SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    await self.sweep_revoked()
                 if await self.registry.heartbeat():
                     # Our heartbeat was gone: Redis lost its data (a restart) or we
                     # were taken for dead. Put back what this process holds.

@@ -195,6 +195,10 @@ NOTIFICATIONS_QUEUE_LIMIT = env_int("NOTIFICATIONS_QUEUE_LIMIT", 100, minimum=1)
 # seconds without one the others treat it as dead (its users leave their rooms).
 HUB_HEARTBEAT_SECONDS = env_int("HUB_HEARTBEAT_SECONDS", 10, minimum=1)
 HUB_DEAD_AFTER_SECONDS = env_int("HUB_DEAD_AFTER_SECONDS", 30, minimum=2)
+# Deactivating or deleting a user closes their connections at once (a signal);
+# each process also re-checks its users this often, for changes made where the
+# signal cannot reach it (another process on the in-memory layer, raw SQL).
+REVOCATION_SWEEP_SECONDS = env_int("REVOCATION_SWEEP_SECONDS", 60, minimum=1)
 
 # --- Server (used by `manage.py serve`) ---------------------------------------
 
@@ -204,6 +208,8 @@ WS_PING_INTERVAL = env_int("WS_PING_INTERVAL", 20, minimum=1)
 WS_PING_TIMEOUT = env_int("WS_PING_TIMEOUT", 30, minimum=1)
 WS_TIMEOUT = env_int("WS_TIMEOUT", 86400)
 PROXY_HEADERS = env_bool("PROXY_HEADERS", False)
+# Bearer token that may read /metrics besides staff users (empty: staff only).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- Internationalisation, static files ----------------------------------------
 
