@@ -44,18 +44,34 @@ def ensure_venv() -> None:
     STAMP.write_text(digest)
 
 
-def ensure_chromium() -> None:
-    """Install Debian's chromium for the browser tests when missing and we may."""
-    if shutil.which("chromium") or os.environ.get("SKIP_BROWSER_INSTALL"):
+# Debian packages the tests use (a test skips when its program is missing):
+# command on PATH -> package. chromium drives the browser tests; nginx checks the
+# example configuration in deploy/.
+DEBIAN_PACKAGES = {"chromium": "chromium", "nginx": "nginx-light"}
+
+
+def ensure_debian_packages() -> None:
+    """Install the missing Debian packages of the tests with apt-get when we are root.
+
+    CI machines are new each time, so the project installs what its tests need
+    instead of relying on a hand-installed program.
+    """
+    if os.environ.get("SKIP_APT_INSTALL"):
+        return
+    skip = {"chromium"} if os.environ.get("SKIP_BROWSER_INSTALL") else set()
+    missing = [pkg for cmd, pkg in DEBIAN_PACKAGES.items()
+               if cmd not in skip and not shutil.which(cmd) and not Path("/usr/sbin", cmd).exists()]
+    if not missing:
         return
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        print("dev.py: chromium missing and apt-get unavailable: browser tests will skip")
+        print(f"dev.py: {', '.join(missing)} missing and apt-get unavailable: "
+              "the tests that need them will skip")
         return
-    print("dev.py: installing chromium (Debian package) for the browser tests", flush=True)
+    print(f"dev.py: installing {', '.join(missing)} (Debian packages) for the tests", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing],
+                   check=False, env=env, stdout=subprocess.DEVNULL)
 
 
 def run(*args: str) -> int:
@@ -75,7 +91,7 @@ def main(argv: list[str]) -> int:
         code = run("manage.py", "migrate", "--no-input", "-v", "0")
         return code or run("manage.py", "serve", *rest)
     # test
-    ensure_chromium()
+    ensure_debian_packages()
     code = run("-m", "ruff", "check", ".")
     if code:
         print("dev.py: ruff found problems (see above)")
