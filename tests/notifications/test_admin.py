@@ -1,0 +1,56 @@
+"""The Notification admin: list, search by username and data text, delivered filter."""
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from notifications import services
+from notifications.models import Notification
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/admin/notifications/notification/"
+
+
+@pytest.fixture
+def admin_client_(make_user) -> Client:
+    admin = make_user("root", staff=True)
+    admin.is_superuser = True
+    admin.save()
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+def listed(client: Client, query: str = "") -> set[int]:
+    response = client.get(URL + query)
+    assert response.status_code == 200
+    return {row.pk for row in response.context["cl"].result_list}
+
+
+def test_admin_lists_searches_and_filters(admin_client_, make_user):
+    """The changelist searches usernames and data text and filters delivered/queued/broadcast."""
+    bob, carol = make_user("bob"), make_user("carol")
+    queued = Notification.objects.create(user=bob, data={"text": "invoice ready"})
+    delivered = Notification.objects.create(user=carol, data={"text": "welcome"},
+                                            delivered_at=timezone.now())
+    broadcast_id, _ = services.broadcast({"text": "maintenance"})
+    assert listed(admin_client_) == {queued.pk, delivered.pk, broadcast_id}
+    assert listed(admin_client_, "?q=invoice") == {queued.pk}
+    assert listed(admin_client_, "?q=carol") == {delivered.pk}
+    assert listed(admin_client_, "?delivered=no") == {queued.pk}
+    assert listed(admin_client_, "?delivered=yes") == {delivered.pk, broadcast_id}
+    assert listed(admin_client_, "?broadcast__exact=1") == {broadcast_id}
+    assert admin_client_.get(f"{URL}{queued.pk}/change/").status_code == 200
+
+
+def test_str_says_target_and_state(make_user):
+    """__str__ names the id, the recipient (or broadcast) and whether it is queued."""
+    bob = make_user("bob")
+    note = Notification.objects.create(user=bob, data={})
+    assert str(note) == f"#{note.pk} to bob (queued)"
+    note.delivered_at = timezone.now()
+    assert str(note) == f"#{note.pk} to bob (delivered)"
+    moment = timezone.now()
+    assert str(Notification(pk=5, data={}, broadcast=True, delivered_at=moment)) == (
+        "#5 broadcast (delivered)")

@@ -1,0 +1,116 @@
+"""Notifications over real daphne processes: one process, and two sharing Redis."""
+
+import asyncio
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import websockets
+from django.db import connections
+
+from notifications import services
+
+pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True)]
+
+
+def http_post(url: str, body: dict, token: str) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+async def apost(server, path: str, body: dict, token: str) -> tuple[int, dict]:
+    return await asyncio.to_thread(http_post, server.url + path, body, token)
+
+
+def ws_url(server, token: str) -> str:
+    return f"{server.ws_url}/ws/notifications/?token={token}"
+
+
+async def recv_json(ws) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def assert_silent(ws, seconds: float = 0.5) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ws.recv(), seconds)
+
+
+async def test_queue_ack_and_live_over_real_daphne(daphne_server, make_user, token_for):
+    """Over daphne: queued offline, delivered on connect, acked, then a live one is sent."""
+    await asyncio.to_thread(make_user, "admin", staff=True)
+    await asyncio.to_thread(make_user, "jürgen")
+    server = daphne_server()
+    admin = token_for("admin")
+    path = "/api/notify/" + urllib.parse.quote("jürgen")
+    status, queued = await apost(server, path, {"n": 1}, admin)
+    assert (status, queued["status"]) == (202, "queued")
+    async with websockets.connect(ws_url(server, token_for("jürgen"))) as ws:
+        frame = await recv_json(ws)
+        assert (frame["type"], frame["id"], frame["data"]) == ("notification", queued["id"],
+                                                               {"n": 1})
+        await ws.send(json.dumps({"type": "ack", "ids": [queued["id"]]}))
+        await ws.send("ping")
+        assert await recv_json(ws) == {"type": "pong"}
+    async with websockets.connect(ws_url(server, token_for("jürgen"))) as ws:
+        await assert_silent(ws)
+        status, sent = await apost(server, path, {"n": 2}, admin)
+        assert (status, sent["status"]) == (202, "sent")
+        assert (await recv_json(ws))["id"] == sent["id"]
+    status, error = await apost(server, "/api/notify/nobody", {"n": 3}, admin)
+    assert (status, error["error"]) == (404, "not_found")
+
+
+def notify_like_a_management_command(user, data) -> tuple[int, str]:
+    """Run notify() in a thread with no event loop at all, as a command or task would."""
+    try:
+        return services.notify(user, data)
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.redis
+async def test_two_processes_share_notifications_through_redis(
+    daphne_server, redis_url, make_user, token_for
+):
+    """Connected to A, posted via B: 'sent' and the NOTE arrives; also broadcasts and notify()."""
+    await asyncio.to_thread(make_user, "admin", staff=True)
+    bob = await asyncio.to_thread(make_user, "bob")
+    process_a = daphne_server(REDIS_URL=redis_url)
+    process_b = daphne_server(REDIS_URL=redis_url)
+    admin = token_for("admin")
+    async with websockets.connect(ws_url(process_a, token_for("bob"))) as ws:
+        await ws.send("ping")  # joined: the queue (empty) is sent before any answer
+        assert await recv_json(ws) == {"type": "pong"}
+
+        status, body = await apost(process_b, "/api/notify/bob", {"via": "B"}, admin)
+        assert (status, body["status"]) == (202, "sent")
+        frame = await recv_json(ws)
+        assert (frame["id"], frame["data"]) == (body["id"], {"via": "B"})
+
+        status, body = await apost(process_b, "/api/broadcast", {"all": 1}, admin)
+        assert (status, body["status"]) == (202, "broadcast")
+        frame = await recv_json(ws)
+        assert (frame["id"], frame["broadcast"]) == (body["id"], True)
+
+        note_id, status = await asyncio.to_thread(
+            notify_like_a_management_command, bob, {"via": "command"})
+        assert status == "sent"
+        frame = await recv_json(ws)
+        assert (frame["id"], frame["data"]) == (note_id, {"via": "command"})
+
+    # Once the connection is gone, every process answers 'queued'.
+    for _ in range(50):
+        status, body = await apost(process_b, "/api/notify/bob", {"after": True}, admin)
+        if body["status"] == "queued":
+            break
+        await asyncio.sleep(0.1)
+    assert (status, body["status"]) == (202, "queued")
