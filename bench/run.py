@@ -1,0 +1,490 @@
+#!/usr/bin/env python
+"""Benchmark the project's server: echo, fan-out, notifications, idle connections.
+
+Starts the project (daphne via ``manage.py serve``; optionally uvicorn too) on a fresh
+SQLite file it migrates itself (or ``--database-url``), creates the bench users, and runs
+the scenarios. With ``../shared/bench`` present (and its requirements installed, see
+``--setup``) it also starts the reference app and measures both with ``loadgen.py``'s
+compare mode, so every figure comes with a ratio project/seed from the same run.
+Without it, the built-in client (``bench/wsclient.py``) measures the project alone.
+
+    .venv/bin/python bench/run.py                                   # in-memory layer
+    .venv/bin/python bench/run.py --redis redis://127.0.0.1:6379/5 --layers core,pubsub
+    .venv/bin/python bench/run.py --scenarios echo --uvicorn        # daphne and uvicorn
+
+Results: ``bench/out/<UTC stamp>/`` (every loadgen JSON line, results.json, summary.md).
+See bench/README.md.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "bench"
+PEER_MODULES = ("picows", "uvloop", "orjson", "psutil", "fastapi", "uvicorn")
+SECRET = "bench-jwt-secret-not-for-production"
+USER_PREFIX, STAFF = "bench_u", "bench_staff"
+
+#: name -> (loadgen scenario, loadgen arguments, layers it depends on)
+SCENARIOS = {
+    "echo": ("echo", ["--conns", "50", "--msgs", "1000000"], False),
+    "fanout100": ("fanout", ["--members", "100", "--senders", "10", "--msgs", "100000"], True),
+    "fanout1000": ("fanout", ["--members", "1000", "--senders", "10", "--msgs", "100000",
+                              "--settle-timeout", "120", "--connect-deadline", "120"], True),
+    "notify": ("notify", ["--users", "100", "--posts", "1000000", "--http-conns", "8"], True),
+    "connections": ("connections", [], False),
+}
+DEFAULT_SCENARIOS = "echo,fanout100,fanout1000,notify,connections"
+
+CREATE_USERS = """
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+User = get_user_model()
+names = ["{staff}"] + ["{prefix}%d" % i for i in range({count})]
+have = set(User.objects.filter(username__in=names).values_list("username", flat=True))
+User.objects.bulk_create([User(username=n, password=make_password(None)) for n in names
+                          if n not in have], batch_size=1000, ignore_conflicts=True)
+User.objects.filter(username="{staff}").update(is_staff=True)
+"""
+
+
+def log(*parts) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}]", *parts, file=sys.stderr, flush=True)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cmd: list[str], cpu: str | None) -> list[str]:
+    return ["taskset", "-c", cpu, *cmd] if cpu and shutil.which("taskset") else cmd
+
+
+def peer_available() -> bool:
+    return (SHARED / "loadgen.py").exists() and all(
+        importlib.util.find_spec(m) for m in PEER_MODULES)
+
+
+class Server:
+    """A server process (its own session, so stopping it takes its children too)."""
+
+    def __init__(self, label: str, cmd: list[str], env: dict, cwd: Path, port: int, log_path: Path):
+        self.label, self.port = label, port
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{label} exited with {self.proc.returncode}; see {log_path}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit(f"{label} did not listen on {port} within 60 s; see {log_path}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.out = Path(args.out) / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.peer = peer_available() and not args.no_peer
+        self.results: list[dict] = []
+        self.servers: list[Server] = []
+        self.db = self.out / "bench.sqlite3"
+        self.server_cpu = "0" if (os.cpu_count() or 1) >= 2 and not args.no_pin else None
+        self.client_cpu = "1" if self.server_cpu else None
+
+    # --- project and peer -------------------------------------------------------------
+
+    def project_env(self, layer: str) -> dict:
+        env = dict(os.environ)
+        for name in ("REDIS_URL", "DATABASE_URL", "REDIS_LAYER"):
+            env.pop(name, None)
+        env.update(
+            DEBUG="false", SECRET_KEY="bench-" + "s" * 50, JWT_SECRET=SECRET, LOG_LEVEL="WARNING",
+            # The reference has no limits; these would cap echo at 20 frames/s per
+            # connection and the idle test at 10,000 connections.
+            WS_RATE_LIMIT="0", WS_MAX_CONNECTIONS="0", SQLITE_PATH=str(self.db),
+        )
+        if self.args.database_url:
+            env["DATABASE_URL"] = self.args.database_url
+        if layer != "memory":
+            env.update(REDIS_URL=self.args.redis, REDIS_PREFIX="bench", REDIS_LAYER=layer)
+        return env
+
+    def manage(self, env: dict, *argv: str) -> None:
+        subprocess.run([sys.executable, "manage.py", *argv], env=env, cwd=ROOT, check=True,
+                       timeout=600)
+
+    def prepare_database(self, users: int) -> None:
+        env = self.project_env("memory")
+        log(f"migrating {'DATABASE_URL' if self.args.database_url else self.db}")
+        self.manage(env, "migrate", "-v0")
+        self.manage(env, "shell", "-c",
+                    CREATE_USERS.format(staff=STAFF, prefix=USER_PREFIX, count=users))
+
+    def flush_redis(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.args.redis)
+        keys = list(client.scan_iter(match="bench*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start:start + 1000])
+        client.close()
+
+    def redis_pid(self) -> int | None:
+        import redis
+
+        with contextlib.suppress(Exception):
+            client = redis.Redis.from_url(self.args.redis)
+            pid = int(client.info("server")["process_id"])
+            client.close()
+            return pid
+        return None
+
+    def start_project(self, layer: str, kind: str = "daphne") -> Server:
+        env, port = self.project_env(layer), free_port()
+        if kind == "daphne":
+            cmd = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        else:
+            # The same limits as `manage.py serve` (see README "Running daphne").
+            cmd = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host",
+                   "127.0.0.1", "--port", str(port), "--ws", "websockets", "--ws-max-size",
+                   str(4 * 65536), "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
+                   "--lifespan", "off", "--no-access-log", "--log-level", "warning"]
+        server = Server(f"project-{kind}", pinned(cmd, self.server_cpu), env, ROOT, port,
+                        self.out / f"project-{kind}-{layer}.log")
+        self.servers.append(server)
+        return server
+
+    def start_seed(self) -> Server:
+        port = free_port()
+        cmd = [sys.executable, "-m", "uvicorn", "peer_seed.app:app", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+        server = Server("seed", pinned(cmd, self.server_cpu), dict(os.environ), SHARED, port,
+                        self.out / "seed.log")
+        self.servers.append(server)
+        return server
+
+    def stop(self, *servers: Server) -> None:
+        for server in servers:
+            server.stop()
+            self.servers.remove(server)
+
+    # --- one scenario -----------------------------------------------------------------
+
+    def run_scenario(self, name: str, layer: str, projects: list[Server], seed: Server | None):
+        args = self.args
+        kind, extra, _ = SCENARIOS[name]
+        if name == "connections":
+            extra = ["--conns", str(args.conns), "--hold", str(args.hold), "--endpoint",
+                     "notifications", "--connect-concurrency", "100", "--connect-deadline", "180"]
+        load_before = os.getloadavg()
+        started = time.time()
+        if self.peer:
+            record = self.run_loadgen(name, kind, extra, layer, projects, seed)
+        else:
+            record = self.run_builtin(name, layer, projects[0])
+        record.update(scenario=name, layer=layer, loadavg_before=load_before,
+                      loadavg_after=os.getloadavg(), seconds=round(time.time() - started, 1))
+        self.results.append(record)
+        self.save()
+        return record
+
+    def run_loadgen(self, name, kind, extra, layer, projects, seed) -> dict:
+        args = self.args
+        runs = 1 if name == "connections" else args.runs
+        aux = self.redis_pid() if layer != "memory" else None
+        cmd = [sys.executable, str(SHARED / "loadgen.py"), kind, *extra,
+               "--duration", str(args.duration), "--runs", str(runs), "--jwt-secret", SECRET]
+        if self.client_cpu:
+            cmd += ["--client-cpus", self.client_cpu]
+        if seed is not None:
+            cmd += ["--server", f"label=seed,target=seed,url=http://127.0.0.1:{seed.port},"
+                                f"pid={seed.pid}"]
+        for p in projects:
+            spec = f"label={p.label},target=project,url=http://127.0.0.1:{p.port},pid={p.pid}"
+            cmd += ["--server", spec + (f",aux={aux}" if aux else "")]
+        if len(cmd) and sum(1 for c in cmd if c == "--server") == 1:
+            # loadgen's compare mode needs two servers; one is a plain run.
+            i = cmd.index("--server")
+            spec = dict(kv.split("=", 1) for kv in cmd[i + 1].split(","))
+            cmd[i:i + 2] = ["--target", spec["target"], "--url", spec["url"], "--label",
+                            spec["label"], "--server-pid", spec["pid"]]
+        base = self.out / f"{layer}-{name}"
+        log(f"{layer} {name}: {' '.join(cmd[2:])}")
+        with open(f"{base}.jsonl", "w") as out, open(f"{base}.log", "w") as err:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=err,
+                                  timeout=args.duration * runs * 8 + 900)
+        lines = [json.loads(x) for x in open(f"{base}.jsonl") if x.strip().startswith("{")]
+        summary = next((x for x in reversed(lines) if x.get("kind") == "summary"), None)
+        if summary is None:  # one server: build the same shape from its runs
+            runs_ = [x for x in lines if x.get("kind") == "run" and "metrics" in x]
+            summary = {"median": {x["label"]: x["metrics"] for x in runs_[-1:]}, "ratios": {},
+                       "errors": [x.get("error") for x in lines if "error" in x]}
+        tail = open(f"{base}.log").read().strip().splitlines()[-6:]
+        log("\n  ".join(["done", *tail]))
+        return {"client": "loadgen", "returncode": proc.returncode, "command": cmd,
+                "median": summary.get("median"), "ratios": summary.get("ratios"),
+                "errors": summary.get("errors"),
+                "runs": [x for x in lines if x.get("kind") == "run"]}
+
+    def run_builtin(self, name, layer, project: Server) -> dict:
+        import wsclient
+
+        args, ws = self.args, f"ws://127.0.0.1:{project.port}"
+        proc = wsclient.Proc(project.pid)
+        if self.client_cpu:
+            saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {int(self.client_cpu)})
+        runs = []
+        try:
+            for _ in range(1 if name == "connections" else args.runs):
+                if name == "echo":
+                    coro = wsclient.echo(ws, 50, args.duration, proc)
+                elif name.startswith("fanout"):
+                    coro = wsclient.fanout(ws, SECRET, int(name[6:]), 10, args.duration, proc)
+                elif name == "notify":
+                    coro = wsclient.notify("127.0.0.1", project.port, SECRET, 100, args.duration,
+                                           8, proc)
+                else:
+                    coro = wsclient.connections(ws, SECRET, args.conns, args.hold, proc)
+                runs.append(asyncio.run(coro))
+                log(f"{layer} {name}: {runs[-1]}")
+        finally:
+            if self.client_cpu:
+                os.sched_setaffinity(0, saved)
+        return {"client": "builtin", "median": {project.label: wsclient.summarise_runs(runs)},
+                "runs": runs}
+
+    # --- profiles ---------------------------------------------------------------------
+
+    def profile(self, name: str, layer: str, project: Server) -> None:
+        """py-spy on the project while loadgen (or the built-in client) drives ``name``."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(py_spy).exists():
+            log("py-spy not found: pip install py-spy")
+            return
+        raw = self.out / f"profile-{layer}-{name}.txt"
+        seconds = max(4, int(self.args.duration) - 2)
+        members = {"fanout1000": 1000, "fanout100": 100, "notify": 100}.get(name, 50)
+
+        def spy():
+            # Start once the clients are connected (and settled), not during the join storm.
+            base, deadline = len(os.listdir(f"/proc/{project.pid}/fd")), time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if len(os.listdir(f"/proc/{project.pid}/fd")) >= base + members:
+                    break
+                time.sleep(0.25)
+            time.sleep(3)
+            subprocess.run([py_spy, "record", "--pid", str(project.pid), "--duration",
+                            str(seconds), "--rate", "200", "--format", "raw", "--nonblocking",
+                            "--output", str(raw)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=seconds + 60)
+
+        import threading
+
+        thread = threading.Thread(target=spy, daemon=True)
+        thread.start()
+        saved_runs, self.args.runs = self.args.runs, 1
+        saved_duration, self.args.duration = self.args.duration, self.args.duration + 4
+        try:
+            self.run_scenario(name, layer, [project], None)
+            self.results[-1]["profile_run"] = True
+        finally:
+            self.args.runs, self.args.duration = saved_runs, saved_duration
+        thread.join(120)
+        if raw.exists():
+            sys.path.insert(0, str(Path(__file__).parent))
+            import pyspy_top
+
+            (raw.with_suffix(".md")).write_text(pyspy_top.render(pyspy_top.summarise(str(raw))))
+            log(f"profile: {raw.with_suffix('.md')}")
+
+    # --- output -----------------------------------------------------------------------
+
+    def machine(self) -> dict:
+        versions = {}
+        for dist in ("django", "channels", "channels-redis", "daphne", "twisted", "autobahn",
+                     "redis", "uvicorn", "websockets", "picows", "fastapi"):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                versions[dist] = importlib.metadata.version(dist)
+        free = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout
+        return {"nproc": os.cpu_count(), "python": platform.python_version(),
+                "platform": platform.platform(), "free_h": free, "versions": versions,
+                "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                "server_cpu": self.server_cpu, "client_cpu": self.client_cpu,
+                "client": "loadgen" if self.peer else "builtin (websockets)"}
+
+    def save(self) -> None:
+        data = {"machine": self.machine(), "args": vars(self.args), "results": self.results}
+        (self.out / "results.json").write_text(json.dumps(data, indent=1, default=str))
+        (self.out / "summary.md").write_text(render(data))
+
+
+KEYS = {
+    "echo": ("msgs_per_s", "rtt_p99_ms"),
+    "fanout": ("deliveries_per_s", "last_p99_ms", "delivered_frac"),
+    "notify": ("notify_per_s", "deliver_p99_ms"),
+    "connections": ("connected", "rss_per_conn_kib"),
+}
+
+
+def render(data: dict) -> str:
+    rows = ["| scenario | layer | server | metric | value | ratio to seed | load 1m |",
+            "|---|---|---|---|---:|---:|---:|"]
+    for r in data["results"]:
+        keys = KEYS[SCENARIOS[r["scenario"]][0]] + ("server_cpu_pct", "client_cpu_pct")
+        tag = " (profiled)" if r.get("profile_run") else ""
+        for label, med in (r.get("median") or {}).items():
+            if label == "seed":
+                continue
+            ratios = (r.get("ratios") or {}).get(f"{label}/seed", {})
+            for k in keys:
+                if k in med:
+                    ratio = ratios.get(k)
+                    rows.append(f"| {r['scenario']}{tag} | {r['layer']} | {label} | {k} | "
+                                f"{med[k]} | {'' if ratio is None else ratio} | "
+                                f"{round(r['loadavg_before'][0], 2)} |")
+            if "seed" in r["median"]:
+                seed = r["median"]["seed"]
+                rows.append(f"| {r['scenario']} | {r['layer']} | seed | "
+                            + ", ".join(f"{k}={seed.get(k)}" for k in keys if k in seed)
+                            + " | | | |")
+        for e in r.get("errors") or []:
+            rows.append(f"| {r['scenario']} | {r['layer']} | ERROR | {e} | | | |")
+    m = data["machine"]
+    return "\n".join([f"# Bench run ({m['client']})", "",
+                      f"nproc={m['nproc']}, python {m['python']}, {m['versions']}", "", *rows])
+
+
+def setup() -> None:
+    """Install the reference app's and loadgen's requirements into this interpreter's env."""
+    req = SHARED / "requirements.txt"
+    if not req.exists():
+        raise SystemExit(f"{req} is missing: the built-in client needs nothing more")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-r", str(req), "py-spy"], check=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
+                   help=f"comma list of {', '.join(SCENARIOS)}")
+    p.add_argument("--layers", default="memory",
+                   help="comma list of memory, core, pubsub (the last two need --redis)")
+    p.add_argument("--redis", default=None, help="Redis URL, e.g. redis://127.0.0.1:6379/5")
+    p.add_argument("--database-url", default=None, help="instead of a fresh SQLite file")
+    p.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--conns", type=int, default=10000, help="idle connections")
+    p.add_argument("--hold", type=float, default=10.0, help="seconds the idle connections stay")
+    p.add_argument("--uvicorn", action="store_true", help="also serve the project with uvicorn")
+    p.add_argument("--no-daphne", action="store_true", help="with --uvicorn: uvicorn only")
+    p.add_argument("--profile", default="", help="comma list of scenarios to profile (py-spy)")
+    p.add_argument("--no-peer", action="store_true", help="project only, built-in client")
+    p.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
+    p.add_argument("--setup", action="store_true",
+                   help="pip install ../shared/bench/requirements.txt and py-spy, then exit")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    args = p.parse_args(argv)
+    if args.setup:
+        setup()
+        return
+    names = [n for n in args.scenarios.split(",") if n]
+    layers = [x for x in args.layers.split(",") if x]
+    for n in names:
+        if n not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {n!r}")
+    if any(x != "memory" for x in layers) and not args.redis:
+        raise SystemExit("--layers core/pubsub need --redis URL")
+    fds = raise_fd_limit(2 * args.conns + 1000)
+    if "connections" in names and fds < args.conns + 500:
+        args.conns = max(100, fds - 500)
+        log(f"open-file limit is {fds}: idle connections capped at {args.conns}")
+    sys.path.insert(0, str(Path(__file__).parent))
+    bench = Bench(args)
+    if (SHARED / "loadgen.py").exists() and not bench.peer and not args.no_peer:
+        log("../shared/bench found but its requirements are missing: run with --setup for "
+            "ratios against the reference; measuring the project alone")
+    log(f"output: {bench.out} (client: {'loadgen' if bench.peer else 'built-in'})")
+    bench.prepare_database(max(args.conns if "connections" in names else 0, 1000))
+    kinds = ([] if args.no_daphne else ["daphne"]) + (["uvicorn"] if args.uvicorn else [])
+    try:
+        for layer in layers:
+            todo = [n for n in names if layer == layers[0] or SCENARIOS[n][2]]
+            if not todo:
+                continue
+            steady = [n for n in todo if n != "connections"]
+            if steady:
+                if layer != "memory":
+                    bench.flush_redis()
+                seed = bench.start_seed() if bench.peer else None
+                projects = [bench.start_project(layer, k) for k in kinds]
+                for name in steady:
+                    bench.run_scenario(name, layer, projects, seed)
+                for name in [n for n in args.profile.split(",") if n in steady]:
+                    bench.profile(name, layer, projects[0])
+                bench.stop(*projects, *([seed] if seed else []))
+            if "connections" in todo:
+                # Fresh servers: CPython keeps freed memory, so only a first run is clean.
+                for kind in kinds:
+                    if layer != "memory":
+                        bench.flush_redis()
+                    seed = bench.start_seed() if bench.peer else None
+                    project = bench.start_project(layer, kind)
+                    time.sleep(2)
+                    bench.run_scenario("connections", layer, [project], seed)
+                    bench.stop(project, *([seed] if seed else []))
+    finally:
+        for server in list(bench.servers):
+            bench.stop(server)
+        bench.save()
+    log(f"results: {bench.out / 'summary.md'}")
+    print((bench.out / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
