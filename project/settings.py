@@ -132,7 +132,20 @@ REDIS_URL = env_str("REDIS_URL")
 # Prefix of every Redis key the project writes (channel layer and registry), so
 # several deployments (or a test run) can share one Redis database.
 REDIS_PREFIX = env_str("REDIS_PREFIX", "rt")
-if REDIS_URL:
+# Which channels-redis layer carries the hub's events (see bench/RESULTS.md):
+# "core" (lists, one buffered channel per process) or "pubsub" (Redis PUBLISH/SUBSCRIBE).
+REDIS_LAYER = env_str("REDIS_LAYER", "core").lower()
+if REDIS_LAYER not in {"core", "pubsub"}:
+    raise ImproperlyConfigured(f"REDIS_LAYER must be 'core' or 'pubsub', not {REDIS_LAYER!r}")
+if REDIS_URL and REDIS_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # No capacity or expiry: Redis pushes each event to the subscribed processes.
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": REDIS_PREFIX + ":layer"},
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -149,6 +162,7 @@ if REDIS_URL:
             },
         }
     }
+if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
