@@ -5,6 +5,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from notifications import consumers, services
@@ -113,7 +114,7 @@ async def test_ack_with_ids_of_another_user_is_ignored(amake_user, connect):
     await send(communicator, {"type": "ack", "ids": [carol_id, 999999]})
     await send(communicator, {"type": "ping"})
     assert await receive(communicator) == {"type": "pong"}
-    assert [row.pk for row in await asyncio.to_thread(services.undelivered, carol.pk)] == [
+    assert [row.pk for row in await database_sync_to_async(services.undelivered)(carol.pk)] == [
         carol_id]
     assert bob.pk != carol.pk
 

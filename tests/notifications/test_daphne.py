@@ -44,10 +44,10 @@ async def assert_silent(ws, seconds: float = 0.5) -> None:
         await asyncio.wait_for(ws.recv(), seconds)
 
 
-async def test_queue_ack_and_live_over_real_daphne(daphne_server, make_user, token_for):
+async def test_queue_ack_and_live_over_real_daphne(daphne_server, amake_user, token_for):
     """Over daphne: queued offline, delivered on connect, acked, then a live one is sent."""
-    await asyncio.to_thread(make_user, "admin", staff=True)
-    await asyncio.to_thread(make_user, "jürgen")
+    await amake_user("admin", staff=True)
+    await amake_user("jürgen")
     server = daphne_server()
     admin = token_for("admin")
     path = "/api/notify/" + urllib.parse.quote("jürgen")
@@ -79,11 +79,11 @@ def notify_like_a_management_command(user, data) -> tuple[int, str]:
 
 @pytest.mark.redis
 async def test_two_processes_share_notifications_through_redis(
-    daphne_server, redis_url, make_user, token_for
+    daphne_server, redis_url, amake_user, token_for
 ):
     """Connected to A, posted via B: 'sent' and the NOTE arrives; also broadcasts and notify()."""
-    await asyncio.to_thread(make_user, "admin", staff=True)
-    bob = await asyncio.to_thread(make_user, "bob")
+    await amake_user("admin", staff=True)
+    bob = await amake_user("bob")
     process_a = daphne_server(REDIS_URL=redis_url)
     process_b = daphne_server(REDIS_URL=redis_url)
     admin = token_for("admin")

@@ -5,7 +5,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def undelivered_ids(user) -> list[int]:
-    rows = await sync_to_async(services.undelivered)(user.pk)
+    rows = await database_sync_to_async(services.undelivered)(user.pk)
     return [row.pk for row in rows]
 
 
@@ -171,7 +171,7 @@ async def test_sync_notify_from_a_server_thread_reaches_a_connected_user(amake_u
     """notify() from sync code run by the server (a sync view) is 'sent' and arrives live."""
     bob = await amake_user("bob")
     communicator = await connect("bob")
-    note_id, status = await sync_to_async(services.notify)(bob, {"text": "from sync"})
+    note_id, status = await database_sync_to_async(services.notify)(bob, {"text": "from sync"})
     assert status == "sent"
     frame = await receive(communicator)
     assert (frame["id"], frame["data"]) == (note_id, {"text": "from sync"})
