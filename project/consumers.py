@@ -157,13 +157,13 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.close_with(CloseCode.MESSAGE_TOO_BIG)
             return
         if not self.bucket.take():
+            # Every dropped frame is answered, the one that reaches the burst too.
+            await self.send_frame(
+                protocol.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
+            )
             if self.bucket.dropped_in_row >= settings.WS_RATE_BURST:
                 logger.info("closing a %s connection that kept flooding", self.endpoint)
                 await self.close_with(CloseCode.RATE_LIMITED)
-            else:
-                await self.send_frame(
-                    protocol.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
-                )
             return
         try:
             await self.receive_frame(text, data)
@@ -219,7 +219,8 @@ def too_large(text: str | None, data: bytes | None, limit: int) -> bool:
     # A code point is at most 4 bytes in UTF-8: skip the encoding when it can't matter.
     if len(text) > limit:
         return True
-    return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
+    # surrogatepass: text from an in-process caller may hold lone surrogates (3 bytes each).
+    return len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 class TokenBucket:
