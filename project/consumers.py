@@ -142,9 +142,16 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await self.close_with(CloseCode.INVALID_CREDENTIALS)
 
     async def send_frame(self, text: str) -> None:
-        if not self.closing:
-            metrics.inc("realtime_frames_out_total", endpoint=self.endpoint)
-            await self.base_send({"type": "websocket.send", "text": text})
+        if self.closing:
+            return
+        send = self.scope.get("server_send") or self.base_send
+        limit = settings.WS_MAX_SEND_BUFFER_BYTES
+        if limit and unsent_bytes(send) > limit:
+            logger.warning("closing a %s connection that stopped reading", self.endpoint)
+            await self.close_with(CloseCode.SLOW_CONSUMER)
+            return
+        metrics.inc("realtime_frames_out_total", endpoint=self.endpoint)
+        await send({"type": "websocket.send", "text": text})
 
     # --- Incoming frames ----------------------------------------------------------------
 
@@ -206,6 +213,23 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.scope.get("token_expires_at") is not None:
             self.schedule_expiry(claims.expires_at)
         await self.send_frame(protocol.auth_ok(claims.expires_at))
+
+
+def unsent_bytes(send) -> int:
+    """Bytes daphne holds for this socket that the peer has not taken yet.
+
+    daphne hands the application ``partial(server.handle_reply, protocol)``; the
+    protocol's Twisted transport buffers whatever the peer does not read, without
+    limit. Under another server (the test communicator) this is 0.
+    """
+    args = getattr(send, "args", ())
+    transport = getattr(args[0], "transport", None) if args else None
+    if transport is None:
+        return 0
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return 0
 
 
 def too_large(text: str | None, data: bytes | None, limit: int) -> bool:

@@ -101,8 +101,23 @@ class TokenAuthMiddleware(BaseMiddleware):
         return AnonymousUser(), CloseCode.NO_CREDENTIALS, None
 
 
+class ServerSendMiddleware:
+    """Keep the server's own ``send`` in the scope as ``server_send``.
+
+    Frames sent through it skip the session middleware's wrapper, which only
+    acts on HTTP responses, and under daphne it reveals how much the peer has
+    not read yet (see ``project.consumers.unsent_bytes``).
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        return await self.inner(dict(scope, server_send=send), receive, send)
+
+
 def WebSocketAuthStack(inner):
     """Origin check, cookies and session, then token authentication."""
-    return AllowedHostsOrNoOriginValidator(
+    return ServerSendMiddleware(AllowedHostsOrNoOriginValidator(
         CookieMiddleware(SessionMiddleware(TokenAuthMiddleware(inner)))
-    )
+    ))

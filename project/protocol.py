@@ -22,6 +22,9 @@ class CloseCode(IntEnum):
     NO_CREDENTIALS = 4003
     RATE_LIMITED = 4008
     MESSAGE_TOO_BIG = 4009
+    # Not in PROTOCOL.md: the client stopped reading and its backlog reached
+    # WS_MAX_SEND_BUFFER_BYTES.
+    SLOW_CONSUMER = 4010
     TOO_MANY_CONNECTIONS = 4013
 
 

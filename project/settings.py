@@ -204,6 +204,10 @@ WS_RATE_BURST = env_int("WS_RATE_BURST", 40)
 WS_MAX_CONNECTIONS = env_int("WS_MAX_CONNECTIONS", 10000)
 WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 10)
 NOTIFICATIONS_QUEUE_LIMIT = env_int("NOTIFICATIONS_QUEUE_LIMIT", 100, minimum=1)
+# Bytes the server may hold for one client that does not read (a stalled or very
+# slow peer in a busy room); past it the connection is closed with 4010 and the
+# client recovers with ?since= on reconnect.
+WS_MAX_SEND_BUFFER_BYTES = env_int("WS_MAX_SEND_BUFFER_BYTES", 4 * 1024 * 1024)
 
 # How often each process writes its heartbeat to the registry, and after how many
 # seconds without one the others treat it as dead (its users leave their rooms).
