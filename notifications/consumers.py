@@ -14,16 +14,22 @@ NOTEs that were not in it, then live ones.
 
 import asyncio
 import logging
+import time
 import weakref
+
+from django.conf import settings
 
 from notifications import services
 from project import protocol
-from project.consumers import ProtocolConsumer
+from project.consumers import ProtocolConsumer, unsent_bytes
 from project.hub import Hub
 from project.protocol import Ack, Auth, ErrorCode, Ping
 from project.registry import NOTIFICATIONS
 
 logger = logging.getLogger(__name__)
+
+#: How long the queue waits for a client to take what the server holds for it.
+DRAIN_SECONDS = 10.0
 
 
 class Feed:
@@ -103,11 +109,32 @@ class NotificationConsumer(ProtocolConsumer):
         self._queued_ids = frozenset(note_id for note_id, _ in queue)
         for _, frame in queue:
             await self.send_frame(frame)
+            await self._drain()
         while self._held:
             note_id, frame = self._held.pop(0)
             if note_id not in self._queued_ids:
                 await self.send_frame(frame)
         self._held = None
+
+    async def _drain(self) -> None:
+        """Let the server write the queue out before adding more to its buffer.
+
+        A full queue is up to ``NOTIFICATIONS_QUEUE_LIMIT`` x 64 KB (6.4 MB by
+        default), more than the server holds for a client that does not read
+        (``WS_MAX_SEND_BUFFER_BYTES``, then 4010): sent in one burst it would close
+        a healthy client on every connect. Wait (up to ``DRAIN_SECONDS``) while
+        half the limit is pending; a client that reads nothing meanwhile is then
+        closed by ``send_frame`` as any stalled reader is.
+        """
+        limit = settings.WS_MAX_SEND_BUFFER_BYTES // 2
+        if not limit:
+            return
+        send = self.scope.get("server_send") or self.base_send
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while True:
+            if unsent_bytes(send) <= limit or self.closing or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.005)  # the transport has no "drained" event to await
 
     async def left(self) -> None:
         for group in self._groups:

@@ -40,7 +40,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from notifications.models import Notification
-from project import protocol
+from project import metrics, protocol
 from project.hub import Hub, _hubs
 from project.registry import LocalRegistry, RedisRegistry
 
@@ -238,6 +238,11 @@ async def notification_connections(username: str) -> int:
         return await registry.notification_connections(username)
 
 
+def _counted(status: str) -> str:
+    metrics.inc("realtime_notifications_total", status=status)
+    return status
+
+
 async def _status(username: str) -> str:
     return SENT if await notification_connections(username) > 0 else QUEUED
 
@@ -259,7 +264,7 @@ async def anotify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, st
     """Store a notification for ``user``, then push it: ``(id, "sent"|"queued")``."""
     _check_data(data)
     notification = await database_sync_to_async(store_notification)(user.pk, data)
-    return notification.pk, await _push(user.get_username(), _event(notification))
+    return notification.pk, _counted(await _push(user.get_username(), _event(notification)))
 
 
 def notify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:
@@ -278,11 +283,11 @@ def notify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(lambda: async_to_sync(_push)(username, event))
         try:
-            return notification.pk, async_to_sync(_status)(username)
+            return notification.pk, _counted(async_to_sync(_status)(username))
         except Exception:
             logger.exception("could not count the connections of a user")
-            return notification.pk, QUEUED
-    return notification.pk, async_to_sync(_push)(username, event)
+            return notification.pk, _counted(QUEUED)
+    return notification.pk, _counted(async_to_sync(_push)(username, event))
 
 
 async def _push_broadcast(notification: Notification) -> None:
@@ -298,7 +303,7 @@ async def abroadcast(data: dict[str, Any]) -> tuple[int, str]:
     _check_data(data)
     notification = await database_sync_to_async(store_broadcast)(data)
     await _push_broadcast(notification)
-    return notification.pk, BROADCAST
+    return notification.pk, _counted(BROADCAST)
 
 
 def broadcast(data: dict[str, Any]) -> tuple[int, str]:
@@ -310,4 +315,4 @@ def broadcast(data: dict[str, Any]) -> tuple[int, str]:
         transaction.on_commit(lambda: async_to_sync(_push_broadcast)(notification))
     else:
         async_to_sync(_push_broadcast)(notification)
-    return notification.pk, BROADCAST
+    return notification.pk, _counted(BROADCAST)

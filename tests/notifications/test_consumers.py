@@ -315,7 +315,7 @@ async def test_oversized_frame_closes_4009(amake_user, connect, settings):
 
 
 async def test_rate_limit_then_4008(amake_user, connect, settings):
-    """Frames over the rate get rate_limited; WS_RATE_BURST drops in a row close with 4008."""
+    """Frames over the rate get rate_limited; the WS_RATE_BURST-th drop in a row closes 4008."""
     settings.WS_RATE_LIMIT, settings.WS_RATE_BURST = 1, 2
     await amake_user("bob")
     communicator = await connect("bob")
@@ -324,4 +324,5 @@ async def test_rate_limit_then_4008(amake_user, connect, settings):
     assert [(await receive(communicator))["type"] for _ in range(3)] == [
         "pong", "pong", "error"]
     await communicator.send_to(text_data="ping")
+    assert (await receive(communicator))["code"] == "rate_limited"
     await assert_closed(communicator, 4008)

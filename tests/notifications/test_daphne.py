@@ -114,3 +114,15 @@ async def test_two_processes_share_notifications_through_redis(
             break
         await asyncio.sleep(0.1)
     assert (status, body["status"]) == (202, "queued")
+
+
+async def test_full_queue_of_large_notifications_arrives_whole(daphne_server, amake_user,
+                                                               token_for):
+    """A full queue (100 NOTEs of ~64 KB, 6.4 MB) reaches a reading client, not a close."""
+    bob = await amake_user("bob")
+    big = {"blob": "x" * 65000}
+    ids = [(await services.anotify(bob, big))[0] for _ in range(100)]
+    server = daphne_server()
+    async with websockets.connect(ws_url(server, token_for("bob")), max_size=2**20) as ws:
+        received = [(await recv_json(ws))["id"] for _ in ids]
+    assert received == ids

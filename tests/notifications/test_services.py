@@ -198,3 +198,19 @@ async def test_status_is_sent_only_while_connected(amake_user, connect):
     await communicator.disconnect()
     await asyncio.sleep(0)
     assert (await services.anotify(bob, {"n": 2}))[1] == "queued"
+
+
+async def test_posts_are_counted_by_status(amake_user, connect):
+    """realtime_notifications_total counts posts by status: queued, sent, broadcast."""
+    from project import metrics
+
+    bob = await amake_user("bob")
+    before = {s: metrics.value("realtime_notifications_total", status=s)
+              for s in ("queued", "sent", "broadcast")}
+    await services.anotify(bob, {"n": 1})
+    await connect("bob")
+    await services.anotify(bob, {"n": 2})
+    await services.abroadcast({"n": 3})
+    after = {s: metrics.value("realtime_notifications_total", status=s) - before[s]
+             for s in before}
+    assert after == {"queued": 1, "sent": 1, "broadcast": 1}
