@@ -97,7 +97,39 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
         raise ApiError("invalid_json", "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_body", "body must be a JSON object")
+    if not storable(data):
+        raise ApiError("invalid_body", "strings must be valid Unicode without NUL characters")
     return data
+
+
+def _storable_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape
+        return False
+    return True
+
+
+def storable(value: Any) -> bool:
+    """Whether every string (keys too) in a parsed JSON value can be stored and sent.
+
+    JSON escapes allow lone surrogates and NUL: PostgreSQL refuses both (text and
+    jsonb), and a lone surrogate cannot be encoded into a UTF-8 WebSocket frame.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _storable_text(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 View = Callable[..., Awaitable[JsonResponse]]

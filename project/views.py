@@ -14,25 +14,38 @@ from project.api import ApiError, api_view, read_json_object
 
 
 def _failure_keys(username: str, address: str) -> list[str]:
-    digest = hashlib.sha256(username.encode()).hexdigest()
+    # surrogatepass: a JSON body may carry lone surrogates; the key must not crash on them.
+    digest = hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()
     return [f"login-failures:user:{digest}", f"login-failures:addr:{address}"]
 
 
-def _recent(stamps: list[float] | None) -> list[float]:
-    cutoff = time.time() - settings.LOGIN_FAILURE_WINDOW
-    return [s for s in stamps or [] if s > cutoff]
+def _blocked(stamps: list[float] | None, now: float) -> bool:
+    """``LOGIN_MAX_FAILURES`` failures within one window, the last one less than a window ago.
+
+    The block lasts a whole window after the *last* failure (PROTOCOL.md), not after
+    the first of them.
+    """
+    if not stamps:
+        return False
+    window, last = settings.LOGIN_FAILURE_WINDOW, max(stamps)
+    if now - last >= window:
+        return False
+    return sum(1 for s in stamps if s > last - window) >= settings.LOGIN_MAX_FAILURES
 
 
 async def _throttled(keys: list[str]) -> bool:
     found = await cache.aget_many(keys)
-    return any(len(_recent(found.get(k))) >= settings.LOGIN_MAX_FAILURES for k in keys)
+    now = time.time()
+    return any(_blocked(found.get(k), now) for k in keys)
 
 
 async def _record_failure(keys: list[str]) -> None:
     found = await cache.aget_many(keys)
     now = time.time()
+    cutoff = now - settings.LOGIN_FAILURE_WINDOW
     await cache.aset_many(
-        {k: [*_recent(found.get(k)), now] for k in keys}, timeout=settings.LOGIN_FAILURE_WINDOW
+        {k: [*(s for s in found.get(k) or [] if s > cutoff), now] for k in keys},
+        timeout=settings.LOGIN_FAILURE_WINDOW,
     )
 
 
