@@ -166,6 +166,7 @@
     panel.hidden = !open;
     toggle.setAttribute("aria-expanded", open ? "true" : "false");
     if (open) {
+      toasts.replaceChildren(); /* the panel shows the same items */
       unread = 0;
       save();
       renderList();
