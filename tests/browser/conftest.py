@@ -62,12 +62,15 @@ async def open_page(browser) -> AsyncIterator[Callable]:
 
     Logs in through the login form (as a person would), then lands on ``path``.
     Dialogs and page errors are recorded on ``page.dialogs`` / ``page.errors``.
+    ``before(context)`` runs first (to route WebSockets, say).
     """
     contexts = []
 
-    async def open_(server, username: str, path: str = "/"):
+    async def open_(server, username: str, path: str = "/", before=None):
         context = await browser.new_context(viewport={"width": 1100, "height": 720})
         contexts.append(context)
+        if before is not None:
+            await before(context)
         page = await context.new_page()
         page.dialogs = []
         page.errors = []

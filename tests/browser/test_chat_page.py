@@ -352,6 +352,14 @@ async def test_notification_posted_through_the_api_appears_and_is_acked(
         await asyncio.sleep(0.1)
     assert await delivered(), "the page did not acknowledge the notification"
 
+    # One posted while the page's socket is down arrives when it reconnects, once.
+    await alice.evaluate("notificationsDebug.dropSocket({hold: true})")
+    request.data = json.dumps({"text": "while you were away"}).encode()
+    await asyncio.to_thread(urllib.request.urlopen, request)
+    await alice.evaluate("notificationsDebug.resume()")
+    await expect(alice.locator("#notif-list > li")).to_have_count(2)
+    await expect(alice.locator("#notif-list > li").first).to_contain_text("while you were away")
+
 
 async def test_logged_out_page_goes_to_login_instead_of_retrying(live, open_page):
     """When the session ends, the next connection is refused (4003): the page goes to login."""
@@ -367,3 +375,31 @@ async def test_logged_out_page_goes_to_login_instead_of_retrying(live, open_page
     await alice.wait_for_url(re.compile(r"/accounts/login/\?next=%2Fchat%2Flogout%2F"))
     chat_attempts = [url for url in sockets if "/ws/chat/" in url]
     assert len(chat_attempts) == 1, chat_attempts
+
+
+async def test_too_many_connections_waits_instead_of_hammering(daphne_server, users, open_page,
+                                                               token_for):
+    """Closed with 4013, the page says why and waits 15 s or more; "Retry now" reconnects."""
+    server = daphne_server(WS_MAX_CONNECTIONS_PER_USER="1")
+    holder = await WsChat.open(server, token_for("alice"), "crowded")
+
+    async def mute_notifications(context) -> None:
+        # Only the chat socket should count against alice's single connection.
+        await context.route_web_socket(re.compile(r"/ws/notifications/$"), lambda ws: None)
+
+    alice = await open_page(server, "alice", "/chat/crowded/", before=mute_notifications)
+    try:
+        await expect(alice.locator("#alerts")).to_contain_text("Too many open connections")
+        state = alice.locator("#conn-state")
+        await expect(state).to_have_attribute("data-state", "reconnecting")
+        wait = re.search(r"Reconnecting in (\d+) s", await state.inner_text())
+        assert wait and int(wait.group(1)) >= 14, await state.inner_text()
+        attempts: list[str] = []
+        alice.on("websocket", lambda ws: attempts.append(ws.url))
+        await asyncio.sleep(2)
+        assert attempts == []
+    finally:
+        await holder.close()
+    await alice.click("#conn-state .retry")
+    await wait_live(alice)
+    assert len(attempts) == 1
