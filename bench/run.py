@@ -353,7 +353,9 @@ class Bench:
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 versions[dist] = importlib.metadata.version(dist)
         free = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout
-        return {"nproc": os.cpu_count(), "python": platform.python_version(),
+        git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+        return {"nproc": os.cpu_count(), "python": platform.python_version(), "git": git,
                 "platform": platform.platform(), "free_h": free, "versions": versions,
                 "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 "server_cpu": self.server_cpu, "client_cpu": self.client_cpu,
@@ -383,6 +385,14 @@ def render(data: dict) -> str:
             if label == "seed":
                 continue
             ratios = (r.get("ratios") or {}).get(f"{label}/seed", {})
+            head, seed = keys[0], (r.get("median") or {}).get("seed") or {}
+            if med.get(head) and med.get("server_cpu_pct") and seed.get(head) \
+                    and seed.get("server_cpu_pct") and head != "connected":
+                # Throughput per server CPU second: steadier than the raw ratio when other
+                # work shares the server's core.
+                eff = (med[head] / med["server_cpu_pct"]) / (seed[head] / seed["server_cpu_pct"])
+                rows.append(f"| {r['scenario']}{tag} | {r['layer']} | {label} | {head} per "
+                            f"server CPU | | {round(eff, 3)} | |")
             for k in keys:
                 if k in med:
                     ratio = ratios.get(k)
