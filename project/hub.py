@@ -26,6 +26,8 @@ from project.registry import Departure, LocalRegistry, RedisRegistry
 logger = logging.getLogger(__name__)
 
 GROUP_REFRESH_SECONDS = 3600.0
+#: How often the hub checks whether Redis is back after a failed call.
+RECOVERY_POLL_SECONDS = 0.2
 #: Every process listens here for control events (such as revoking a user).
 CONTROL_GROUP = "hub.control"
 
@@ -59,6 +61,11 @@ class Hub:
         self._tasks: list[asyncio.Task] = []
         self.heartbeat_seconds = settings.HUB_HEARTBEAT_SECONDS
         self.dead_after_seconds = settings.HUB_DEAD_AFTER_SECONDS
+        # Set when a layer call failed: Redis may have restarted and lost this
+        # process's group memberships and registry entries (see recover()).
+        self.suspect = False
+        self._recovery = asyncio.Lock()
+        self._last_refresh = time.monotonic()
 
     async def start(self) -> None:
         # The default "specific" prefix: channels-redis reads every channel of a
@@ -137,8 +144,33 @@ class Hub:
                 await self.layer.group_discard(group, self.channel)
 
     async def publish(self, group: str, event: dict) -> None:
-        """Send ``event`` to every process subscribed to ``group`` (this one included)."""
-        await self.layer.group_send(group, {"type": "hub.event", "group": group, **event})
+        """Send ``event`` to every process subscribed to ``group`` (this one included).
+
+        After a failure, the hub first makes sure its memberships are back: a
+        message published to a group that a Redis restart emptied reaches nobody,
+        not even its sender, and nothing tells anyone.
+        """
+        if self.suspect:
+            await self.recover()
+        try:
+            await self.layer.group_send(group, {"type": "hub.event", "group": group, **event})
+        except Exception:
+            self.suspect = True
+            raise
+
+    async def recover(self) -> None:
+        """Heartbeat, and if Redis lost this process's state, put it back; raises while down."""
+        async with self._recovery:
+            if await self.registry.heartbeat():
+                # Our heartbeat was gone: Redis lost its data (a restart) or we
+                # were taken for dead. Put back what this process holds.
+                logger.warning("registry lost this process's state; restoring it")
+                await self.registry.restore()
+                await self._refresh_groups()
+                self._last_refresh = time.monotonic()
+            if self.suspect:
+                logger.info("channel layer and registry answer again")
+            self.suspect = False
 
     async def _receive_loop(self) -> None:
         backoff = 0.1
@@ -149,9 +181,12 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("channel layer receive failed; retrying in %.1f s", backoff)
+                if not self.suspect:
+                    logger.exception("channel layer receive failed; retrying")
+                self.suspect = True
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # At most a second: events queued in Redis meanwhile wait this long.
+                backoff = min(backoff * 2, 1.0)
                 continue
             for listener in list(self.groups.get(event.get("group"), ())):
                 try:
@@ -163,32 +198,39 @@ class Hub:
     # --- Maintenance ------------------------------------------------------------------
 
     async def _maintenance_loop(self) -> None:
-        last_refresh = last_sweep = time.monotonic()
+        last_sweep = time.monotonic()
+        last_beat = 0.0
         while True:
-            await asyncio.sleep(self.heartbeat_seconds)
+            # While a failure is unexplained, poll often: the sooner this process's
+            # memberships are back after a Redis restart, the fewer events miss it.
+            await asyncio.sleep(RECOVERY_POLL_SECONDS if self.suspect else self.heartbeat_seconds)
+            if self.suspect and time.monotonic() - last_beat < self.heartbeat_seconds:
+                try:
+                    await self.recover()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    pass  # still down; logged when it went down
+                continue
+            last_beat = time.monotonic()
             try:
                 if time.monotonic() - last_sweep >= settings.REVOCATION_SWEEP_SECONDS:
                     last_sweep = time.monotonic()
                     await self.sweep_revoked()
-                if await self.registry.heartbeat():
-                    # Our heartbeat was gone: Redis lost its data (a restart) or we
-                    # were taken for dead. Put back what this process holds.
-                    logger.warning("registry lost this process's state; restoring it")
-                    await self.registry.restore()
-                    await self._refresh_groups()
-                    last_refresh = time.monotonic()
+                await self.recover()
                 departures = await self.registry.reap(self.dead_after_seconds)
                 if departures:
                     logger.info("reaped %d departures of dead processes", len(departures))
                     for handler in departure_handlers:
                         await handler(self, departures)
-                if time.monotonic() - last_refresh > GROUP_REFRESH_SECONDS:
+                if time.monotonic() - self._last_refresh > GROUP_REFRESH_SECONDS:
                     await self._refresh_groups()
-                    last_refresh = time.monotonic()
+                    self._last_refresh = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("hub maintenance failed; retrying next beat")
+                self.suspect = True
 
     async def _refresh_groups(self) -> None:
         for group in list(self.groups):

@@ -135,20 +135,30 @@ local function users_of(key)
 end
 """
 
-_ROOM_JOIN = _USERS + """
+# A room's presence version starts at the current time in microseconds, so after
+# Redis loses its data (a restart) new versions are still above the old ones that
+# connections hold, and their presence events are not dropped as stale.
+_BUMP = """
+local function bump(key, floor)
+  if redis.call('EXISTS', key) == 0 then redis.call('SET', key, floor) end
+  return redis.call('INCR', key)
+end
+"""
+
+_ROOM_JOIN = _USERS + _BUMP + """
 local _, before = users_of(KEYS[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 local list = users_of(KEYS[1])
-return {before[ARGV[2]] and 1 or 0, list, redis.call('INCR', KEYS[3])}
-"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room
+return {before[ARGV[2]] and 1 or 0, list, bump(KEYS[3], ARGV[4])}
+"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room, version floor
 
-_ROOM_LEAVE = _USERS + """
+_ROOM_LEAVE = _USERS + _BUMP + """
 local user = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 local list, seen = users_of(KEYS[1])
-return {(user and seen[user]) and 1 or 0, list, redis.call('INCR', KEYS[2])}
-"""  # KEYS: room hash, room version; ARGV: conn
+return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
+"""  # KEYS: room hash, room version; ARGV: conn, version floor
 
 _COUNT_VALUE = """
 local n = 0
@@ -156,7 +166,7 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do if v == ARGV[1] then n = n +
 return n
 """  # KEYS: hash; ARGV: value
 
-_REAP_ROOM = _USERS + """
+_REAP_ROOM = _USERS + _BUMP + """
 local _, before = users_of(KEYS[1])
 local prefix = ARGV[1]
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -166,8 +176,8 @@ local list, after = users_of(KEYS[1])
 local gone = {}
 for u, _ in pairs(before) do if not after[u] then table.insert(gone, u) end end
 table.sort(gone)
-return {gone, list, redis.call('INCR', KEYS[2])}
-"""  # KEYS: room hash, room version; ARGV: "<proc>|"
+return {gone, list, bump(KEYS[2], ARGV[2])}
+"""  # KEYS: room hash, room version; ARGV: "<proc>|", version floor
 
 _REAP_USER = """
 local prefix = ARGV[1]
@@ -181,6 +191,10 @@ _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _version_floor() -> int:
+    return time.time_ns() // 1000
 
 
 class RedisRegistry:
@@ -230,14 +244,16 @@ class RedisRegistry:
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),
                 self.key("room-version", room)]
-        present, users, version = await self.scripts["room_join"](keys, [conn, user, room])
+        present, users, version = await self.scripts["room_join"](
+            keys, [conn, user, room, _version_floor()]
+        )
         self.own_room_conns[room, conn] = user
         return RoomChange(bool(present), list(users), int(version))
 
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         self.own_room_conns.pop((room, conn), None)
         keys = [self.key("room", room), self.key("room-version", room)]
-        present, users, version = await self.scripts["room_leave"](keys, [conn])
+        present, users, version = await self.scripts["room_leave"](keys, [conn, _version_floor()])
         return RoomChange(bool(present), list(users), int(version))
 
     async def room_has_user(self, room: str, user: str) -> bool:
@@ -291,7 +307,9 @@ class RedisRegistry:
             await self.scripts["reap_user"]([self.key("user", user)], [proc + "|"])
         for room in await self.redis.smembers(rooms_key):
             keys = [self.key("room", room), self.key("room-version", room)]
-            gone, users, version = await self.scripts["reap_room"](keys, [proc + "|"])
+            gone, users, version = await self.scripts["reap_room"](
+                keys, [proc + "|", _version_floor()]
+            )
             departures += [Departure(room, user, list(users), int(version)) for user in gone]
         await self.redis.delete(users_key, rooms_key)
         return departures

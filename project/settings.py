@@ -129,6 +129,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Channel layer ----------------------------------------------------------
 
 REDIS_URL = env_str("REDIS_URL")
+
+
+def _redis_retry():
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialWithJitterBackoff
+
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+
+
 # Prefix of every Redis key the project writes (channel layer and registry), so
 # several deployments (or a test run) can share one Redis database.
 REDIS_PREFIX = env_str("REDIS_PREFIX", "rt")
@@ -150,7 +159,16 @@ elif REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [{
+                    "address": REDIS_URL,
+                    # redis-py 8 gives up a read after 5 s by default, as long as
+                    # the layer's blocking pop waits: idle reads failed, and an event
+                    # popped just then was lost. Longer than the pop, still finite.
+                    "socket_timeout": 10,
+                    # Pooled connections are dead after a Redis restart: retry on a
+                    # new one instead of failing the first command on each.
+                    "retry": _redis_retry(),
+                }],
                 "prefix": REDIS_PREFIX + ":layer",
                 # One channel per process carries every event of that process (see
                 # project/hub.py), so its buffer must hold a burst of a busy server.
