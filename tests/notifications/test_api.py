@@ -81,6 +81,14 @@ async def test_unknown_user_is_404(staff, token_for):
     assert await Notification.objects.acount() == 0
 
 
+async def test_inactive_user_is_notified_for_later(staff, amake_user, token_for):
+    """An inactive user exists, so a notification is stored and queued for a later login."""
+    await amake_user("dormant", active=False)
+    response = await post("/api/notify/dormant", {"x": 1}, token_for("admin"))
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+
+
 @pytest.mark.parametrize("path", ENDPOINTS)
 async def test_get_is_405(staff, token_for, path):
     """GET answers 405 method_not_allowed."""
