@@ -89,6 +89,8 @@ class NotificationConsumer(ProtocolConsumer):
     #: Ids sent from the queue: a late live copy of one of them is dropped.
     _queued_ids: frozenset[int] = frozenset()
     _groups: tuple[str, ...] = ()
+    #: The client took nothing for DRAIN_SECONDS while the queue was sent.
+    _stalled = False
 
     async def joined(self) -> None:
         """Join the feeds, send the queue, then the held-back live NOTEs."""
@@ -114,6 +116,7 @@ class NotificationConsumer(ProtocolConsumer):
             note_id, frame = self._held.pop(0)
             if note_id not in self._queued_ids:
                 await self.send_frame(frame)
+                await self._drain()
         self._held = None
 
     async def _drain(self) -> None:
@@ -122,17 +125,24 @@ class NotificationConsumer(ProtocolConsumer):
         A full queue is up to ``NOTIFICATIONS_QUEUE_LIMIT`` x 64 KB (6.4 MB by
         default), more than the server holds for a client that does not read
         (``WS_MAX_SEND_BUFFER_BYTES``, then 4010): sent in one burst it would close
-        a healthy client on every connect. Wait (up to ``DRAIN_SECONDS``) while
-        half the limit is pending; a client that reads nothing meanwhile is then
-        closed by ``send_frame`` as any stalled reader is.
+        a healthy client on every connect. So wait while half the limit is
+        pending, as long as the client keeps taking some. After ``DRAIN_SECONDS``
+        without progress the queue stops waiting, and ``send_frame`` closes the
+        stalled client as it closes any other.
         """
         limit = settings.WS_MAX_SEND_BUFFER_BYTES // 2
-        if not limit:
+        if not limit or self._stalled:
             return
         send = self.scope.get("server_send") or self.base_send
-        deadline = time.monotonic() + DRAIN_SECONDS
+        least, deadline = None, time.monotonic() + DRAIN_SECONDS
         while True:
-            if unsent_bytes(send) <= limit or self.closing or time.monotonic() > deadline:
+            pending = unsent_bytes(send)
+            if pending <= limit or self.closing:
+                return
+            if least is None or pending < least:
+                least, deadline = pending, time.monotonic() + DRAIN_SECONDS
+            elif time.monotonic() > deadline:
+                self._stalled = True
                 return
             await asyncio.sleep(0.005)  # the transport has no "drained" event to await
 

@@ -326,3 +326,38 @@ async def test_rate_limit_then_4008(amake_user, connect, settings):
     await communicator.send_to(text_data="ping")
     assert (await receive(communicator))["code"] == "rate_limited"
     await assert_closed(communicator, 4008)
+
+
+# --- Pacing the queue -------------------------------------------------------------------------
+
+
+async def test_queue_waits_while_the_client_has_much_unread(amake_user, connect, settings,
+                                                            monkeypatch):
+    """While half WS_MAX_SEND_BUFFER_BYTES is unread, the next queued NOTE waits."""
+    settings.WS_MAX_SEND_BUFFER_BYTES = 1000
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
+    loop = asyncio.get_running_loop()
+    backlog_until = loop.time() + 0.3
+    monkeypatch.setattr(consumers, "unsent_bytes",
+                        lambda send: 900 if loop.time() < backlog_until else 0)
+    communicator = await connect("bob")
+    assert (await receive(communicator))["id"] == ids[0]
+    assert loop.time() < backlog_until
+    assert (await receive(communicator))["id"] == ids[1]
+    assert loop.time() >= backlog_until
+
+
+async def test_queue_stops_waiting_for_a_stalled_client(amake_user, connect, settings,
+                                                        monkeypatch):
+    """A client that takes nothing for DRAIN_SECONDS gets the rest of the queue unpaced."""
+    settings.WS_MAX_SEND_BUFFER_BYTES = 1000
+    monkeypatch.setattr(consumers, "DRAIN_SECONDS", 0.2)
+    monkeypatch.setattr(consumers, "unsent_bytes", lambda send: 900)
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(10)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    communicator = await connect("bob")
+    assert [f["id"] for f in await receive_notes(communicator, 10)] == ids
+    assert loop.time() - started < 1.0, "waited once, not once per NOTE"
