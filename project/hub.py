@@ -79,9 +79,14 @@ class Hub:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancel until done: redis-py 8 can swallow a cancellation that lands while
+        # it opens a connection, and the receive loop would then run on (and close()
+        # wait for it forever).
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         for group in list(self.groups):
             try:
                 await self.layer.group_discard(group, self.channel)
