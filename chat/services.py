@@ -217,14 +217,26 @@ class RoomSequencer:
             batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
             try:
                 await self.store_and_publish(batch)
-            except Exception as exc:
-                logger.exception("storing or publishing in room %s failed", self.local.name)
+            except Exception:
+                if len(batch) == 1:
+                    self.fail(batch)
+                    continue
+                # One bad message must not sink the others: store them one by one.
+                logger.warning("a batch in room %s failed; storing its messages one by one",
+                               self.local.name)
                 for outgoing in batch:
-                    if not outgoing.done.done():
-                        outgoing.done.set_exception(
-                            exc if isinstance(exc, ServiceUnavailable)
-                            else ServiceUnavailable("message could not be stored")
-                        )
+                    if outgoing.done.done():
+                        continue
+                    try:
+                        await self.store_and_publish([outgoing])
+                    except Exception:
+                        self.fail([outgoing])
+
+    def fail(self, batch: list["Outgoing"]) -> None:
+        logger.exception("storing or publishing in room %s failed", self.local.name)
+        for outgoing in batch:
+            if not outgoing.done.done():
+                outgoing.done.set_exception(ServiceUnavailable("message could not be stored"))
 
     async def store_and_publish(self, batch: list[Outgoing]) -> None:
         local = self.local

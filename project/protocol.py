@@ -142,10 +142,27 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def storable(text: str) -> bool:
+    """Whether ``text`` can be stored by every supported database.
+
+    PostgreSQL refuses NUL characters, and no database can encode a lone
+    surrogate (which JSON's ``\\ud800`` escapes can produce) as UTF-8.
+    """
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _content(frame: dict[str, Any]) -> str:
     content = frame.get("content")
     if not isinstance(content, str):
         raise _invalid("'content' must be a string")
+    if not storable(content):
+        raise _invalid("'content' must not contain NUL characters or lone surrogates")
     if not 1 <= len(content) <= MAX_CONTENT_CHARS:
         raise _invalid(f"'content' must be 1 to {MAX_CONTENT_CHARS} characters")
     if content.isspace():
@@ -198,14 +215,16 @@ def _parse_auth(frame: dict[str, Any]) -> Auth:
 
 def _parse_message(frame: dict[str, Any]) -> SendMessage:
     ref = frame.get("ref")
-    if ref is not None and not (isinstance(ref, str) and 1 <= len(ref) <= MAX_REF_CHARS):
+    if ref is not None and not (
+        isinstance(ref, str) and 1 <= len(ref) <= MAX_REF_CHARS and storable(ref)
+    ):
         raise _invalid(f"'ref' must be a string of 1 to {MAX_REF_CHARS} characters")
     return SendMessage(_content(frame), ref)
 
 
 def _parse_private(frame: dict[str, Any]) -> SendPrivate:
     target = frame.get("target")
-    if not isinstance(target, str) or not target:
+    if not isinstance(target, str) or not target or not storable(target):
         raise _invalid("'target' must be a non-empty string")
     return SendPrivate(target, _content(frame))
 

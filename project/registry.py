@@ -207,7 +207,12 @@ class RedisRegistry:
 
         self.proc_id = proc_id
         self.prefix = prefix + ":"
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
+        # Timeouts: a Redis that stops answering gives errors (handled by the
+        # callers), never a connection or the hub stuck forever.
+        self.redis = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
+            health_check_interval=15,
+        )
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_conns: dict[str, tuple[str, str]] = {}
         self.own_room_conns: dict[tuple[str, str], str] = {}
