@@ -44,6 +44,19 @@ async def assert_silent(ws, seconds: float = 0.5) -> None:
         await asyncio.wait_for(ws.recv(), seconds)
 
 
+async def gone(username: str) -> None:
+    """Wait until the server has unregistered the user's closed connections.
+
+    Under Redis the registry outlives this test; a connection still counted
+    would make a later test's first notification 'sent' instead of 'queued'.
+    """
+    for _ in range(100):
+        if await services.notification_connections(username) == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{username}'s closed connections are still registered")
+
+
 async def test_queue_ack_and_live_over_real_daphne(daphne_server, amake_user, token_for):
     """Over daphne: queued offline, delivered on connect, acked, then a live one is sent."""
     await amake_user("admin", staff=True)
@@ -67,6 +80,7 @@ async def test_queue_ack_and_live_over_real_daphne(daphne_server, amake_user, to
         assert (await recv_json(ws))["id"] == sent["id"]
     status, error = await apost(server, "/api/notify/nobody", {"n": 3}, admin)
     assert (status, error["error"]) == (404, "not_found")
+    await gone("jürgen")
 
 
 def notify_like_a_management_command(user, data) -> tuple[int, str]:
@@ -83,15 +97,15 @@ async def test_two_processes_share_notifications_through_redis(
 ):
     """Connected to A, posted via B: 'sent' and the NOTE arrives; also broadcasts and notify()."""
     await amake_user("admin", staff=True)
-    bob = await amake_user("bob")
+    bob = await amake_user("daphne-bob")
     process_a = daphne_server(REDIS_URL=redis_url)
     process_b = daphne_server(REDIS_URL=redis_url)
     admin = token_for("admin")
-    async with websockets.connect(ws_url(process_a, token_for("bob"))) as ws:
+    async with websockets.connect(ws_url(process_a, token_for("daphne-bob"))) as ws:
         await ws.send("ping")  # joined: the queue (empty) is sent before any answer
         assert await recv_json(ws) == {"type": "pong"}
 
-        status, body = await apost(process_b, "/api/notify/bob", {"via": "B"}, admin)
+        status, body = await apost(process_b, "/api/notify/daphne-bob", {"via": "B"}, admin)
         assert (status, body["status"]) == (202, "sent")
         frame = await recv_json(ws)
         assert (frame["id"], frame["data"]) == (body["id"], {"via": "B"})
@@ -109,7 +123,7 @@ async def test_two_processes_share_notifications_through_redis(
 
     # Once the connection is gone, every process answers 'queued'.
     for _ in range(50):
-        status, body = await apost(process_b, "/api/notify/bob", {"after": True}, admin)
+        status, body = await apost(process_b, "/api/notify/daphne-bob", {"after": True}, admin)
         if body["status"] == "queued":
             break
         await asyncio.sleep(0.1)
@@ -119,10 +133,11 @@ async def test_two_processes_share_notifications_through_redis(
 async def test_full_queue_of_large_notifications_arrives_whole(daphne_server, amake_user,
                                                                token_for):
     """A full queue (100 NOTEs of ~64 KB, 6.4 MB) reaches a reading client, not a close."""
-    bob = await amake_user("bob")
+    bob = await amake_user("daphne-big")
     big = {"blob": "x" * 65000}
     ids = [(await services.anotify(bob, big))[0] for _ in range(100)]
     server = daphne_server()
-    async with websockets.connect(ws_url(server, token_for("bob")), max_size=2**20) as ws:
+    async with websockets.connect(ws_url(server, token_for("daphne-big")), max_size=2**20) as ws:
         received = [(await recv_json(ws))["id"] for _ in ids]
     assert received == ids
+    await gone("daphne-big")
