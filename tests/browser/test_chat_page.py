@@ -33,8 +33,14 @@ _refs = itertools.count(1)
 
 @pytest.fixture
 def live(daphne_server, users):
-    """One daphne for the test, with the users already in the database."""
-    return daphne_server()
+    """One daphne for the test, with the users already in the database.
+
+    The per-user connection cap is raised: under Redis, connections of daphnes that
+    earlier tests stopped still count for alice until the registry reaps them
+    (HUB_DEAD_AFTER_SECONDS), and would close her pages with 4013. The cap itself is
+    tested below with a user of its own.
+    """
+    return daphne_server(WS_MAX_CONNECTIONS_PER_USER="100")
 
 
 class WsChat:
@@ -225,10 +231,10 @@ async def test_markup_in_a_message_is_shown_as_text(live, open_page):
 async def test_page_recovers_what_was_sent_while_its_socket_was_down(
         live, open_page, token_for):
     """After a drop the page reconnects with ?since= and shows each missed message once."""
-    alice = await open_page(live, "alice", "/chat/recover/")
+    alice = await open_page(live, "alice", "/chat/page-recover/")
     sockets: list[str] = []
     alice.on("websocket", lambda ws: sockets.append(ws.url))
-    bob = await WsChat.open(live, token_for("bob"), "recover")
+    bob = await WsChat.open(live, token_for("bob"), "page-recover")
     try:
         before = [await bob.say(f"before {i}") for i in range(3)]
         await wait_live(alice)
@@ -250,7 +256,7 @@ async def test_page_recovers_what_was_sent_while_its_socket_was_down(
         await bob.close()
     ids = await assert_ids_unique_and_sorted(alice)
     assert ids == [*before, *missed, after]
-    assert sockets[-1].endswith(f"/ws/chat/recover/?since={before[-1]}"), sockets
+    assert sockets[-1].endswith(f"/ws/chat/page-recover/?since={before[-1]}"), sockets
     assert all("token" not in url for url in sockets)
     assert alice.errors == []
 
@@ -293,7 +299,7 @@ async def test_page_survives_a_server_restart(live, daphne_server, open_page, to
 @pytest.fixture
 def long_room(users) -> list[int]:
     """A room with 120 stored messages (ids oldest first)."""
-    room = Room.objects.create(name="long", last_message_at=timezone.now())
+    room = Room.objects.create(name="long-history", last_message_at=timezone.now())
     start = timezone.now() - timedelta(hours=2)
     Message.objects.bulk_create(
         Message(room=room, sender=users["bob"], content=f"old message {i}",
@@ -305,7 +311,7 @@ def long_room(users) -> list[int]:
 
 async def test_load_earlier_pages_back_to_the_start(long_room, live, open_page):
     """"Load earlier messages" pages back with `before` until `truncated` is false."""
-    alice = await open_page(live, "alice", "/chat/long/")
+    alice = await open_page(live, "alice", "/chat/long-history/")
     await wait_live(alice)
     await expect(contents(alice)).to_have_count(50)
     button = alice.locator("#load-earlier")

@@ -30,10 +30,12 @@ client_module = load_client()
 
 @pytest.fixture
 def live(daphne_server, make_user):
+    """A daphne with the users; the per-user cap is raised because under Redis the
+    connections of daphnes stopped by earlier tests count until reaped."""
     for name in ("alice", "bob", "nora"):
         make_user(name)
     make_user("ops", staff=True)
-    return daphne_server()
+    return daphne_server(WS_MAX_CONNECTIONS_PER_USER="100")
 
 
 class Peer:
@@ -160,10 +162,10 @@ async def test_client_recovers_across_a_server_restart(live, daphne_server, toke
     """daphne dies and comes back on its port: the client resumes with ?since=, no gap, no dupes."""
     out: list[str] = []
     status: list[str] = []
-    client = client_module.ChatClient(live.ws_url, token_for("alice"), "crash",
+    client = client_module.ChatClient(live.ws_url, token_for("alice"), "client-crash",
                                       out=out.append, status=status.append)
     task = asyncio.create_task(client.run())
-    bob = await Peer.open(live, token_for("bob"), "crash")
+    bob = await Peer.open(live, token_for("bob"), "client-crash")
     try:
         first = await bob.say("before")
         await _wait(lambda: any(line.endswith("bob: before") for line in out))
@@ -173,7 +175,7 @@ async def test_client_recovers_across_a_server_restart(live, daphne_server, toke
         await _wait(lambda: any("connection lost" in line for line in status))
         monkeypatch.setattr(sys.modules[type(live).__module__], "free_port", lambda: live.port)
         restarted = await asyncio.to_thread(daphne_server)
-        bob = await Peer.open(restarted, token_for("bob"), "crash")
+        bob = await Peer.open(restarted, token_for("bob"), "client-crash")
         later = [await bob.say(f"after {i}") for i in range(3)]
         await _wait(lambda: any(line.endswith("bob: after 2") for line in out), timeout=30,
                     info=lambda: (out, status))
@@ -187,7 +189,7 @@ async def test_client_recovers_across_a_server_restart(live, daphne_server, toke
     ids = [int(line.split("#", 1)[1].split(" ", 1)[0]) for line in messages]
     assert ids == sorted(set(ids)), messages
     assert ids[:4] == [first, *later]
-    assert any(line.endswith(f"/ws/chat/crash/?since={first}") for line in status), status
+    assert any(line.endswith(f"/ws/chat/client-crash/?since={first}") for line in status), status
 
 
 async def _wait(predicate, timeout: float = 15, info=lambda: "") -> None:
