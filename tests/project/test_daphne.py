@@ -6,6 +6,7 @@ limits use ``/ws/echo/``. Each test starts one server and shares it between case
 
 import asyncio
 import json
+import secrets
 import time
 
 import pytest
@@ -44,12 +45,16 @@ async def outcome(url: str, headers: dict[str, str] | None = None,
 
 @pytest.fixture
 def people(make_user):
-    """Alice (active, with a browser session cookie) and an inactive user."""
-    alice = make_user("alice")
+    """A user of this test only, with a browser session cookie, and an inactive user.
+
+    Under Redis the connection registry outlives a daphne process that is stopped
+    before it unregisters its sockets, so no other test shares this user.
+    """
+    alice = make_user("daphne-" + secrets.token_hex(3))
     make_user("dormant", active=False)
     client = Client()
     client.force_login(alice)
-    return {"cookie": f"sessionid={client.cookies['sessionid'].value}"}
+    return {"cookie": f"sessionid={client.cookies['sessionid'].value}", "name": alice.username}
 
 
 async def test_auth_outcomes_over_daphne(daphne_server, people, token_for):
@@ -59,8 +64,9 @@ async def test_auth_outcomes_over_daphne(daphne_server, people, token_for):
     used and no traceback.
     """
     server = daphne_server(LOG_LEVEL="DEBUG")
+    name = people["name"]
     notes = server.ws_url + "/ws/notifications/"
-    good = token_for("alice")
+    good = token_for(name)
     pong = ("frame", json.dumps({"type": "pong"}, separators=(",", ":")))
     tokens_used = [good]
 
@@ -69,18 +75,18 @@ async def test_auth_outcomes_over_daphne(daphne_server, people, token_for):
     assert await outcome(notes, {"Cookie": people["cookie"]}) == pong
     assert await outcome(f"{notes}?token=", {"Authorization": f"Bearer {good}"}) == pong
 
-    expired = forge({"user_id": "alice", "iat": now() - 100, "exp": now() - 10})
+    expired = forge({"user_id": name, "iat": now() - 100, "exp": now() - 10})
     expired_ghost = forge({"user_id": "ghost", "iat": now() - 100, "exp": now() - 10})
     bad = {
-        "bad-signature": forge({"user_id": "alice", "iat": now(), "exp": now() + 60},
+        "bad-signature": forge({"user_id": name, "iat": now(), "exp": now() + 60},
                                key="another-secret-" + "q" * 40),
-        "alg-none": unsigned({"user_id": "alice", "iat": now(), "exp": now() + 60}),
-        "hs512": forge({"user_id": "alice", "iat": now(), "exp": now() + 60},
+        "alg-none": unsigned({"user_id": name, "iat": now(), "exp": now() + 60}),
+        "hs512": forge({"user_id": name, "iat": now(), "exp": now() + 60},
                        algorithm="HS512"),
         "rs256": raw_token({"alg": "RS256", "typ": "JWT"},
-                           {"user_id": "alice", "iat": now(), "exp": now() + 60}),
-        "no-iat": forge({"user_id": "alice", "exp": now() + 60}),
-        "no-exp": forge({"user_id": "alice", "iat": now()}),
+                           {"user_id": name, "iat": now(), "exp": now() + 60}),
+        "no-iat": forge({"user_id": name, "exp": now() + 60}),
+        "no-exp": forge({"user_id": name, "iat": now()}),
         "no-user_id": forge({"iat": now(), "exp": now() + 60}),
         "unknown-user": forge({"user_id": "ghost", "iat": now(), "exp": now() + 60}),
         "inactive-user": forge({"user_id": "dormant", "iat": now(), "exp": now() + 60}),
@@ -203,9 +209,10 @@ async def test_flood_over_daphne(daphne_server):
 async def test_token_expiry_and_refresh_over_daphne(daphne_server, people, token_for):
     """Over daphne: a token's connection closes 4001 after expiry unless refreshed."""
     server = daphne_server()
+    name = people["name"]
     notes = server.ws_url + "/ws/notifications/"
     started = time.time()
-    short = token_for("alice", ttl=2)
+    short = token_for(name, ttl=2)
     expires = json.loads(
         json.dumps(__import__("jwt").decode(short, options={"verify_signature": False}))
     )["exp"]
@@ -214,7 +221,7 @@ async def test_token_expiry_and_refresh_over_daphne(daphne_server, people, token
         connect(f"{notes}?token={short}") as refreshed,
         connect(notes, additional_headers={"Cookie": people["cookie"]}) as by_session,
     ):
-        await refreshed.send(json.dumps({"type": "auth", "token": token_for("alice", ttl=60)}))
+        await refreshed.send(json.dumps({"type": "auth", "token": token_for(name, ttl=60)}))
         answer = json.loads(await refreshed.recv())
         assert answer["type"] == "auth_ok"
         await plain.send(json.dumps({"type": "auth", "token": "garbage"}))
