@@ -30,14 +30,14 @@ def listed(client: Client, query: str = "") -> set[int]:
 
 def test_admin_lists_searches_and_filters(admin_client_, make_user):
     """The changelist searches usernames and data text and filters delivered/queued/broadcast."""
-    bob, carol = make_user("bob"), make_user("carol")
+    bob, carol = make_user("bea"), make_user("cyd")
     queued = Notification.objects.create(user=bob, data={"text": "invoice ready"})
     delivered = Notification.objects.create(user=carol, data={"text": "welcome"},
                                             delivered_at=timezone.now())
     broadcast_id, _ = services.broadcast({"text": "maintenance"})
     assert listed(admin_client_) == {queued.pk, delivered.pk, broadcast_id}
     assert listed(admin_client_, "?q=invoice") == {queued.pk}
-    assert listed(admin_client_, "?q=carol") == {delivered.pk}
+    assert listed(admin_client_, "?q=cyd") == {delivered.pk}
     assert listed(admin_client_, "?delivered=no") == {queued.pk}
     assert listed(admin_client_, "?delivered=yes") == {delivered.pk, broadcast_id}
     assert listed(admin_client_, "?broadcast__exact=1") == {broadcast_id}
@@ -46,11 +46,11 @@ def test_admin_lists_searches_and_filters(admin_client_, make_user):
 
 def test_str_says_target_and_state(make_user):
     """__str__ names the id, the recipient (or broadcast) and whether it is queued."""
-    bob = make_user("bob")
+    bob = make_user("bea")
     note = Notification.objects.create(user=bob, data={})
-    assert str(note) == f"#{note.pk} to bob (queued)"
+    assert str(note) == f"#{note.pk} to bea (queued)"
     note.delivered_at = timezone.now()
-    assert str(note) == f"#{note.pk} to bob (delivered)"
+    assert str(note) == f"#{note.pk} to bea (delivered)"
     moment = timezone.now()
     assert str(Notification(pk=5, data={}, broadcast=True, delivered_at=moment)) == (
         "#5 broadcast (delivered)")

@@ -11,14 +11,14 @@ from tests.notifications.conftest import receive
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ENDPOINTS = ["/api/notify/bob", "/api/broadcast"]
+ENDPOINTS = ["/api/notify/bea", "/api/broadcast"]
 
 
 @pytest.fixture
 async def staff(amake_user):
-    """A staff user 'admin' and an ordinary user 'bob'."""
-    await amake_user("bob")
-    return await amake_user("admin", staff=True)
+    """A staff user 'boss' and an ordinary user 'bea'."""
+    await amake_user("bea")
+    return await amake_user("boss", staff=True)
 
 
 async def post(path: str, body, token: str | None = None, client: AsyncClient | None = None,
@@ -41,18 +41,18 @@ def assert_error(response, status: int, code: str) -> None:
 
 async def test_notify_offline_user_is_queued(staff, token_for):
     """POST /api/notify/<user> for an offline user answers 202 queued with the stored id."""
-    response = await post("/api/notify/bob", {"text": "hi"}, token_for("admin"))
+    response = await post("/api/notify/bea", {"text": "hi"}, token_for("boss"))
     assert response.status_code == 202
     body = response.json()
     assert body == {"status": "queued", "id": body["id"]}
     row = await Notification.objects.select_related("user").aget(pk=body["id"])
-    assert (row.user.username, row.data, row.delivered_at) == ("bob", {"text": "hi"}, None)
+    assert (row.user.username, row.data, row.delivered_at) == ("bea", {"text": "hi"}, None)
 
 
 async def test_notify_connected_user_is_sent_and_arrives(staff, token_for, connect):
     """POST /api/notify/<user> for a connected user answers 202 sent; the NOTE arrives."""
-    communicator = await connect("bob")
-    response = await post("/api/notify/bob", {"text": "live"}, token_for("admin"))
+    communicator = await connect("bea")
+    response = await post("/api/notify/bea", {"text": "live"}, token_for("boss"))
     assert response.status_code == 202
     body = response.json()
     assert body == {"status": "sent", "id": body["id"]}
@@ -63,8 +63,8 @@ async def test_notify_connected_user_is_sent_and_arrives(staff, token_for, conne
 
 async def test_broadcast_reaches_connections(staff, token_for, connect):
     """POST /api/broadcast answers 202 broadcast; every connection gets the NOTE."""
-    tabs = [await connect("bob"), await connect("admin")]
-    response = await post("/api/broadcast", {"all": True}, token_for("admin"))
+    tabs = [await connect("bea"), await connect("boss")]
+    response = await post("/api/broadcast", {"all": True}, token_for("boss"))
     assert response.status_code == 202
     body = response.json()
     assert body == {"status": "broadcast", "id": body["id"]}
@@ -76,15 +76,15 @@ async def test_broadcast_reaches_connections(staff, token_for, connect):
 
 async def test_unknown_user_is_404(staff, token_for):
     """Notifying a user that does not exist answers 404 not_found and stores nothing."""
-    assert_error(await post("/api/notify/nobody", {"x": 1}, token_for("admin")), 404,
+    assert_error(await post("/api/notify/nobody", {"x": 1}, token_for("boss")), 404,
                  "not_found")
     assert await Notification.objects.acount() == 0
 
 
 async def test_inactive_user_is_notified_for_later(staff, amake_user, token_for):
     """An inactive user exists, so a notification is stored and queued for a later login."""
-    await amake_user("dormant", active=False)
-    response = await post("/api/notify/dormant", {"x": 1}, token_for("admin"))
+    await amake_user("sleeper", active=False)
+    response = await post("/api/notify/sleeper", {"x": 1}, token_for("boss"))
     assert response.status_code == 202
     assert response.json()["status"] == "queued"
 
@@ -93,7 +93,7 @@ async def test_inactive_user_is_notified_for_later(staff, amake_user, token_for)
 async def test_get_is_405(staff, token_for, path):
     """GET answers 405 method_not_allowed."""
     response = await AsyncClient().get(path, headers={"Authorization": "Bearer "
-                                                      + token_for("admin")})
+                                                      + token_for("boss")})
     assert_error(response, 405, "method_not_allowed")
 
 
@@ -116,13 +116,13 @@ async def test_expired_token_is_401(staff, path):
     """An expired token answers 401 unauthorized."""
     from project import tokens
 
-    assert_error(await post(path, {}, tokens.issue("admin", -10)[0]), 401, "unauthorized")
+    assert_error(await post(path, {}, tokens.issue("boss", -10)[0]), 401, "unauthorized")
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 async def test_non_staff_is_403(staff, token_for, path):
     """A valid token of a non-staff user answers 403 forbidden and stores nothing."""
-    assert_error(await post(path, {"x": 1}, token_for("bob")), 403, "forbidden")
+    assert_error(await post(path, {"x": 1}, token_for("bea")), 403, "forbidden")
     assert await Notification.objects.acount() == 0
 
 
@@ -150,14 +150,14 @@ async def test_session_post_with_csrf_is_accepted(staff, path):
 @pytest.mark.parametrize("body", ["not json", "{\"a\": ", b"\xff\xfe"])
 async def test_invalid_json_is_400(staff, token_for, path, body):
     """A body that is not JSON answers 400 invalid_json."""
-    assert_error(await post(path, body, token_for("admin")), 400, "invalid_json")
+    assert_error(await post(path, body, token_for("boss")), 400, "invalid_json")
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 @pytest.mark.parametrize("body", ["[1, 2]", "\"text\"", "3", "null"])
 async def test_non_object_body_is_400(staff, token_for, path, body):
     """A JSON body that is not an object answers 400 invalid_body."""
-    assert_error(await post(path, body, token_for("admin")), 400, "invalid_body")
+    assert_error(await post(path, body, token_for("boss")), 400, "invalid_body")
     assert await Notification.objects.acount() == 0
 
 
@@ -170,13 +170,13 @@ def body_of_size(size: int) -> str:
 @pytest.mark.parametrize("path", ENDPOINTS)
 async def test_body_of_65536_bytes_is_accepted(staff, token_for, path):
     """A JSON object of exactly 65536 bytes is accepted (202)."""
-    response = await post(path, body_of_size(API_MAX_BODY_BYTES), token_for("admin"))
+    response = await post(path, body_of_size(API_MAX_BODY_BYTES), token_for("boss"))
     assert response.status_code == 202, response.content
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 async def test_body_of_65537_bytes_is_413(staff, token_for, path):
     """A body of 65537 bytes answers 413 too_large and stores nothing."""
-    response = await post(path, body_of_size(API_MAX_BODY_BYTES + 1), token_for("admin"))
+    response = await post(path, body_of_size(API_MAX_BODY_BYTES + 1), token_for("boss"))
     assert_error(response, 413, "too_large")
     assert await Notification.objects.acount() == 0

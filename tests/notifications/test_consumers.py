@@ -42,8 +42,8 @@ async def test_expired_token_closes_4001(amake_user, connect):
     """A validly signed but expired token closes with 4001."""
     from project import tokens
 
-    await amake_user("bob")
-    token, _ = tokens.issue("bob", -10)
+    await amake_user("bea")
+    token, _ = tokens.issue("bea", -10)
     await assert_closed(await connect(token=token), 4001)
 
 
@@ -52,10 +52,10 @@ async def test_expired_token_closes_4001(amake_user, connect):
 
 async def test_queued_while_offline_then_delivered_in_order_on_connect(amake_user, connect):
     """Notifications posted while offline arrive on connect as NOTEs, oldest first."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     posted = [await services.anotify(bob, {"n": n}) for n in range(3)]
     assert [status for _, status in posted] == ["queued"] * 3
-    communicator = await connect("bob")
+    communicator = await connect("bea")
     frames = await receive_notes(communicator, 3)
     assert [frame["id"] for frame in frames] == [note_id for note_id, _ in posted]
     assert [frame["data"] for frame in frames] == [{"n": 0}, {"n": 1}, {"n": 2}]
@@ -64,11 +64,11 @@ async def test_queued_while_offline_then_delivered_in_order_on_connect(amake_use
 
 async def test_note_frame_is_exactly_the_contract(amake_user, connect):
     """A NOTE has exactly type, id, data (as posted) and a UTC ISO 8601 timestamp."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     data = {"text": "héllo ✓", "nested": {"list": [1, 2.5, None, True]}, "empty": {}}
     before = datetime.now(UTC)
     note_id, _ = await services.anotify(bob, data)
-    frame = await receive(await connect("bob"))
+    frame = await receive(await connect("bea"))
     assert set(frame) == {"type", "id", "data", "timestamp"}
     assert (frame["type"], frame["id"], frame["data"]) == ("notification", note_id, data)
     assert frame["timestamp"].endswith("Z")
@@ -79,39 +79,39 @@ async def test_note_frame_is_exactly_the_contract(amake_user, connect):
 
 async def test_ack_stops_redelivery(amake_user, connect):
     """Acknowledged notifications do not come again on the next connect."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
-    first = await connect("bob")
+    first = await connect("bea")
     await receive_notes(first, 3)
     await send(first, {"type": "ack", "ids": ids[:2]})
     await send(first, {"type": "ping"})  # frames are handled in order: the ack is done
     assert await receive(first) == {"type": "pong"}
     await first.disconnect()
-    second = await connect("bob")
+    second = await connect("bea")
     assert [frame["id"] for frame in await receive_notes(second, 1)] == ids[2:]
     assert await second.receive_nothing(0.2)
 
 
 async def test_no_ack_means_redelivery_on_next_connect(amake_user, connect):
     """Unacknowledged notifications, live ones included, come again on the next connect."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     queued_id, _ = await services.anotify(bob, {"n": 0})
-    first = await connect("bob")
+    first = await connect("bea")
     await receive_notes(first, 1)
     live_id, status = await services.anotify(bob, {"n": 1})
     assert status == "sent"
     assert (await receive(first))["id"] == live_id
     await first.disconnect()
-    second = await connect("bob")
+    second = await connect("bea")
     assert [f["id"] for f in await receive_notes(second, 2)] == [queued_id, live_id]
 
 
 async def test_ack_with_ids_of_another_user_is_ignored(amake_user, connect):
     """Ids in an ack that belong to another user leave that user's queue untouched."""
-    await amake_user("bob")
-    carol = await amake_user("carol")
-    carol_id, _ = await services.anotify(carol, {"for": "carol"})
-    communicator = await connect("bob")
+    await amake_user("bea")
+    carol = await amake_user("cyd")
+    carol_id, _ = await services.anotify(carol, {"for": "cyd"})
+    communicator = await connect("bea")
     await send(communicator, {"type": "ack", "ids": [carol_id, 999999]})
     await send(communicator, {"type": "ping"})
     assert await receive(communicator) == {"type": "pong"}
@@ -122,9 +122,9 @@ async def test_ack_with_ids_of_another_user_is_ignored(amake_user, connect):
 async def test_queue_limit_keeps_the_newest_on_connect(amake_user, connect, settings):
     """With NOTIFICATIONS_QUEUE_LIMIT=2, only the two newest offline notifications arrive."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 2
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
-    communicator = await connect("bob")
+    communicator = await connect("bea")
     assert [frame["id"] for frame in await receive_notes(communicator, 2)] == ids[-2:]
     assert await communicator.receive_nothing(0.2)
 
@@ -134,10 +134,10 @@ async def test_queue_limit_keeps_the_newest_on_connect(amake_user, connect, sett
 
 async def test_two_tabs_both_get_a_live_notification(amake_user, connect):
     """Both connections of a user get the same NOTE, through one hub listener."""
-    bob = await amake_user("bob")
-    await amake_user("carol")
-    tabs = [await connect("bob"), await connect("bob")]
-    other = await connect("carol")
+    bob = await amake_user("bea")
+    await amake_user("cyd")
+    tabs = [await connect("bea"), await connect("bea")]
+    other = await connect("cyd")
     note_id, status = await services.anotify(bob, {"text": "live"})
     assert status == "sent"
     texts = [await tab.receive_from(timeout=3) for tab in tabs]
@@ -145,11 +145,11 @@ async def test_two_tabs_both_get_a_live_notification(amake_user, connect):
     assert json.loads(texts[0])["id"] == note_id
     assert await other.receive_nothing(0.2), "another user's connection gets nothing"
     hub = await get_hub()
-    assert len(hub.groups[services.user_group("bob")]) == 1
+    assert len(hub.groups[services.user_group("bea")]) == 1
     for tab in tabs:
         await tab.disconnect()
-    assert services.user_group("bob") not in hub.groups
-    assert services.user_group("carol") in hub.groups
+    assert services.user_group("bea") not in hub.groups
+    assert services.user_group("cyd") in hub.groups
 
 
 @pytest.mark.parametrize("moment", ["before_subscribe", "before_query", "after_query"])
@@ -157,7 +157,7 @@ async def test_notification_posted_while_connecting_arrives_exactly_once(
     amake_user, connect, monkeypatch, moment
 ):
     """A notification posted between registering and the queue query arrives once, in order."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     posted: list[tuple[int, str]] = []
     original_attach, original_query = consumers.attach, services.aundelivered_frames
 
@@ -181,7 +181,7 @@ async def test_notification_posted_while_connecting_arrives_exactly_once(
 
     monkeypatch.setattr(consumers, "attach", hooked_attach)
     monkeypatch.setattr(services, "aundelivered_frames", hooked_query)
-    communicator = await connect("bob")
+    communicator = await connect("bea")
     first = await receive(communicator)
     [(note_id, status)] = posted
     assert status == "sent", "the connection was registered before the post"
@@ -195,7 +195,7 @@ async def test_notification_posted_while_connecting_arrives_exactly_once(
 async def test_live_notes_held_back_during_queue_are_sent_after_it(amake_user, connect,
                                                                    monkeypatch):
     """Live NOTEs that arrive while the queue is read come after the queue, oldest first."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     queued_id, _ = await services.anotify(bob, {"queued": True})
     original_query = services.aundelivered_frames
     live: list[int] = []
@@ -208,7 +208,7 @@ async def test_live_notes_held_back_during_queue_are_sent_after_it(amake_user, c
         return frames
 
     monkeypatch.setattr(services, "aundelivered_frames", hooked_query)
-    communicator = await connect("bob")
+    communicator = await connect("bea")
     assert [f["id"] for f in await receive_notes(communicator, 4)] == [queued_id, *live]
     assert await communicator.receive_nothing(0.2)
 
@@ -218,9 +218,9 @@ async def test_live_notes_held_back_during_queue_are_sent_after_it(amake_user, c
 
 async def test_broadcast_reaches_every_connected_user_and_is_never_resent(amake_user, connect):
     """A broadcast reaches every connection with broadcast: true, needs no ack, never returns."""
-    for name in ("alice", "bob", "carol"):
+    for name in ("alma", "bea", "cyd"):
         await amake_user(name)
-    alice, bob_tabs = await connect("alice"), [await connect("bob"), await connect("bob")]
+    alice, bob_tabs = await connect("alma"), [await connect("bea"), await connect("bea")]
     note_id, status = await services.abroadcast({"maintenance": "tonight"})
     assert status == "broadcast"
     for communicator in (alice, *bob_tabs):
@@ -229,8 +229,8 @@ async def test_broadcast_reaches_every_connected_user_and_is_never_resent(amake_
                          "data": {"maintenance": "tonight"},
                          "timestamp": frame["timestamp"], "broadcast": True}
     await alice.disconnect()
-    again = await connect("alice")
-    late = await connect("carol")
+    again = await connect("alma")
+    late = await connect("cyd")
     assert await again.receive_nothing(0.3), "a broadcast is not re-sent without an ack"
     assert await late.receive_nothing(0.1), "a broadcast is not queued for the offline"
 
@@ -240,8 +240,8 @@ async def test_broadcast_reaches_every_connected_user_and_is_never_resent(amake_
 
 async def test_ping_gets_pong(amake_user, connect):
     """Both {"type": "ping"} and the plain text ping get {"type": "pong"}."""
-    await amake_user("bob")
-    communicator = await connect("bob")
+    await amake_user("bea")
+    communicator = await connect("bea")
     await send(communicator, {"type": "ping"})
     assert await receive(communicator) == {"type": "pong"}
     await communicator.send_to(text_data="ping")
@@ -250,14 +250,14 @@ async def test_ping_gets_pong(amake_user, connect):
 
 async def test_auth_refresh(amake_user, connect, token_for):
     """auth with a token of the same user gets auth_ok; another user's token invalid_token."""
-    await amake_user("bob")
-    await amake_user("carol")
-    communicator = await connect("bob")
-    await send(communicator, {"type": "auth", "token": token_for("bob")})
+    await amake_user("bea")
+    await amake_user("cyd")
+    communicator = await connect("bea")
+    await send(communicator, {"type": "auth", "token": token_for("bea")})
     frame = await receive(communicator)
     assert frame["type"] == "auth_ok"
     assert datetime.fromisoformat(frame["expires_at"]) > datetime.now(UTC)
-    await send(communicator, {"type": "auth", "token": token_for("carol")})
+    await send(communicator, {"type": "auth", "token": token_for("cyd")})
     assert (await receive(communicator))["code"] == "invalid_token"
     await send(communicator, {"type": "auth", "token": "garbage"})
     assert (await receive(communicator))["code"] == "invalid_token"
@@ -284,8 +284,8 @@ async def test_auth_refresh(amake_user, connect, token_for):
 async def test_bad_frames_get_an_error_and_keep_the_connection(amake_user, connect, frame,
                                                                code):
     """A frame the server cannot use gets an error frame; the connection stays open."""
-    await amake_user("bob")
-    communicator = await connect("bob")
+    await amake_user("bea")
+    communicator = await connect("bea")
     if isinstance(frame, bytes):
         await communicator.send_to(bytes_data=frame)
     else:
@@ -299,8 +299,8 @@ async def test_bad_frames_get_an_error_and_keep_the_connection(amake_user, conne
 
 async def test_empty_ack_is_accepted(amake_user, connect):
     """An ack with an empty id list is valid and answered by nothing."""
-    await amake_user("bob")
-    communicator = await connect("bob")
+    await amake_user("bea")
+    communicator = await connect("bea")
     await send(communicator, {"type": "ack", "ids": []})
     assert await communicator.receive_nothing(0.2)
 
@@ -308,8 +308,8 @@ async def test_empty_ack_is_accepted(amake_user, connect):
 async def test_oversized_frame_closes_4009(amake_user, connect, settings):
     """A client frame larger than WS_MAX_MESSAGE_BYTES closes the connection with 4009."""
     settings.WS_MAX_MESSAGE_BYTES = 100
-    await amake_user("bob")
-    communicator = await connect("bob")
+    await amake_user("bea")
+    communicator = await connect("bea")
     await communicator.send_to(text_data=json.dumps({"type": "ack", "ids": [1] * 40}))
     await assert_closed(communicator, 4009)
 
@@ -317,8 +317,8 @@ async def test_oversized_frame_closes_4009(amake_user, connect, settings):
 async def test_rate_limit_then_4008(amake_user, connect, settings):
     """Frames over the rate get rate_limited; the WS_RATE_BURST-th drop in a row closes 4008."""
     settings.WS_RATE_LIMIT, settings.WS_RATE_BURST = 1, 2
-    await amake_user("bob")
-    communicator = await connect("bob")
+    await amake_user("bea")
+    communicator = await connect("bea")
     for _ in range(3):
         await communicator.send_to(text_data="ping")
     assert [(await receive(communicator))["type"] for _ in range(3)] == [
@@ -335,13 +335,13 @@ async def test_queue_waits_while_the_client_has_much_unread(amake_user, connect,
                                                             monkeypatch):
     """While half WS_MAX_SEND_BUFFER_BYTES is unread, the next queued NOTE waits."""
     settings.WS_MAX_SEND_BUFFER_BYTES = 1000
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
     loop = asyncio.get_running_loop()
     backlog_until = loop.time() + 0.3
     monkeypatch.setattr(consumers, "unsent_bytes",
                         lambda send: 900 if loop.time() < backlog_until else 0)
-    communicator = await connect("bob")
+    communicator = await connect("bea")
     assert (await receive(communicator))["id"] == ids[0]
     assert loop.time() < backlog_until
     assert (await receive(communicator))["id"] == ids[1]
@@ -354,10 +354,10 @@ async def test_queue_stops_waiting_for_a_stalled_client(amake_user, connect, set
     settings.WS_MAX_SEND_BUFFER_BYTES = 1000
     monkeypatch.setattr(consumers, "DRAIN_SECONDS", 0.2)
     monkeypatch.setattr(consumers, "unsent_bytes", lambda send: 900)
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(10)]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    communicator = await connect("bob")
+    communicator = await connect("bea")
     assert [f["id"] for f in await receive_notes(communicator, 10)] == ids
     assert loop.time() - started < 1.0, "waited once, not once per NOTE"

@@ -59,10 +59,10 @@ async def gone(username: str) -> None:
 
 async def test_queue_ack_and_live_over_real_daphne(daphne_server, amake_user, token_for):
     """Over daphne: queued offline, delivered on connect, acked, then a live one is sent."""
-    await amake_user("admin", staff=True)
+    await amake_user("boss", staff=True)
     await amake_user("jürgen")
     server = daphne_server()
-    admin = token_for("admin")
+    admin = token_for("boss")
     path = "/api/notify/" + urllib.parse.quote("jürgen")
     status, queued = await apost(server, path, {"n": 1}, admin)
     assert (status, queued["status"]) == (202, "queued")
@@ -96,11 +96,11 @@ async def test_two_processes_share_notifications_through_redis(
     daphne_server, redis_url, amake_user, token_for
 ):
     """Connected to A, posted via B: 'sent' and the NOTE arrives; also broadcasts and notify()."""
-    await amake_user("admin", staff=True)
+    await amake_user("boss", staff=True)
     bob = await amake_user("daphne-bob")
     process_a = daphne_server(REDIS_URL=redis_url)
     process_b = daphne_server(REDIS_URL=redis_url)
-    admin = token_for("admin")
+    admin = token_for("boss")
     async with websockets.connect(ws_url(process_a, token_for("daphne-bob"))) as ws:
         await ws.send("ping")  # joined: the queue (empty) is sent before any answer
         assert await recv_json(ws) == {"type": "pong"}

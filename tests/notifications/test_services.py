@@ -24,7 +24,7 @@ async def undelivered_ids(user) -> list[int]:
 
 async def test_anotify_offline_stores_and_queues(amake_user):
     """A notification for a user without a connection is stored undelivered and 'queued'."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     note_id, status = await services.anotify(bob, {"text": "hi"})
     assert status == "queued"
     row = await Notification.objects.aget(pk=note_id)
@@ -35,7 +35,7 @@ async def test_anotify_offline_stores_and_queues(amake_user):
 
 async def test_undelivered_is_oldest_first(amake_user):
     """The undelivered listing is in posting order, oldest first."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
     assert await undelivered_ids(bob) == ids
 
@@ -43,7 +43,7 @@ async def test_undelivered_is_oldest_first(amake_user):
 async def test_queue_limit_keeps_the_newest(amake_user, settings):
     """Beyond NOTIFICATIONS_QUEUE_LIMIT undelivered, the oldest are deleted."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 3
-    bob, carol = await amake_user("bob"), await amake_user("carol")
+    bob, carol = await amake_user("bea"), await amake_user("cyd")
     carol_id, _ = await services.anotify(carol, {"other": True})
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
     assert await undelivered_ids(bob) == ids[-3:]
@@ -54,7 +54,7 @@ async def test_queue_limit_keeps_the_newest(amake_user, settings):
 async def test_queue_limit_counts_only_undelivered(amake_user, settings):
     """Acknowledged notifications neither count toward the limit nor get trimmed."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 2
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     acked = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
     assert await services.aacknowledge(bob.pk, acked) == 2
     queued = [(await services.anotify(bob, {"n": n}))[0] for n in range(2, 4)]
@@ -64,9 +64,9 @@ async def test_queue_limit_counts_only_undelivered(amake_user, settings):
 
 async def test_acknowledge_ignores_ids_of_other_users(amake_user):
     """Ack marks the user's own ids delivered; another user's and unknown ids are ignored."""
-    bob, carol = await amake_user("bob"), await amake_user("carol")
-    bob_id, _ = await services.anotify(bob, {"for": "bob"})
-    carol_id, _ = await services.anotify(carol, {"for": "carol"})
+    bob, carol = await amake_user("bea"), await amake_user("cyd")
+    bob_id, _ = await services.anotify(bob, {"for": "bea"})
+    carol_id, _ = await services.anotify(carol, {"for": "cyd"})
     assert await services.aacknowledge(bob.pk, [bob_id, carol_id, carol_id + 1000]) == 1
     assert await undelivered_ids(bob) == []
     assert await undelivered_ids(carol) == [carol_id]
@@ -75,7 +75,7 @@ async def test_acknowledge_ignores_ids_of_other_users(amake_user):
 async def test_acknowledge_handles_more_ids_than_one_batch(amake_user, settings):
     """An ack with thousands of ids (duplicates included) is applied in batches."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 1000
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     last, _ = await services.anotify(bob, {"n": 1})
     ids = [*range(1, last + 1), *range(1, 3000)] * 2
     assert await services.aacknowledge(bob.pk, ids) == 1
@@ -84,7 +84,7 @@ async def test_acknowledge_handles_more_ids_than_one_batch(amake_user, settings)
 
 async def test_abroadcast_is_stored_delivered_and_never_queued(amake_user):
     """A broadcast is one delivered row without a user, in nobody's queue."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     note_id, status = await services.abroadcast({"all": 1})
     assert status == "broadcast"
     row = await Notification.objects.aget(pk=note_id)
@@ -94,7 +94,7 @@ async def test_abroadcast_is_stored_delivered_and_never_queued(amake_user):
 
 async def test_notify_data_must_be_a_dict(amake_user):
     """Data that is not a JSON object is refused before anything is stored."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     with pytest.raises(TypeError):
         await services.anotify(bob, ["not", "an", "object"])
     with pytest.raises(TypeError):
@@ -105,7 +105,7 @@ async def test_notify_data_must_be_a_dict(amake_user):
 def test_user_group_is_a_valid_group_name_for_any_username():
     """Unicode and long usernames map to valid, distinct channel-layer group names."""
     layer = get_channel_layer()
-    names = ["bob", "Bob", "jürgen 名前", "x" * 150, "a@b.c+d-e_f"]
+    names = ["bea", "Bob", "jürgen 名前", "x" * 150, "a@b.c+d-e_f"]
     groups = {services.user_group(name) for name in names}
     assert len(groups) == len(names)
     for group in groups:
@@ -123,7 +123,7 @@ def test_note_frame_matches_the_contract():
 
 def test_sync_notify_from_plain_sync_code(make_user):
     """notify() in sync code with no event loop stores, answers 'queued', starts no hub."""
-    bob = make_user("bob")
+    bob = make_user("bea")
     hubs_before = dict(hub_module._hubs)
     note_id, status = services.notify(bob, {"text": "export ready"})
     assert status == "queued"
@@ -136,7 +136,7 @@ def test_sync_notify_from_plain_sync_code(make_user):
 
 def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch):
     """Inside atomic, notify() pushes only once the transaction commits, never on rollback."""
-    bob = make_user("bob")
+    bob = make_user("bea")
     pushed = []
 
     async def record(username, event):
@@ -161,7 +161,7 @@ def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch)
 
 async def test_sync_notify_refuses_to_run_on_an_event_loop(amake_user):
     """notify() called on an event loop raises before storing (use anotify there)."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     with pytest.raises(RuntimeError, match="anotify"):
         services.notify(bob, {"n": 1})
     assert await Notification.objects.acount() == 0
@@ -169,8 +169,8 @@ async def test_sync_notify_refuses_to_run_on_an_event_loop(amake_user):
 
 async def test_sync_notify_from_a_server_thread_reaches_a_connected_user(amake_user, connect):
     """notify() from sync code run by the server (a sync view) is 'sent' and arrives live."""
-    bob = await amake_user("bob")
-    communicator = await connect("bob")
+    bob = await amake_user("bea")
+    communicator = await connect("bea")
     note_id, status = await database_sync_to_async(services.notify)(bob, {"text": "from sync"})
     assert status == "sent"
     frame = await receive(communicator)
@@ -179,7 +179,7 @@ async def test_sync_notify_from_a_server_thread_reaches_a_connected_user(amake_u
 
 async def test_failed_push_keeps_the_notification_queued(amake_user, monkeypatch):
     """When the channel layer fails after storing, the answer is 'queued' and the row stays."""
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
 
     async def broken(group, event):
         raise ConnectionError("layer down")
@@ -192,8 +192,8 @@ async def test_failed_push_keeps_the_notification_queued(amake_user, monkeypatch
 
 async def test_status_is_sent_only_while_connected(amake_user, connect):
     """'sent' while the user has a notifications connection, 'queued' once it closed."""
-    bob = await amake_user("bob")
-    communicator = await connect("bob")
+    bob = await amake_user("bea")
+    communicator = await connect("bea")
     assert (await services.anotify(bob, {"n": 1}))[1] == "sent"
     await communicator.disconnect()
     await asyncio.sleep(0)
@@ -204,11 +204,11 @@ async def test_posts_are_counted_by_status(amake_user, connect):
     """realtime_notifications_total counts posts by status: queued, sent, broadcast."""
     from project import metrics
 
-    bob = await amake_user("bob")
+    bob = await amake_user("bea")
     before = {s: metrics.value("realtime_notifications_total", status=s)
               for s in ("queued", "sent", "broadcast")}
     await services.anotify(bob, {"n": 1})
-    await connect("bob")
+    await connect("bea")
     await services.anotify(bob, {"n": 2})
     await services.abroadcast({"n": 3})
     after = {s: metrics.value("realtime_notifications_total", status=s) - before[s]
