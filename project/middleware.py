@@ -9,12 +9,12 @@ accept and close with that code.
 """
 
 from datetime import datetime
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import OriginValidator, WebsocketDenier
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
@@ -33,6 +33,24 @@ class AllowedHostsOrNoOriginValidator(OriginValidator):
 
     def __init__(self, application) -> None:
         super().__init__(application, allowed_origins=[])
+
+    async def __call__(self, scope, receive, send):
+        # Channels' own __call__ lets urlparse's ValueError (``http://[::1``) escape,
+        # which fails the handshake with a 500: parse here, and refuse what won't parse.
+        if scope["type"] != "websocket":
+            raise ValueError("AllowedHostsOrNoOriginValidator is for WebSocket scopes only")
+        origins = [value for name, value in scope.get("headers", []) if name == b"origin"]
+        if all(self.valid_origin_header(value) for value in origins):
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)
+
+    def valid_origin_header(self, value: bytes) -> bool:
+        try:
+            parsed = urlparse(value.decode("latin1"))
+            host, _port = split_domain_port(parsed.netloc.rpartition("@")[2])
+        except ValueError:
+            return False
+        return self.valid_origin(parsed) if host else False
 
     def valid_origin(self, parsed_origin) -> bool:
         if parsed_origin is None:

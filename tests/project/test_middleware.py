@@ -224,7 +224,8 @@ def _echo_app():
 @pytest.mark.parametrize(
     "origin",
     [b"http://evil.example", b"https://localhost.evil.example", b"null", b"",
-     b"localhost", b"http://127.0.0.2:8000", b"file://"],
+     b"localhost", b"http://127.0.0.2:8000", b"file://", b"//localhost",
+     b"http://[::1", b"http://[", b"http://a]b", b"\xff\xfe", b"http://local host"],
 )
 async def test_foreign_or_null_origin_is_refused_at_handshake(origin):
     """An Origin whose host is not in ALLOWED_HOSTS, or 'null', is refused before accept."""
@@ -241,6 +242,14 @@ async def test_allowed_origin_is_accepted_whatever_the_port(origin):
     """An Origin whose host matches ALLOWED_HOSTS is accepted, port ignored."""
     connected, _ = await origin_outcome(origin)
     assert connected
+
+
+async def test_a_foreign_origin_beside_an_allowed_one_is_refused():
+    """Two Origin headers (no browser sends that) must both be allowed."""
+    comm = communicator("/ws/echo/", app=_echo_app(),
+                        headers=[(b"origin", b"http://localhost"), (b"origin", b"http://evil.example")])
+    connected, _ = await comm.connect()
+    assert not connected
 
 
 async def test_no_origin_is_accepted():
