@@ -110,3 +110,18 @@ def test_real_command_prints_the_token_alone_on_the_last_line(transactional_db):
     assert tokens.decode(last).user_id == "procuser"
     assert lifetime(last) == 60
     assert "created" in result.stderr
+
+
+@pytest.mark.parametrize("username", ["bad name", "x" * 151, "semi;colon", ""])
+def test_create_refuses_a_username_django_would_refuse(db, username):
+    """--create applies Django's username rules: a bad name is an error, not a user."""
+    with pytest.raises(CommandError):
+        issue(username, "--create")
+    assert not get_user_model().objects.filter(username=username).exists()
+
+
+def test_absurd_ttl_is_an_error_not_a_crash(make_user):
+    """A ttl beyond the calendar is a command error."""
+    make_user("alice")
+    with pytest.raises(CommandError):
+        issue("alice", "--ttl", str(10**12))

@@ -2,6 +2,7 @@
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from project import tokens
@@ -26,6 +27,12 @@ class Command(BaseCommand):
         if user is None:
             if not create:
                 raise CommandError(f"no user {username!r} (use --create to make one)")
+            try:
+                # The same rules as the admin's (allowed characters, at most 150).
+                User._meta.get_field(User.USERNAME_FIELD).clean(username, None)
+            except ValidationError as exc:
+                reason = " ".join(exc.messages)
+                raise CommandError(f"cannot create {username!r}: {reason}") from None
             user = User.objects.create(username=username, password=make_password(None))
             self.stderr.write(f"created user {username!r}")
         if staff and not user.is_staff:
@@ -33,5 +40,8 @@ class Command(BaseCommand):
             user.save(update_fields=["is_staff"])
         if not user.is_active:
             self.stderr.write(f"warning: user {username!r} is inactive; the token will be refused")
-        token, _expires_at = tokens.issue(user.get_username(), ttl)
+        try:
+            token, _expires_at = tokens.issue(user.get_username(), ttl)
+        except OverflowError:
+            raise CommandError("--ttl is too large") from None
         self.stdout.write(token)
