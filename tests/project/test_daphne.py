@@ -61,7 +61,7 @@ async def test_auth_outcomes_over_daphne(daphne_server, people, token_for):
     """Over daphne: valid query/header/session connect; bad ones get 4001/4002/4003 only.
 
     The server runs at LOG_LEVEL=DEBUG, and its whole log holds none of the tokens
-    used and no traceback.
+    used, no session id and no traceback.
     """
     server = daphne_server(LOG_LEVEL="DEBUG")
     name = people["name"]
@@ -111,6 +111,7 @@ async def test_auth_outcomes_over_daphne(daphne_server, people, token_for):
         assert token not in log
         signature = token.split(".")[2]
         assert not signature or signature not in log  # not even the signature
+    assert people["cookie"].partition("=")[2] not in log  # nor the session id
     assert "Traceback" not in log
 
 
