@@ -361,3 +361,25 @@ async def test_queue_stops_waiting_for_a_stalled_client(amake_user, connect, set
     communicator = await connect("bea")
     assert [f["id"] for f in await receive_notes(communicator, 10)] == ids
     assert loop.time() - started < 1.0, "waited once, not once per NOTE"
+
+
+async def test_connecting_during_a_stream_of_posts_gets_each_exactly_once(amake_user, connect):
+    """Connections opened while notifications keep coming get every one once, in id order."""
+    bea = await amake_user("bea")
+    posted: list[int] = []
+
+    async def poster() -> None:
+        for n in range(40):
+            posted.append((await services.anotify(bea, {"n": n}))[0])
+            await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(poster())
+    communicators = []
+    for _ in range(4):
+        await asyncio.sleep(0.01)
+        communicators.append(await connect("bea"))
+    await task
+    for communicator in communicators:
+        received = [frame["id"] for frame in await receive_notes(communicator, len(posted))]
+        assert received == posted
+        assert await communicator.receive_nothing(0.1)

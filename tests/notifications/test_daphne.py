@@ -141,3 +141,37 @@ async def test_full_queue_of_large_notifications_arrives_whole(daphne_server, am
         received = [(await recv_json(ws))["id"] for _ in ids]
     assert received == ids
     await gone("daphne-big")
+
+
+@pytest.mark.redis
+async def test_connecting_to_one_process_while_another_posts(daphne_server, redis_url,
+                                                             amake_user, token_for):
+    """Sockets opened on A while B keeps posting each get every notification once, in order."""
+    await amake_user("boss", staff=True)
+    await amake_user("daphne-race")
+    process_a = daphne_server(REDIS_URL=redis_url)
+    process_b = daphne_server(REDIS_URL=redis_url)
+    boss = token_for("boss")
+    posted: list[int] = []
+
+    async def poster() -> None:
+        for n in range(30):
+            status, body = await apost(process_b, "/api/notify/daphne-race", {"n": n}, boss)
+            assert status == 202
+            posted.append(body["id"])
+
+    task = asyncio.create_task(poster())
+    sockets = []
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            sockets.append(await websockets.connect(ws_url(process_a, token_for("daphne-race"))))
+        await task
+        for ws in sockets:
+            assert [(await recv_json(ws))["id"] for _ in posted] == posted
+            await assert_silent(ws, 0.2)
+    finally:
+        task.cancel()
+        for ws in sockets:
+            await ws.close()
+    await gone("daphne-race")
