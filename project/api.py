@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from project import tokens
 from project.middleware import get_active_user
-from project.protocol import API_MAX_BODY_BYTES
+from project.protocol import API_MAX_BODY_BYTES, storable
 
 STATUS_OF = {
     "unauthorized": 401,
@@ -97,23 +97,13 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
         raise ApiError("invalid_json", "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_body", "body must be a JSON object")
-    if not storable(data):
+    if not storable_json(data):
         raise ApiError("invalid_body", "strings must be valid Unicode without NUL characters")
     return data
 
 
-def _storable_text(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape
-        return False
-    return True
-
-
-def storable(value: Any) -> bool:
-    """Whether every string (keys too) in a parsed JSON value can be stored and sent.
+def storable_json(value: Any) -> bool:
+    """Whether every string (keys too) in a parsed JSON value is ``protocol.storable``.
 
     JSON escapes allow lone surrogates and NUL: PostgreSQL refuses both (text and
     jsonb), and a lone surrogate cannot be encoded into a UTF-8 WebSocket frame.
@@ -122,7 +112,7 @@ def storable(value: Any) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if not _storable_text(item):
+            if not storable(item):
                 return False
         elif isinstance(item, dict):
             stack.extend(item.keys())
