@@ -161,6 +161,9 @@ async def test_message_size_limits_over_daphne(daphne_server):
     echo = server.ws_url + "/ws/echo/"
 
     async with connect(echo, compression=None) as ws:
+        await ws.send(b"")  # an empty binary frame gets nothing back
+        await ws.send("after empty")
+        assert await ws.recv() == "Echo: after empty"
         await ws.send("a" * 1000)
         assert await ws.recv() == "Echo: " + "a" * 1000
         await ws.send("é" * 500)  # 500 code points, 1000 bytes
