@@ -14,10 +14,10 @@ class DeliveredFilter(admin.SimpleListFilter):
     title = "delivered"
     parameter_name = "delivered"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
         return [("yes", "Delivered"), ("no", "Queued")]
 
-    def queryset(self, request, queryset: QuerySet) -> QuerySet:
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value() == "yes":
             return queryset.filter(delivered_at__isnull=False)
         if self.value() == "no":
@@ -36,6 +36,7 @@ class NotificationAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
+        """Add ``data_text``: the JSON as text, so search finds any key or value."""
         return super().get_queryset(request).annotate(data_text=Cast("data", TextField()))
 
     @admin.display(description="data")

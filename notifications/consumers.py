@@ -40,6 +40,7 @@ class Feed:
         self.subscribed: asyncio.Future | None = None
 
     async def hub_event(self, event: dict) -> None:
+        """Hand the NOTE, serialised once by the publisher, to every local connection."""
         if event.get("kind") != services.EVENT_KIND:
             return
         for consumer in list(self.consumers):
@@ -147,6 +148,7 @@ class NotificationConsumer(ProtocolConsumer):
             await asyncio.sleep(0.005)  # the transport has no "drained" event to await
 
     async def left(self) -> None:
+        """Leave the feeds; the hub leaves a group with its last local connection."""
         for group in self._groups:
             await detach(self.hub, group, self)
 
@@ -158,6 +160,7 @@ class NotificationConsumer(ProtocolConsumer):
             await self.send_frame(frame)
 
     async def receive_frame(self, text: str | None, data: bytes | None) -> None:
+        """``ping`` -> ``pong``; ``auth`` refreshes the token; ``ack`` marks delivered."""
         frame = protocol.parse_notification_frame(text, data)
         if isinstance(frame, Ping):
             await self.send_frame(protocol.PONG)

@@ -85,6 +85,7 @@ def note_frame(note_id: int, data: dict[str, Any], created_at: datetime, *,
 
 
 def frame_of(notification: Notification) -> str:
+    """The NOTE frame of a stored notification."""
     return note_frame(
         notification.pk, notification.data, notification.created_at,
         broadcast=notification.broadcast,
@@ -181,10 +182,12 @@ async def find_user(username: str) -> AbstractBaseUser | None:
 
 
 async def aundelivered_frames(user_id: int) -> list[tuple[int, str]]:
+    """:func:`undelivered_frames` from async code (the query runs in the thread pool)."""
     return await database_sync_to_async(undelivered_frames)(user_id)
 
 
 async def aacknowledge(user_id: int, ids: Iterable[int]) -> int:
+    """:func:`acknowledge` from async code (the update runs in the thread pool)."""
     return await database_sync_to_async(acknowledge)(user_id, ids)
 
 
