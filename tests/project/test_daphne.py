@@ -60,6 +60,8 @@ def people(make_user):
 async def test_auth_outcomes_over_daphne(daphne_server, people, token_for):
     """Over daphne: valid query/header/session connect; bad ones get 4001/4002/4003 only.
 
+    Mostly on /ws/notifications/, a few cases on /ws/chat/<room>/.
+
     The server runs at LOG_LEVEL=DEBUG, and its whole log holds none of the tokens
     used, no session id and no traceback.
     """
@@ -104,6 +106,14 @@ async def test_auth_outcomes_over_daphne(daphne_server, people, token_for):
     assert await outcome(notes, {"Authorization": "Bearer x", "Cookie": people["cookie"]}) == 4002
     assert await outcome(notes) == 4003
     assert await outcome(f"{notes}?token=") == 4003
+
+    chat = server.ws_url + "/ws/chat/lobby/"  # the same rules on the other endpoint
+    first = await outcome(f"{chat}?token={good}")
+    assert first[0] == "frame" and json.loads(first[1])["type"] == "history"
+    assert await outcome(f"{chat}?token={expired}") == 4001
+    assert await outcome(chat, {"Authorization": f"Bearer {bad['alg-none']}"}) == 4002
+    assert await outcome(chat, {"Cookie": people["cookie"], "Authorization": "Basic x"}) == 4002
+    assert await outcome(chat) == 4003
 
     log = server.output()
     assert "WSCONNECT" in log or "notifications" in log  # the log is really there
