@@ -32,6 +32,8 @@
   var historyStart = document.getElementById("history-start");
   var connState = document.getElementById("conn-state");
   var connText = connState.querySelector(".conn-text");
+  /* the countdown is aria-hidden: a status region must not speak every second */
+  var connCountdown = connState.querySelector(".conn-countdown");
   var alerts = document.getElementById("alerts");
   var people = document.getElementById("people");
   var peopleCount = document.getElementById("people-count");
@@ -65,16 +67,17 @@
   function showState(state, info) {
     connState.dataset.state = state;
     clearInterval(countdown);
-    var text = STATE_TEXT[state] || state;
+    connCountdown.textContent = "";
     if (state === "reconnecting" && info.nextAt) {
+      connText.textContent = "Reconnecting";
       var tick = function () {
         var seconds = Math.max(0, Math.ceil((info.nextAt - Date.now()) / 1000));
-        connText.textContent = seconds > 0 ? "Reconnecting in " + seconds + " s…" : "Reconnecting…";
+        connCountdown.textContent = seconds > 0 ? " in " + seconds + " s…" : "…";
       };
       tick();
       countdown = setInterval(tick, 1000);
     } else {
-      connText.textContent = text;
+      connText.textContent = STATE_TEXT[state] || state;
     }
     var canRetry = (state === "reconnecting" && !info.held) || (state === "offline" && info.retry);
     if (canRetry && !retryButton) {
@@ -208,6 +211,8 @@
   }
 
   function insertMany(messages, keepViewport) {
+    var bulk = messages && messages.length > 1;
+    if (bulk) list.setAttribute("aria-busy", "true");
     var stick = nearBottom();
     var oldHeight = scroller.scrollHeight;
     var oldTop = scroller.scrollTop;
@@ -217,6 +222,7 @@
     });
     if (keepViewport) scroller.scrollTop = oldTop + (scroller.scrollHeight - oldHeight);
     else if (stick) scrollToBottom();
+    if (bulk) list.removeAttribute("aria-busy");
     return added;
   }
 

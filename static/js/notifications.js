@@ -100,7 +100,6 @@
 
   function toast(text, extraClass) {
     var node = R.el("div", "toast" + (extraClass ? " " + extraClass : ""));
-    node.setAttribute("role", "status");
     node.appendChild(R.el("span", "toast-text", text));
     var close = R.el("button", "alert-close", "×");
     close.type = "button";

@@ -61,7 +61,8 @@ async def open_page(browser) -> AsyncIterator[Callable]:
     """``await open_page(server, username, path)``: a logged-in page in its own context.
 
     Logs in through the login form (as a person would), then lands on ``path``.
-    Dialogs and page errors are recorded on ``page.dialogs`` / ``page.errors``.
+    Dialogs, page errors and console errors are recorded on ``page.dialogs``,
+    ``page.errors`` and ``page.console_errors``.
     ``before(context)`` runs first (to route WebSockets, say).
     """
     contexts = []
@@ -74,6 +75,7 @@ async def open_page(browser) -> AsyncIterator[Callable]:
         page = await context.new_page()
         page.dialogs = []
         page.errors = []
+        page.console_errors = []  # CSP violations, failed loads, failed sockets
 
         async def on_dialog(dialog) -> None:
             page.dialogs.append(dialog.message)
@@ -81,6 +83,8 @@ async def open_page(browser) -> AsyncIterator[Callable]:
 
         page.on("dialog", on_dialog)
         page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.on("console", lambda message: message.type == "error"
+                and page.console_errors.append(message.text))
         await page.goto(f"{server.url}/accounts/login/?next={path}")
         await page.fill("#id_username", username)
         await page.fill("#id_password", PASSWORD)

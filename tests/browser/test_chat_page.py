@@ -132,7 +132,8 @@ async def test_two_users_chat_both_ways(live, open_page):
     await wait_live(carol)
     await expect(contents(carol)).to_have_text(["hi bob", "hello alice\nsecond line"])
     await assert_ids_unique_and_sorted(carol)
-    assert alice.errors == bob.errors == carol.errors == []
+    for page in (alice, bob, carol):
+        assert page.errors == page.console_errors == [], (page.errors, page.console_errors)
 
 
 async def test_private_message_reaches_only_its_target(live, open_page):
@@ -225,7 +226,7 @@ async def test_markup_in_a_message_is_shown_as_text(live, open_page):
         assert await page.locator("#messages img, #messages script, #messages b").count() == 0
         assert await page.locator("img").count() == 0
         assert page.dialogs == [], page.dialogs
-        assert page.errors == [], page.errors
+        assert page.errors == page.console_errors == [], (page.errors, page.console_errors)
 
 
 async def test_page_recovers_what_was_sent_while_its_socket_was_down(

@@ -102,6 +102,8 @@ def test_room_page_renders_for_a_valid_name(client_alice):
     assert "eyJ" not in html  # no JWT (they all start with a base64 '{"')
     assert "token=" not in html
     assert "/static/js/chat.js" in html and "/static/js/notifications.js" in html
+    assert "script-src 'self';" in html  # the Content-Security-Policy meta tag
+    assert "<script>" not in html  # so no inline script, which it would block
 
 
 @pytest.mark.parametrize("path", ["/chat/bad%20name/", "/chat/" + "x" * 65 + "/",
