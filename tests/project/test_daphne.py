@@ -251,3 +251,29 @@ async def test_token_expiry_and_refresh_over_daphne(daphne_server, people, token
         for ws in (refreshed, by_session):
             await ws.send(PING)
             assert json.loads(await ws.recv()) == {"type": "pong"}
+
+
+@pytest.fixture
+def span_user(make_user, token_for) -> str:
+    """The token of a user of this test only."""
+    return token_for(make_user("span-" + secrets.token_hex(3)).username)
+
+
+async def test_per_user_cap_spans_processes(daphne_server, redis_url, span_user):
+    """With Redis, WS_MAX_CONNECTIONS_PER_USER counts the user's sockets on every process."""
+    servers = [daphne_server(WS_MAX_CONNECTIONS_PER_USER="2") for _ in range(2)]
+    urls = [f"{s.ws_url}/ws/notifications/?token={span_user}" for s in servers]
+    async with connect(urls[0]) as one, connect(urls[1]) as two:
+        for ws in (one, two):
+            await ws.send(PING)
+            assert json.loads(await ws.recv()) == {"type": "pong"}
+        assert await outcome(urls[0]) == 4013
+        assert await outcome(urls[1]) == 4013
+    # The closed sockets are unregistered asynchronously: a slot frees up shortly.
+    results = []
+    for _ in range(50):
+        results.append(await outcome(urls[1]))
+        if results[-1] != 4013:
+            break
+        await asyncio.sleep(0.2)
+    assert results[-1] == ("frame", json.dumps({"type": "pong"}, separators=(",", ":"))), results
