@@ -55,12 +55,27 @@ def redis_url() -> str:
 
 @pytest.fixture(autouse=True)
 async def fresh_hub():
-    """Each test starts with a new process hub and an empty in-memory layer."""
+    """Each test starts with a new process hub, an empty layer and an empty registry.
+
+    Under Redis, what a test leaves behind (connections of a daphne it killed,
+    which the survivors reap only after HUB_DEAD_AFTER_SECONDS) must not count
+    in the next test, so every key of this run's prefix is deleted.
+    """
     yield
     await close_hub()
     layer = get_channel_layer()
-    if hasattr(layer, "flush") and not settings.REDIS_URL:
+    if not settings.REDIS_URL:
         await layer.flush()
+        return
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{settings.REDIS_PREFIX}:*")]
+        if keys:
+            await client.unlink(*keys)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
@@ -107,7 +122,7 @@ class DaphneProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.log_path = log_path
-        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(log_path, "wb")  # closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "serve", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,

@@ -18,7 +18,7 @@ os.environ.setdefault(
 # Keys of this run live apart from anything else in the same Redis database.
 os.environ.setdefault("REDIS_PREFIX", "test-" + secrets.token_hex(4))
 
-from project.settings import *  # noqa: E402, F403
+from project.settings import *  # noqa: F403
 
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):  # noqa: F405
     # One test database per run, so concurrent runs on one server don't collide.
