@@ -6,9 +6,11 @@ with a client error code; never another exception. Live consumers answer every
 frame with an echo, a pong, or an ``error`` frame with a contract code.
 
 Examples per run (``max_examples``): 600 + 600 + 300 + 300 for the parsers,
-200 frame sequences (1 to 8 frames each) for live echo and 150 (1 to 6 frames)
-for the live JSON endpoint: 2150 in all; the counts of a run are printed at the
-end of this module. ``FUZZ_SCALE=10`` runs ten times as many.
+200 frame sequences (1 to 8 frames each) for live echo, 150 (1 to 6 frames) for
+the live JSON endpoint, 300 strings for ``tokens.decode`` and 150 random
+handshakes (query string, Authorization, Origin, Cookie): 2600 in all; the
+counts of a run are printed at the end of this module. ``FUZZ_SCALE=10`` runs ten
+times as many.
 """
 
 import dataclasses
@@ -320,9 +322,57 @@ async def test_live_json_endpoint_answers_every_frame_with_a_contract_frame(fuzz
     await comm.disconnect()
 
 
+# --- Credentials and handshakes ----------------------------------------------------------
+
+
+@settings(max_examples=300 * SCALE, deadline=None)
+@given(st.text(any_char, max_size=300) | st.builds(
+    lambda parts: ".".join(parts), st.lists(st.text("abcxyzAZ09-_=+/", max_size=60),
+                                            min_size=1, max_size=5)))
+def test_token_decoding_only_raises_token_errors(text):
+    """tokens.decode of any string returns claims or raises ExpiredToken/InvalidToken."""
+    from project import tokens
+
+    RUNS["tokens.decode"] += 1
+    try:
+        claims = tokens.decode(text)
+    except tokens.TokenError:
+        return
+    raise AssertionError(f"a random string decoded: {claims!r}")
+
+
+header_bytes = st.binary(max_size=120) | st.sampled_from(
+    [b"Bearer ", b"Bearer x.y.z", b"bearer\t", b"Basic ", b"", b"null", b"http://[::1",
+     b"http://localhost", b"http://evil.example", b"\xff\xfe", b"Bearer \xff"])
+
+
+@settings(max_examples=150 * SCALE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(query=st.binary(max_size=120), authorization=st.none() | header_bytes,
+       origin=st.none() | header_bytes, cookie=st.none() | header_bytes)
+async def test_any_handshake_gets_a_contract_outcome(transactional_db, query, authorization,
+                                                     origin, cookie):
+    """Random query strings and headers end in a refusal or a 4001/4002/4003 close, no crash."""
+    from tests.project.support import authed_application
+
+    RUNS["handshakes"] += 1
+    headers = [(name, value) for name, value in
+               ((b"authorization", authorization), (b"origin", origin), (b"cookie", cookie))
+               if value is not None]
+    comm = WebsocketCommunicator(authed_application, "/ws/test/", headers=headers)
+    comm.scope["query_string"] = query
+    connected, _ = await comm.connect(timeout=5)
+    if connected:
+        output = await comm.receive_output(timeout=5)
+        assert output["type"] == "websocket.close" and output["code"] in (4001, 4002, 4003)
+    else:
+        assert origin is not None  # only the origin check refuses a handshake
+    await comm.disconnect()
+
+
 def test_fuzzers_really_ran(capsys):
     """Each fuzz test above ran many examples (when run together); prints the counts."""
-    if len(RUNS) < 6:
+    if len(RUNS) < 8:
         pytest.skip("only meaningful when the whole module runs")
     assert all(count >= 100 for count in RUNS.values()), RUNS
     total = sum(RUNS.values())
