@@ -297,6 +297,35 @@ async def test_page_survives_a_server_restart(live, daphne_server, open_page, to
     await shown_once(alice, "back online")
 
 
+def store_messages(room_name: str, sender, count: int) -> list[int]:
+    """Write messages straight to the database, as if sent while the page was away."""
+    room = Room.objects.get(name=room_name)
+    Message.objects.bulk_create(
+        Message(room=room, sender=sender, content=f"while away {i}") for i in range(count)
+    )
+    return list(Message.objects.filter(room=room).order_by("id").values_list("id", flat=True))
+
+
+async def test_long_outage_is_filled_in_by_paging_back(live, users, open_page, token_for):
+    """More missed than ?since= resends (1000): the page pages back until the hole is closed."""
+    alice = await open_page(live, "alice", "/chat/outage/")
+    await wait_live(alice)
+    bob = await WsChat.open(live, token_for("bob"), "outage")
+    first = await bob.say("before the outage")
+    await bob.close()
+    await shown_once(alice, "before the outage")
+
+    await alice.evaluate("chatDebug.dropSocket({hold: true})")
+    all_ids = await database_sync_to_async(store_messages)("outage", users["bob"], 1100)
+    await alice.evaluate("chatDebug.resume()")
+    await wait_live(alice)
+    await expect(contents(alice)).to_have_count(1101)
+    assert await assert_ids_unique_and_sorted(alice) == all_ids
+    assert all_ids[0] == first
+    await shown_once(alice, "while away 0")
+    await shown_once(alice, "while away 1099")
+
+
 @pytest.fixture
 def long_room(users) -> list[int]:
     """A room with 120 stored messages (ids oldest first)."""
