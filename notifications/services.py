@@ -41,7 +41,7 @@ from django.utils import timezone
 
 from notifications.models import Notification
 from project import metrics, protocol
-from project.hub import Hub, _hubs
+from project.hub import Hub, _hubs, get_hub
 from project.registry import LocalRegistry, RedisRegistry
 
 logger = logging.getLogger(__name__)
@@ -201,6 +201,19 @@ def running_hub() -> Hub | None:
     except RuntimeError:
         return None
     return _hubs.get(loop)
+
+
+async def ensure_hub() -> Hub | None:
+    """Start the hub of this server process if it has none yet (for HTTP views).
+
+    ``None`` when it cannot start (Redis down): posting then falls back to the
+    direct path, which stores and answers ``queued`` if the layer is down too.
+    """
+    try:
+        return await get_hub()
+    except Exception:
+        logger.warning("could not start the process hub", exc_info=True)
+        return None
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,11 @@
-"""``POST /api/notify/<user_id>`` and ``POST /api/broadcast`` (staff only)."""
+"""``POST /api/notify/<user_id>`` and ``POST /api/broadcast`` (staff only).
+
+Both views start this process's hub if no WebSocket has yet: a server process
+then reuses one layer and registry connection for every post instead of
+opening one per request, and it heartbeats and reaps dead processes, so a
+killed process's connections stop counting as ``sent`` even where every
+surviving process only serves HTTP.
+"""
 
 from django.http import HttpRequest, JsonResponse
 
@@ -13,6 +20,7 @@ async def notify_user(request: HttpRequest, user_id: str) -> JsonResponse:
     user = await services.find_user(user_id)
     if user is None:
         raise ApiError("not_found", f"no user {user_id!r}")
+    await services.ensure_hub()
     note_id, status = await services.anotify(user, data)
     return JsonResponse({"status": status, "id": note_id}, status=202)
 
@@ -21,5 +29,6 @@ async def notify_user(request: HttpRequest, user_id: str) -> JsonResponse:
 async def broadcast(request: HttpRequest) -> JsonResponse:
     """Push one NOTE to every notifications connection: ``202 {"status": "broadcast"}``."""
     data = read_json_object(request)
+    await services.ensure_hub()
     note_id, status = await services.abroadcast(data)
     return JsonResponse({"status": status, "id": note_id}, status=202)

@@ -1,5 +1,6 @@
 """POST /api/notify/<user_id> and POST /api/broadcast: statuses and every error answer."""
 
+import asyncio
 import json
 
 import pytest
@@ -180,3 +181,28 @@ async def test_body_of_65537_bytes_is_413(staff, token_for, path):
     response = await post(path, body_of_size(API_MAX_BODY_BYTES + 1), token_for("boss"))
     assert_error(response, 413, "too_large")
     assert await Notification.objects.acount() == 0
+
+
+async def test_notify_still_stores_when_the_hub_cannot_start(staff, token_for, monkeypatch):
+    """If this process's hub cannot start, the post is still stored and answered 202 queued."""
+    from notifications import services
+
+    async def broken_hub():
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr(services, "get_hub", broken_hub)
+    response = await post("/api/notify/bea", {"x": 1}, token_for("boss"))
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert await Notification.objects.filter(pk=response.json()["id"]).aexists()
+
+
+async def test_api_post_starts_the_process_hub(staff, token_for):
+    """A post to a process without WebSockets starts its hub (pooled layer, reaping)."""
+    from project import hub as hub_module
+
+    loop = asyncio.get_running_loop()
+    assert loop not in hub_module._hubs
+    response = await post("/api/broadcast", {"x": 1}, token_for("boss"))
+    assert response.status_code == 202
+    assert loop in hub_module._hubs

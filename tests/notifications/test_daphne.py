@@ -175,3 +175,27 @@ async def test_connecting_to_one_process_while_another_posts(daphne_server, redi
         for ws in sockets:
             await ws.close()
     await gone("daphne-race")
+
+
+@pytest.mark.redis
+async def test_connections_of_a_killed_process_stop_counting(daphne_server, redis_url,
+                                                             amake_user, token_for):
+    """After kill -9 of A, B reaps A's connections: notify answers 'queued' again."""
+    await amake_user("boss", staff=True)
+    await amake_user("daphne-orphan")
+    beat = {"REDIS_URL": redis_url, "HUB_HEARTBEAT_SECONDS": "1", "HUB_DEAD_AFTER_SECONDS": "2"}
+    process_a, process_b = daphne_server(**beat), daphne_server(**beat)
+    boss = token_for("boss")
+    ws = await websockets.connect(ws_url(process_a, token_for("daphne-orphan")))
+    await ws.send("ping")
+    assert await recv_json(ws) == {"type": "pong"}
+    status, body = await apost(process_b, "/api/notify/daphne-orphan", {"n": 1}, boss)
+    assert (status, body["status"]) == (202, "sent")
+    process_a.kill()
+    for _ in range(100):
+        status, body = await apost(process_b, "/api/notify/daphne-orphan", {"n": 2}, boss)
+        if body["status"] == "queued":
+            break
+        await asyncio.sleep(0.1)
+    assert (status, body["status"]) == (202, "queued")
+    await ws.close()
