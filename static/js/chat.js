@@ -76,6 +76,8 @@
       };
       tick();
       countdown = setInterval(tick, 1000);
+    } else if (state === "offline" && info.reason === "no network") {
+      connText.textContent = "Offline: no network";
     } else {
       connText.textContent = STATE_TEXT[state] || state;
     }

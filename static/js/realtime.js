@@ -161,7 +161,12 @@
     this.timer = setTimeout(function () {
       self._connect();
     }, delay);
-    this._setState("reconnecting", { delay: delay, nextAt: this.nextAt, reason: reason });
+    if (navigator.onLine === false) {
+      /* no network at all: say so; the "online" event retries at once */
+      this._setState("offline", { retry: true, reason: "no network" });
+    } else {
+      this._setState("reconnecting", { delay: delay, nextAt: this.nextAt, reason: reason });
+    }
   };
 
   /* Skip the rest of the current wait (the "Retry now" button, network back). */

@@ -262,6 +262,22 @@ async def test_page_recovers_what_was_sent_while_its_socket_was_down(
     assert alice.errors == []
 
 
+async def test_page_shows_offline_and_reconnects_when_the_network_returns(live, open_page):
+    """Without network the page says "Offline"; the browser's online event reconnects it."""
+    alice = await open_page(live, "alice", "/chat/offline/")
+    await wait_live(alice)
+    await alice.context.set_offline(True)
+    await alice.evaluate("chatDebug.dropSocket()")
+    state = alice.locator("#conn-state")
+    await expect(state).to_have_attribute("data-state", "offline")
+    await expect(state).to_contain_text("no network")
+    await expect(alice.locator("#send-button")).to_be_disabled()
+    await alice.context.set_offline(False)
+    await wait_live(alice)
+    await say(alice, "back from the tunnel")
+    await shown_once(alice, "back from the tunnel")
+
+
 async def test_page_survives_a_server_restart(live, daphne_server, open_page, token_for,
                                               monkeypatch):
     """daphne is killed and started again on its port: the page comes back, no gap, no dupes."""
