@@ -40,12 +40,19 @@ PEER_MODULES = ("picows", "uvloop", "orjson", "psutil", "fastapi", "uvicorn")
 SECRET = "bench-jwt-secret-not-for-production"
 USER_PREFIX, STAFF = "bench_u", "bench_staff"
 
+# loadgen ends a fan-out run without reporting when nothing arrives for --idle-timeout
+# (default 5 s) and counts the join storm over after --quiet (0.5 s) of silence; on a
+# shared, loaded machine a server that pauses longer turns into an error instead of a
+# slow figure, so both are widened (for every server alike).
+FANOUT_PATIENCE = ["--quiet", "2", "--idle-timeout", "20"]
 #: name -> (loadgen scenario, loadgen arguments, layers it depends on)
 SCENARIOS = {
     "echo": ("echo", ["--conns", "50", "--msgs", "1000000"], False),
-    "fanout100": ("fanout", ["--members", "100", "--senders", "10", "--msgs", "100000"], True),
+    "fanout100": ("fanout", ["--members", "100", "--senders", "10", "--msgs", "100000",
+                             *FANOUT_PATIENCE], True),
     "fanout1000": ("fanout", ["--members", "1000", "--senders", "10", "--msgs", "100000",
-                              "--settle-timeout", "120", "--connect-deadline", "120"], True),
+                              "--settle-timeout", "120", "--connect-deadline", "120",
+                              *FANOUT_PATIENCE], True),
     "notify": ("notify", ["--users", "100", "--posts", "1000000", "--http-conns", "8"], True),
     "connections": ("connections", [], False),
 }
@@ -254,7 +261,8 @@ class Bench:
             spec = dict(kv.split("=", 1) for kv in cmd[i + 1].split(","))
             cmd[i:i + 2] = ["--target", spec["target"], "--url", spec["url"], "--label",
                             spec["label"], "--server-pid", spec["pid"]]
-        base = self.out / f"{layer}-{name}"
+        tag = "-".join(p.label.removeprefix("project-") for p in projects)
+        base = self.out / f"{layer}-{name}-{tag}"
         log(f"{layer} {name}: {' '.join(cmd[2:])}")
         with open(f"{base}.jsonl", "w") as out, open(f"{base}.log", "w") as err:
             proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=err,
