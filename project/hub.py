@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 GROUP_REFRESH_SECONDS = 3600.0
 #: How often the hub checks whether Redis is back after a failed call.
 RECOVERY_POLL_SECONDS = 0.2
+#: After restoring from Redis data loss, publishing waits this long so that the
+#: other processes, polling as well, have restored their memberships too.
+RECOVERY_SETTLE_SECONDS = 2 * RECOVERY_POLL_SECONDS
 #: Every process listens here for control events (such as revoking a user).
 CONTROL_GROUP = "hub.control"
 
@@ -66,6 +69,7 @@ class Hub:
         self.suspect = False
         self._recovery = asyncio.Lock()
         self._last_refresh = time.monotonic()
+        self._restored_at = -RECOVERY_SETTLE_SECONDS
 
     async def start(self) -> None:
         # The default "specific" prefix: channels-redis reads every channel of a
@@ -157,6 +161,9 @@ class Hub:
         """
         if self.suspect:
             await self.recover()
+        settling = self._restored_at + RECOVERY_SETTLE_SECONDS - time.monotonic()
+        if settling > 0:
+            await asyncio.sleep(settling)
         try:
             await self.layer.group_send(group, {"type": "hub.event", "group": group, **event})
         except Exception:
@@ -172,7 +179,7 @@ class Hub:
                 logger.warning("registry lost this process's state; restoring it")
                 await self.registry.restore()
                 await self._refresh_groups()
-                self._last_refresh = time.monotonic()
+                self._last_refresh = self._restored_at = time.monotonic()
             if self.suspect:
                 logger.info("channel layer and registry answer again")
             self.suspect = False
