@@ -383,3 +383,22 @@ async def test_connecting_during_a_stream_of_posts_gets_each_exactly_once(amake_
         received = [frame["id"] for frame in await receive_notes(communicator, len(posted))]
         assert received == posted
         assert await communicator.receive_nothing(0.1)
+
+
+async def test_database_down_at_connect_gives_unavailable_and_closes(amake_user, connect,
+                                                                     monkeypatch):
+    """If the queue cannot be read, the client gets error 'unavailable' and a close, no NOTE."""
+    await amake_user("bea")
+
+    async def broken(user_id):
+        raise ConnectionError("database down")
+
+    monkeypatch.setattr(services, "aundelivered_frames", broken)
+    communicator = await connect("bea")
+    frame = await receive(communicator)
+    assert (frame["type"], frame["code"]) == ("error", "unavailable")
+    output = await communicator.receive_output(timeout=3)
+    assert output["type"] == "websocket.close"
+    await communicator.disconnect()
+    hub = await get_hub()
+    assert services.user_group("bea") not in hub.groups, "the failed connection left its feed"
