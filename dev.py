@@ -70,8 +70,9 @@ def ensure_debian_packages() -> None:
     print(f"dev.py: installing {', '.join(missing)} (Debian packages) for the tests", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing],
-                   check=False, env=env, stdout=subprocess.DEVNULL)
+    for package in missing:  # one at a time: a failing one does not hold back the others
+        subprocess.run(["apt-get", "install", "-y", "-qq", package],
+                       check=False, env=env, stdout=subprocess.DEVNULL)
 
 
 def run(*args: str) -> int:
