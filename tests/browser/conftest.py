@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import IN_CI
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Flags that work on this machine's closed network (see the machine notes).
 CHROMIUM_ARGS = [
@@ -29,9 +31,16 @@ DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
 
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
-    """The Chromium binary; its absence is the one reason to skip a browser test."""
+    """The Chromium binary; its absence is the one reason to skip a browser test.
+
+    Under CI (``CI=true``) it fails instead, like a missing Redis: ``dev.py test``
+    installs chromium there, so a skip would hide that the browser tests never ran.
+    """
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (dev.py test does)")
+        message = f"{CHROMIUM} is missing: install Debian's chromium (dev.py test does)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
     return CHROMIUM
 
 
