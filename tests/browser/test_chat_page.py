@@ -185,6 +185,8 @@ async def test_private_message_to_someone_who_left_shows_the_error(live, open_pa
     await alice.fill("#message-input", "are you there?")
     await bob.close()
     await expect(alice.locator("#people > li")).to_have_count(1)
+    await expect(alice.locator("#recipient")).to_have_value("")
+    await expect(alice.locator("#alerts")).to_contain_text("bob left")
     # alice's page moved her back to "everyone" when bob left; force a private
     # frame to bob as a stale page would send it.
     await alice.evaluate("""() => {
