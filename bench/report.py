@@ -6,6 +6,7 @@ A later directory's figure for the same scenario, layer and server replaces an e
 """
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -18,6 +19,36 @@ HEAD = {
 }
 
 
+def valid(run: dict) -> bool:
+    """A run that measured what it meant to: every member connected, nothing broke."""
+    m = run.get("metrics")
+    if not m or run.get("connect_errors"):
+        return False
+    return m.get("delivered_frac") is None or m["delivered_frac"] >= 0.999 or run["label"] != "seed"
+
+
+def medians(r: dict) -> dict:
+    """Medians per server over its valid runs (loadgen's own summary counts every run).
+
+    Runs of the reference that broke (the tutorial's broadcast lets one failed send kill
+    the sender's handler) are left out; a project run is kept whatever it did, its loss
+    is the point.
+    """
+    out = {}
+    for label in r["median"]:
+        runs = [x for x in r.get("runs", []) if x.get("label") == label and valid(x)]
+        if not runs:
+            continue
+        keys = {k for x in runs for k in x["metrics"]}
+        out[label] = {k: statistics.median([x["metrics"][k] for x in runs
+                                            if x["metrics"].get(k) is not None] or [0])
+                      for k in keys}
+        out[label]["runs"] = len(runs)
+        out[label]["excluded"] = sum(1 for x in r.get("runs", []) if x.get("label") == label) \
+            - len(runs)
+    return out
+
+
 def rows(paths: list[str]) -> dict:
     table: dict = {}
     for path in paths:
@@ -25,11 +56,13 @@ def rows(paths: list[str]) -> dict:
         for r in data["results"]:
             if r.get("profile_run") or "seed" not in (r.get("median") or {}):
                 continue
-            seed = r["median"]["seed"]
-            for label, med in r["median"].items():
-                if label == "seed" or not med.get("runs"):
-                    continue
-                table[(r["scenario"], r["layer"], label)] = (seed, med, r, Path(path).name)
+            med_all = medians(r)
+            seed = med_all.get("seed")
+            if seed is None:
+                continue
+            for label, med in med_all.items():
+                if label != "seed":
+                    table[(r["scenario"], r["layer"], label)] = (seed, med, r, Path(path).name)
     return table
 
 
@@ -46,13 +79,14 @@ def ratio(a, b) -> str:
 
 def render(table: dict) -> str:
     out = ["| scenario | layer | server | project | seed | ratio | p99 project / seed (ms) | "
-           "ratio per server CPU | loss (project) | runs | load 1m | dir |",
+           "ratio per server CPU | loss (project) | runs project/seed | load 1m | dir |",
            "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for (scenario, layer, label), (seed, med, r, where) in sorted(table.items()):
         head, p99 = HEAD[scenario]
         per_cpu = "-"
         if med.get("server_cpu_pct") and seed.get("server_cpu_pct") and head != "rss_per_conn_kib":
             per_cpu = ratio(med[head] / med["server_cpu_pct"], seed[head] / seed["server_cpu_pct"])
+        excl = f" ({seed['excluded']} seed runs broke)" if seed["excluded"] else ""
         loss = "-"
         if "delivered_frac" in med:
             loss = f"{1 - med['delivered_frac']:.2%}"
@@ -63,7 +97,7 @@ def render(table: dict) -> str:
             f"| {scenario} | {layer} | {label.removeprefix('project-')} | {fmt(med.get(head))} | "
             f"{fmt(seed.get(head))} | {ratio(med.get(head), seed.get(head))} | "
             f"{fmt(med.get(p99))} / {fmt(seed.get(p99))} | {per_cpu} | {loss} | "
-            f"{med.get('runs')} | {r['loadavg_before'][0]:.1f} | {where} |")
+            f"{med['runs']}/{seed['runs']}{excl} | {r['loadavg_before'][0]:.1f} | {where} |")
     return "\n".join(out)
 
 
