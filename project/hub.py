@@ -12,6 +12,7 @@ nothing about chat or notifications.
 """
 
 import asyncio
+import atexit
 import logging
 import secrets
 import time
@@ -81,8 +82,12 @@ class Hub:
             asyncio.create_task(self._receive_loop(), name="hub-receive"),
             asyncio.create_task(self._maintenance_loop(), name="hub-maintenance"),
         ]
+        # On a normal exit (daphne stops on SIGTERM) the survivors should reap this
+        # process at their next beat, not after HUB_DEAD_AFTER_SECONDS.
+        atexit.register(self.registry.mark_dead)
 
     async def close(self) -> None:
+        atexit.unregister(self.registry.mark_dead)
         # Cancel until done: redis-py 8 can swallow a cancellation that lands while
         # it opens a connection, and the receive loop would then run on (and close()
         # wait for it forever).

@@ -15,6 +15,7 @@ Connections are named ``"<process id>|<connection id>"``.
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections import defaultdict
@@ -106,6 +107,9 @@ class LocalRegistry:
 
     async def restore(self) -> None:
         pass
+
+    def mark_dead(self) -> None:
+        """Nothing to do: nobody else shares this registry."""
 
     async def reap(self, dead_after: float) -> list[Departure]:
         return []
@@ -206,6 +210,7 @@ class RedisRegistry:
         import redis.asyncio as redis
 
         self.proc_id = proc_id
+        self.url = url
         self.prefix = prefix + ":"
         # Timeouts: a Redis that stops answering gives errors (handled by the
         # callers), never a connection or the hub stuck forever.
@@ -282,6 +287,17 @@ class RedisRegistry:
     async def heartbeat(self) -> bool:
         """Beat; true when this process was missing (Redis restarted, or we were reaped)."""
         return bool(await self.redis.zadd(self.key("procs"), {self.proc_id: time.time()}))
+
+    def mark_dead(self) -> None:
+        """At exit (sync): age this process's heartbeat so the others reap it now."""
+        import redis
+
+        try:
+            client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+            client.zadd(self.key("procs"), {self.proc_id: 0}, xx=True)
+            client.close()
+        except Exception:
+            logging.getLogger(__name__).warning("could not mark this process as gone")
 
     async def restore(self) -> None:
         """Write back every connection and room membership this process holds."""

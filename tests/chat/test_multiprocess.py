@@ -116,3 +116,19 @@ async def test_a_killed_process_users_leave_within_60_seconds(two_servers, make_
     assert joined["users"] == ["bob"]
     await bob.close()
     await bob2.close()
+
+
+async def test_a_stopped_process_users_leave_at_the_next_beat(two_servers, make_user, token_for):
+    """A process stopped normally (SIGTERM) is reaped at once: user_left, and the cap is freed."""
+    server_a, server_b = two_servers
+    await database_sync_to_async(make_user)("alice")
+    await database_sync_to_async(make_user)("bob")
+    alice, _ = await join(server_a, "stop", token_for("alice"))
+    bob, _ = await join(server_b, "stop", token_for("bob"))
+    await recv(alice)
+    server_a.stop()
+    # Heartbeats are 1 s and the dead-after time 3 s here: arriving well before the
+    # latter shows the process announced its own exit.
+    left = await recv_type(bob, "user_left", timeout=2.5)
+    assert left["user_id"] == "alice" and left["users"] == ["bob"]
+    await bob.close()
