@@ -17,9 +17,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from project import tokens
 from project.hub import close_hub
@@ -63,6 +65,9 @@ async def fresh_hub():
     """
     yield
     await close_hub()
+    # Connections opened in asgiref's executor thread would keep the PostgreSQL test
+    # database from being dropped at the end of the run.
+    await sync_to_async(connections.close_all)()
     layer = get_channel_layer()
     if not settings.REDIS_URL:
         await layer.flush()
