@@ -194,6 +194,14 @@ class Bench:
 
     def start_project(self, layer: str, kind: str = "daphne") -> Server:
         env, port = self.project_env(layer), free_port()
+        if not self.args.database_url and kind != "daphne":
+            # One SQLite file per server process: two processes writing one file stalled
+            # fan-out runs for seconds (lock waits), which is a deployment question (use
+            # PostgreSQL with several processes), not what a side-by-side run measures.
+            own = self.db.with_name(f"bench-{kind}.sqlite3")
+            if not own.exists():
+                shutil.copyfile(self.db, own)
+            env["SQLITE_PATH"] = str(own)
         if kind == "daphne":
             cmd = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
         else:
