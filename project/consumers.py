@@ -65,6 +65,11 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         return None
 
     async def websocket_connect(self, message) -> None:
+        # Resolved once: send_frame runs per frame per member of a room.
+        self._send = self.scope.get("server_send") or self.base_send
+        self._transport = transport_of(self._send)
+        self._send_buffer_limit = settings.WS_MAX_SEND_BUFFER_BYTES
+        self._frames_out = metrics.counter("realtime_frames_out_total", endpoint=self.endpoint)
         refusal = self.handshake_refusal()
         if refusal:
             logger.info("refused %s handshake: %s", self.endpoint, refusal)
@@ -144,14 +149,13 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     async def send_frame(self, text: str) -> None:
         if self.closing:
             return
-        send = self.scope.get("server_send") or self.base_send
-        limit = settings.WS_MAX_SEND_BUFFER_BYTES
-        if limit and unsent_bytes(send) > limit:
+        limit = self._send_buffer_limit
+        if limit and buffered_bytes(self._transport) > limit:
             logger.warning("closing a %s connection that stopped reading", self.endpoint)
             await self.close_with(CloseCode.SLOW_CONSUMER)
             return
-        metrics.inc("realtime_frames_out_total", endpoint=self.endpoint)
-        await send({"type": "websocket.send", "text": text})
+        self._frames_out.value += 1
+        await self._send({"type": "websocket.send", "text": text})
 
     # --- Incoming frames ----------------------------------------------------------------
 
@@ -215,21 +219,29 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await self.send_frame(protocol.auth_ok(claims.expires_at))
 
 
-def unsent_bytes(send) -> int:
-    """Bytes daphne holds for this socket that the peer has not taken yet.
+def transport_of(send):
+    """The Twisted transport behind daphne's ``send``, or ``None`` under another server.
 
-    daphne hands the application ``partial(server.handle_reply, protocol)``; the
-    protocol's Twisted transport buffers whatever the peer does not read, without
-    limit. Under another server (the test communicator) this is 0.
+    daphne hands the application ``partial(server.handle_reply, protocol)``.
     """
     args = getattr(send, "args", ())
-    transport = getattr(args[0], "transport", None) if args else None
+    return getattr(args[0], "transport", None) if args else None
+
+
+def buffered_bytes(transport) -> int:
+    """Bytes the transport holds that the peer has not taken yet (Twisted buffers
+    whatever a peer does not read, without limit)."""
     if transport is None:
         return 0
     try:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except AttributeError:
         return 0
+
+
+def unsent_bytes(send) -> int:
+    """:func:`buffered_bytes` of the transport behind ``send`` (0 if unknown)."""
+    return buffered_bytes(transport_of(send))
 
 
 def too_large(text: str | None, data: bytes | None, limit: int) -> bool:

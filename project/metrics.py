@@ -19,18 +19,36 @@ HELP = {
     "realtime_notifications_total": ("counter", "Notifications posted, by status."),
 }
 
-_values: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(
-    lambda: defaultdict(float)
-)
+class Cell:
+    """One labelled value; hot paths keep the cell and add to ``value`` directly."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+
+_values: dict[str, dict[tuple[tuple[str, str], ...], Cell]] = defaultdict(dict)
+
+
+def counter(name: str, **labels: str) -> Cell:
+    """The cell of ``name`` with ``labels``, created at zero."""
+    cells = _values[name]
+    key = tuple(sorted(labels.items()))
+    cell = cells.get(key)
+    if cell is None:
+        cell = cells[key] = Cell()
+    return cell
 
 
 def inc(name: str, amount: float = 1, **labels: str) -> None:
     """Add ``amount`` to a counter (or a gauge, with a negative amount to lower it)."""
-    _values[name][tuple(sorted(labels.items()))] += amount
+    counter(name, **labels).value += amount
 
 
 def value(name: str, **labels: str) -> float:
-    return _values[name].get(tuple(sorted(labels.items())), 0.0)
+    cell = _values[name].get(tuple(sorted(labels.items())))
+    return cell.value if cell is not None else 0.0
 
 
 def render() -> str:
@@ -38,7 +56,8 @@ def render() -> str:
     lines = []
     for name, (kind, text) in HELP.items():
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        for labels, number in sorted(_values.get(name, {}).items()):
+        for labels, cell in sorted(_values.get(name, {}).items()):
+            number = cell.value
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             lines.append(f"{name}{{{label_text}}} {number:g}" if labels else f"{name} {number:g}")
     return "\n".join(lines) + "\n"
