@@ -214,10 +214,14 @@ class RedisRegistry:
         self.prefix = prefix + ":"
         # Timeouts: a Redis that stops answering gives errors (handled by the
         # callers), never a connection or the hub stuck forever.
-        self.redis = redis.Redis.from_url(
+        # A blocking pool: under a join or leave storm, callers wait for a free
+        # connection instead of failing with MaxConnectionsError (the default pool
+        # of redis-py 8), which left stale presence and connection counts behind.
+        pool = redis.BlockingConnectionPool.from_url(
             url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
-            health_check_interval=15,
+            health_check_interval=15, max_connections=64, timeout=10,
         )
+        self.redis = redis.Redis(connection_pool=pool)
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_conns: dict[str, tuple[str, str]] = {}
         self.own_room_conns: dict[tuple[str, str], str] = {}
@@ -337,4 +341,4 @@ class RedisRegistry:
 
     async def close(self) -> None:
         """Stop talking to Redis; what this process still holds is reaped by the others."""
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)

@@ -171,6 +171,10 @@ elif REDIS_URL:
                     # Pooled connections are dead after a Redis restart: retry on a
                     # new one instead of failing the first command on each.
                     "retry": _redis_retry(),
+                    # redis-py 8's pool raises MaxConnectionsError past its cap (100)
+                    # instead of waiting: a join storm of 1000 sockets sends that many
+                    # presence events at once (bench/RESULTS.md).
+                    "max_connections": 1000,
                 }],
                 "prefix": REDIS_PREFIX + ":layer",
                 # One channel per process carries every event of that process (see
