@@ -15,13 +15,12 @@ NOTEs that were not in it, then live ones.
 import asyncio
 import logging
 import time
-import weakref
 
 from django.conf import settings
 
 from notifications import services
 from project import protocol
-from project.consumers import ProtocolConsumer, unsent_bytes
+from project.consumers import ProtocolConsumer
 from project.hub import Hub
 from project.protocol import Ack, Auth, ErrorCode, Ping
 from project.registry import NOTIFICATIONS
@@ -47,13 +46,14 @@ class Feed:
             await consumer.deliver(event["id"], event["frame"])
 
 
-# The feeds of each process hub, by group. Weak keys: a closed hub takes its feeds.
-_feeds: "weakref.WeakKeyDictionary[Hub, dict[str, Feed]]" = weakref.WeakKeyDictionary()
+def hub_feeds(hub: Hub) -> dict[str, Feed]:
+    """The feeds of this process's hub, by group (per-process app state lives on the hub)."""
+    return hub.apps.setdefault("notifications.feeds", {})
 
 
 async def attach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None:
     """Feed ``group`` to ``consumer``; returns once the hub has joined the group."""
-    feeds = _feeds.setdefault(hub, {})
+    feeds = hub_feeds(hub)
     feed = feeds.get(group)
     if feed is None:
         feed = feeds[group] = Feed()
@@ -70,7 +70,7 @@ async def attach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None
 
 async def detach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None:
     """Stop feeding ``consumer``; the hub leaves the group with the last one."""
-    feeds = _feeds.get(hub, {})
+    feeds = hub_feeds(hub)
     feed = feeds.get(group)
     if feed is None or consumer not in feed.consumers:
         return
@@ -134,10 +134,9 @@ class NotificationConsumer(ProtocolConsumer):
         limit = settings.WS_MAX_SEND_BUFFER_BYTES // 2
         if not limit or self._stalled:
             return
-        send = self.scope.get("server_send") or self.base_send
         least, deadline = None, time.monotonic() + DRAIN_SECONDS
         while True:
-            pending = unsent_bytes(send)
+            pending = self.unsent_bytes()
             if pending <= limit or self.closing:
                 return
             if least is None or pending < least:

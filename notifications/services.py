@@ -41,7 +41,7 @@ from django.utils import timezone
 
 from notifications.models import Notification
 from project import metrics, protocol
-from project.hub import Hub, _hubs, get_hub
+from project.hub import Hub, get_hub, running_hub
 from project.registry import LocalRegistry, RedisRegistry
 
 logger = logging.getLogger(__name__)
@@ -192,15 +192,6 @@ async def aacknowledge(user_id: int, ids: Iterable[int]) -> int:
 
 
 # --- Pushing ------------------------------------------------------------------------
-
-
-def running_hub() -> Hub | None:
-    """The hub of the running event loop, if the server started one; never starts one."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    return _hubs.get(loop)
 
 
 async def ensure_hub() -> Hub | None:

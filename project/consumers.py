@@ -70,6 +70,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self._transport = transport_of(self._send)
         self._send_buffer_limit = settings.WS_MAX_SEND_BUFFER_BYTES
         self._frames_out = metrics.counter("realtime_frames_out_total", endpoint=self.endpoint)
+        self._frames_in = metrics.counter("realtime_frames_in_total", endpoint=self.endpoint)
         refusal = self.handshake_refusal()
         if refusal:
             logger.info("refused %s handshake: %s", self.endpoint, refusal)
@@ -150,12 +151,16 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         limit = self._send_buffer_limit
-        if limit and buffered_bytes(self._transport) > limit:
+        if limit and self.unsent_bytes() > limit:
             logger.warning("closing a %s connection that stopped reading", self.endpoint)
             await self.close_with(CloseCode.SLOW_CONSUMER)
             return
         self._frames_out.value += 1
         await self._send({"type": "websocket.send", "text": text})
+
+    def unsent_bytes(self) -> int:
+        """Bytes sent to this client that it has not read yet (0 when unknown)."""
+        return buffered_bytes(self._transport)
 
     # --- Incoming frames ----------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         text, data = message.get("text"), message.get("bytes")
-        metrics.inc("realtime_frames_in_total", endpoint=self.endpoint)
+        self._frames_in.value += 1
         if too_large(text, data, settings.WS_MAX_MESSAGE_BYTES):
             await self.close_with(CloseCode.MESSAGE_TOO_BIG)
             return
@@ -239,11 +244,6 @@ def buffered_bytes(transport) -> int:
         return 0
 
 
-def unsent_bytes(send) -> int:
-    """:func:`buffered_bytes` of the transport behind ``send`` (0 if unknown)."""
-    return buffered_bytes(transport_of(send))
-
-
 def too_large(text: str | None, data: bytes | None, limit: int) -> bool:
     """Whether a frame's payload exceeds ``limit`` bytes (0: no limit)."""
     if not limit:
@@ -294,7 +294,7 @@ class EchoConsumer(ProtocolConsumer):
         if text is not None:
             await self.send_frame("Echo: " + text)
         elif data:
-            await self.base_send({"type": "websocket.send", "bytes": data})
+            await self._send({"type": "websocket.send", "bytes": data})
 
 
 class RefusingConsumer(AsyncWebsocketConsumer):

@@ -258,6 +258,14 @@ _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
 _starting: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
 
 
+def running_hub() -> Hub | None:
+    """The hub of the running event loop if one was started; never starts one."""
+    try:
+        return _hubs.get(asyncio.get_running_loop())
+    except RuntimeError:
+        return None
+
+
 async def get_hub() -> Hub:
     """The hub of the running event loop, started on first use."""
     loop = asyncio.get_running_loop()

@@ -124,7 +124,7 @@ class ServerSendMiddleware:
 
     Frames sent through it skip the session middleware's wrapper, which only
     acts on HTTP responses, and under daphne it reveals how much the peer has
-    not read yet (see ``project.consumers.unsent_bytes``).
+    not read yet (see ``ProtocolConsumer.unsent_bytes``).
     """
 
     def __init__(self, inner) -> None:

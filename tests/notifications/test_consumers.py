@@ -339,8 +339,8 @@ async def test_queue_waits_while_the_client_has_much_unread(amake_user, connect,
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
     loop = asyncio.get_running_loop()
     backlog_until = loop.time() + 0.3
-    monkeypatch.setattr(consumers, "unsent_bytes",
-                        lambda send: 900 if loop.time() < backlog_until else 0)
+    monkeypatch.setattr(consumers.NotificationConsumer, "unsent_bytes",
+                        lambda self: 900 if loop.time() < backlog_until else 0)
     communicator = await connect("bea")
     assert (await receive(communicator))["id"] == ids[0]
     assert loop.time() < backlog_until
@@ -353,7 +353,7 @@ async def test_queue_stops_waiting_for_a_stalled_client(amake_user, connect, set
     """A client that takes nothing for DRAIN_SECONDS gets the rest of the queue unpaced."""
     settings.WS_MAX_SEND_BUFFER_BYTES = 1000
     monkeypatch.setattr(consumers, "DRAIN_SECONDS", 0.2)
-    monkeypatch.setattr(consumers, "unsent_bytes", lambda send: 900)
+    monkeypatch.setattr(consumers.NotificationConsumer, "unsent_bytes", lambda self: 900)
     bob = await amake_user("bea")
     ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(10)]
     loop = asyncio.get_running_loop()
