@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from chat import selectors
 from chat.models import Message, Room
-from project import metrics, protocol
+from project import metrics, protocol, wire
 from project.hub import Hub
 from project.protocol import ErrorCode, ProtocolError
 from project.registry import Departure
@@ -64,7 +64,7 @@ class Member:
     presence_version: int
     pending: list[dict] | None
 
-    async def send_frame(self, text: str) -> None: ...
+    async def send_frame(self, text: str, encoded: bytes | None = None) -> None: ...
 
 
 class LocalRoom:
@@ -89,16 +89,19 @@ class LocalRoom:
     async def deliver(self, item: dict) -> None:
         """Send one item to every member that may see it, or buffer it if joining."""
         audience, skip = item.get("to"), item.get("skip")
+        encoded = None
         for member in list(self.members.values()):
             if member.conn == skip or (audience and member.username not in audience):
                 continue
             if member.pending is not None:
                 member.pending.append(item)
                 continue
-            await send_item(member, item)
+            if encoded is None:
+                encoded = wire.text_frame(item["frame"])
+            await send_item(member, item, encoded)
 
 
-async def send_item(member: Member, item: dict) -> None:
+async def send_item(member: Member, item: dict, encoded: bytes | None = None) -> None:
     """Send unless the member has seen it: ids and presence versions only rise."""
     item_id = item.get("id")
     if item_id is not None:
@@ -110,8 +113,10 @@ async def send_item(member: Member, item: dict) -> None:
         if version <= member.presence_version:
             return
         member.presence_version = version
-    frame = item.get("frame_ref") if item.get("origin") == member.conn else None
-    await member.send_frame(frame or item["frame"])
+    if item.get("origin") == member.conn and "frame_ref" in item:
+        await member.send_frame(item["frame_ref"])
+    else:
+        await member.send_frame(item["frame"], encoded)
 
 
 def local_rooms(hub: Hub) -> dict[str, LocalRoom]:

@@ -19,7 +19,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from project import metrics, protocol, tokens
+from project import metrics, protocol, tokens, wire
 from project.hub import Hub, get_hub
 from project.middleware import get_active_user
 from project.protocol import CloseCode, ErrorCode, ProtocolError
@@ -45,6 +45,22 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     _registered = False
     _joined = False
     _expiry: asyncio.TimerHandle | None = None
+    _direct: wire.DirectWriter | None = None
+
+    async def __call__(self, scope, receive, send):
+        """Run the consumer: each event from the server goes to :meth:`dispatch`.
+
+        Channels' own loop races the server's ``receive`` against the layer's in
+        a new task per event; with no layer channel there is only ``receive``.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
 
     async def dispatch(self, message):
         """Call the handler directly.
@@ -80,6 +96,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self.conn = self.hub.new_connection_name()
         self.user = self.scope.get("user")
         await self.accept()
+        self._direct = wire.direct_writer(self._send)
         auth_error = self.scope.get("auth_error") if self.requires_user else None
         if auth_error is not None:
             logger.info("closed %s connection: auth failure %s", self.endpoint, auth_error.name)
@@ -147,7 +164,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         """The user was deactivated or deleted: close as for an unknown user."""
         await self.close_with(CloseCode.INVALID_CREDENTIALS)
 
-    async def send_frame(self, text: str) -> None:
+    async def send_frame(self, text: str, encoded: bytes | None = None) -> None:
+        """Send one text frame; ``encoded`` is its :func:`~project.wire.text_frame`
+        when the caller already has it (one encoding for a room's members)."""
         if self.closing:
             return
         limit = self._send_buffer_limit
@@ -156,7 +175,10 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.close_with(CloseCode.SLOW_CONSUMER)
             return
         self._frames_out.value += 1
-        await self._send({"type": "websocket.send", "text": text})
+        if self._direct is not None:
+            self._direct.write(encoded or wire.text_frame(text))
+        else:
+            await self._send({"type": "websocket.send", "text": text})
 
     def unsent_bytes(self) -> int:
         """Bytes sent to this client that it has not read yet (0 when unknown)."""
@@ -294,7 +316,10 @@ class EchoConsumer(ProtocolConsumer):
         if text is not None:
             await self.send_frame("Echo: " + text)
         elif data:
-            await self._send({"type": "websocket.send", "bytes": data})
+            if self._direct is not None:
+                self._direct.write(wire.binary_frame(data))
+            else:
+                await self._send({"type": "websocket.send", "bytes": data})
 
 
 class RefusingConsumer(AsyncWebsocketConsumer):

@@ -21,7 +21,7 @@ class Silent:
         self.pending = None
         self.frames: list[str] = []
 
-    async def send_frame(self, text: str) -> None:
+    async def send_frame(self, text: str, encoded: bytes | None = None) -> None:
         self.frames.append(text)
 
 

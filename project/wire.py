@@ -1,0 +1,99 @@
+"""Frames encoded once and written straight to daphne's socket.
+
+Under daphne an ASGI ``websocket.send`` goes through ``handle_reply``, then
+autobahn, which frames the payload (and formats debug-log arguments even with
+debug logging off), then Twisted, which buffers the bytes and writes them on a
+later reactor turn, adding the socket to the poller and removing it again for
+every frame. For a room's fan-out that is most of the cost per member
+(bench/RESULTS.md). Here a text frame is encoded once for every connection it
+goes to (RFC 6455, section 5.2: a server's frames are not masked) and written
+to each socket at once when nothing is queued before it; whatever the kernel
+does not take is handed to Twisted, so order, buffering and the slow-reader
+accounting are the same as before.
+
+:func:`direct_writer` offers this only where it is exactly what daphne would
+send: a plain TCP transport (daphne terminating TLS itself falls back), an
+autobahn connection without permessage-deflate. Under any other server the
+consumer keeps using the ASGI ``send``.
+"""
+
+import struct
+
+__all__ = ["DirectWriter", "binary_frame", "direct_writer", "text_frame"]
+
+_TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
+
+
+def _frame(first: int, payload: bytes) -> bytes:
+    length = len(payload)
+    if length <= 125:
+        return bytes((first, length)) + payload
+    if length <= 0xFFFF:
+        return struct.pack("!BBH", first, 126, length) + payload
+    return struct.pack("!BBQ", first, 127, length) + payload
+
+
+def text_frame(text: str) -> bytes:
+    """The wire bytes of one unfragmented, unmasked text frame."""
+    return _frame(_TEXT, text.encode("utf-8"))
+
+
+def binary_frame(data: bytes) -> bytes:
+    """The wire bytes of one unfragmented, unmasked binary frame."""
+    return _frame(_BINARY, data)
+
+
+class DirectWriter:
+    """Writes encoded frames to one daphne connection's socket."""
+
+    __slots__ = ("open_state", "protocol", "transport")
+
+    def __init__(self, protocol, transport) -> None:
+        self.protocol, self.transport = protocol, transport
+        self.open_state = protocol.STATE_OPEN
+
+    def write(self, frame: bytes) -> bool:
+        """Send ``frame``; ``False`` if the connection no longer takes frames.
+
+        A connection that is closing takes nothing after its close frame, so
+        there is nothing to fall back to then.
+        """
+        transport = self.transport
+        if self.protocol.state != self.open_state:
+            return False
+        if (transport._tempDataLen or len(transport.dataBuffer) > transport.offset
+                or not transport.connected or transport.disconnecting):
+            # Bytes are queued before this frame (or the transport is going away):
+            # Twisted keeps the order, or drops the frame as it would anyway.
+            transport.write(frame)
+            return True
+        sent = transport.writeSomeData(frame)
+        if not isinstance(sent, int):
+            # The connection is lost: a buffered write lets Twisted notice and
+            # close it the usual way (connectionLost, then websocket.disconnect).
+            transport.write(frame)
+        elif sent < len(frame):
+            transport.write(frame[sent:])
+        return True
+
+
+def direct_writer(send) -> DirectWriter | None:
+    """A :class:`DirectWriter` for daphne's ``send``, or ``None`` where it does not apply.
+
+    daphne hands the application ``partial(server.handle_reply, protocol)``.
+    Call it once the connection is accepted: autobahn settles permessage-deflate
+    only then.
+    """
+    args = getattr(send, "args", ())
+    protocol = args[0] if args else None
+    transport = getattr(protocol, "transport", None)
+    if (transport is None or not hasattr(protocol, "STATE_OPEN")
+            or getattr(protocol, "_perMessageCompress", None) is not None):
+        return None
+    try:
+        from twisted.internet.tcp import Connection
+    except ImportError:  # pragma: no cover - daphne always brings Twisted
+        return None
+    if not isinstance(transport, Connection):
+        return None
+    return DirectWriter(protocol, transport)
