@@ -2,7 +2,11 @@
 
 from django.test import override_settings
 
-from project.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphne_arguments
+from project.management.commands.serve import (
+    HARD_CEILING_WITHOUT_LIMIT,
+    daphne_arguments,
+    plain_autobahn_log_arguments,
+)
 
 
 def option(args: list[str], name: str) -> str:
@@ -40,3 +44,12 @@ def test_proxy_headers_pings_and_timeout_follow_the_settings():
     assert "--proxy-headers" in args
     assert option(args, "--ping-interval") == "7" and option(args, "--ping-timeout") == "9"
     assert option(args, "--websocket_timeout") == "-1"
+
+
+def test_autobahn_log_arguments_are_plain_text(monkeypatch):
+    """Nothing is coloured per frame, whether or not click is installed."""
+    import autobahn.util
+
+    monkeypatch.setattr(autobahn.util, "_HAS_CLICK", True)
+    plain_autobahn_log_arguments()
+    assert autobahn.util.hl("peer") == "peer"

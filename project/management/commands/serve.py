@@ -15,6 +15,19 @@ from django.core.management.base import BaseCommand
 HARD_CEILING_WITHOUT_LIMIT = 16 * 1024 * 1024
 
 
+def plain_autobahn_log_arguments() -> None:
+    """Stop autobahn from colouring its debug-log arguments.
+
+    autobahn builds the arguments of its ``log.debug`` calls on every frame,
+    even with debug logging off, and colours them with ``click.style`` whenever
+    click is importable (uvicorn, among others, brings it): about 5% of daphne's
+    CPU for echo and fan-out in bench/RESULTS.md. Colour is all this changes.
+    """
+    import autobahn.util
+
+    autobahn.util._HAS_CLICK = False
+
+
 def daphne_arguments(host: str, port: int) -> list[str]:
     """The daphne command line for the current settings."""
     limit = settings.WS_MAX_MESSAGE_BYTES
@@ -45,4 +58,5 @@ class Command(BaseCommand):
         argv = daphne_arguments(host or settings.SERVER_HOST, port or settings.SERVER_PORT)
         self.stdout.write(f"daphne {' '.join(argv)}")
         sys.stdout.flush()
+        plain_autobahn_log_arguments()
         CommandLineInterface().run(argv)
