@@ -207,7 +207,7 @@ class Bench:
         else:
             # The same limits as `manage.py serve` (see README "Running daphne").
             cmd = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host",
-                   "127.0.0.1", "--port", str(port), "--ws", "websockets", "--ws-max-size",
+                   "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio", "--ws-max-size",
                    str(4 * 65536), "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
                    "--lifespan", "off", "--no-access-log", "--log-level", "warning"]
         server = Server(f"project-{kind}", pinned(cmd, self.server_cpu), env, ROOT, port,
