@@ -23,14 +23,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from chat import selectors
 from chat.models import Message, Room
-from project import metrics, protocol, wire
+from project import db, metrics, protocol, wire
 from project.hub import Hub
 from project.protocol import ErrorCode, ProtocolError
 from project.registry import Departure
@@ -295,9 +294,13 @@ def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:
     }
 
 
-@database_sync_to_async
-def store_messages(room: str, batch: list[Outgoing]) -> list[Message | None]:
+async def store_messages(room: str, batch: list[Outgoing]) -> list[Message | None]:
     """Insert a batch in one transaction; ``None`` where a recipient does not exist."""
+    return await db.run(insert_batch, room, batch)
+
+
+def insert_batch(room: str, batch: list[Outgoing]) -> list[Message | None]:
+    """:func:`store_messages` on the database thread."""
     now = timezone.now()
     recipients = {o.recipient for o in batch if o.recipient is not None}
     users = {}
@@ -342,6 +345,5 @@ async def private_send(*, local: LocalRoom, user, target: str, content: str) -> 
 
 async def history(room: str, user, *, after=None, before=None, limit: int):
     """:func:`chat.selectors.history_page` off the event loop."""
-    return await database_sync_to_async(selectors.history_page)(
-        room, user, after=after, before=before, limit=limit
-    )
+    return await db.run(selectors.history_page, room, user, after=after, before=before,
+                        limit=limit)

@@ -14,7 +14,6 @@ from importlib import import_module
 from urllib.parse import parse_qs, urlparse
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -22,7 +21,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
-from project import tokens
+from project import db, tokens
 from project.protocol import CloseCode
 
 
@@ -42,9 +41,12 @@ def origin_allowed(value: bytes) -> bool:
     return bool(parsed.scheme and host) and validate_host(host, settings.ALLOWED_HOSTS)
 
 
-@database_sync_to_async
-def get_active_user(username: str):
-    """The active user called ``username``, or ``None``."""
+async def get_active_user(username: str):
+    """The active user called ``username``, or ``None`` (on the database thread)."""
+    return await db.run(active_user, username)
+
+
+def active_user(username: str):
     return get_user_model().objects.filter(username=username, is_active=True).first()
 
 

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 
-from project import tokens
+from project import db, tokens
 from project.hub import close_hub
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,7 @@ async def fresh_hub():
     """
     yield
     await close_hub()
+    await asyncio.to_thread(db.close)
     # Connections opened in asgiref's executor thread would keep the PostgreSQL test
     # database from being dropped at the end of the run.
     await sync_to_async(connections.close_all)()

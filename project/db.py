@@ -1,0 +1,115 @@
+"""Database work off the event loop, on one thread that keeps its connections.
+
+channels' ``database_sync_to_async`` closes the thread's connection before and
+after every call, as ``CONN_MAX_AGE=0`` asks. That setting is the right one for
+Django's HTTP side under ASGI, where each request gets a thread of its own that
+nothing would close later; but it makes the hot paths of the WebSocket side pay
+a new connection per call. On SQLite that is opening three files, the PRAGMAs,
+registering Django's SQL functions, then a WAL checkpoint and unlink at close:
+measured at about 15% of the CPU of a busy room, plus hundreds of syscalls per
+second (bench/RESULTS.md).
+
+:func:`run` hands a function to one long-lived worker thread whose connections
+stay open. A connection is dropped when a call fails and leaves it unusable,
+and checked before use after :data:`IDLE_CHECK_SECONDS` of quiet (a server or
+proxy may close idle connections), so a broken connection costs at most the
+call that found it broken. Work submitted from one event loop runs in order.
+"""
+
+import asyncio
+import atexit
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from django.db import connections
+
+__all__ = ["IDLE_CHECK_SECONDS", "close", "run"]
+
+T = TypeVar("T")
+
+#: After this long without work, connections are checked before the next call.
+IDLE_CHECK_SECONDS = 30.0
+
+_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_last_used = 0.0  # only read and written on the worker thread
+
+
+def _get_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-worker")
+        return _executor
+
+
+def _responds(connection) -> bool:
+    # Django's is_usable() is always True on SQLite; ask the DB-API connection itself.
+    try:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception:
+        return False
+    return True
+
+
+def _drop_unusable() -> None:
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None:
+            continue
+        if connection.in_atomic_block or not _responds(connection):
+            connection.close()
+        elif connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]:
+            connection.close()
+        else:
+            connection.errors_occurred = False
+
+
+def _call(func: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    global _last_used
+    if time.monotonic() - _last_used > IDLE_CHECK_SECONDS:
+        _drop_unusable()
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        _drop_unusable()
+        raise
+    finally:
+        _last_used = time.monotonic()
+
+
+async def run(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` on the database worker thread."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _get_executor(), functools.partial(_call, func, args, kwargs)
+    )
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+
+
+def close() -> None:
+    """Close the worker's connections and stop it (a later :func:`run` starts a new one)."""
+    global _executor
+    with _lock:
+        executor, _executor = _executor, None
+    if executor is None:
+        return
+    try:
+        executor.submit(_close_connections).result()
+    except RuntimeError:
+        pass  # interpreter shutdown has already stopped the thread (and its connections)
+    executor.shutdown()
+
+
+atexit.register(close)

@@ -1,0 +1,74 @@
+"""The database worker (``project.db``): one thread, connections kept, broken ones dropped."""
+
+import threading
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from project import db
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def connection_state() -> tuple[int, object]:
+    """The running thread and its DB-API connection, after a query."""
+    get_user_model().objects.exists()
+    return threading.get_ident(), connection.connection
+
+
+async def test_work_runs_off_the_event_loop_thread():
+    thread, _ = await db.run(connection_state)
+    assert thread != threading.get_ident()
+
+
+async def test_the_connection_is_kept_between_calls():
+    first = await db.run(connection_state)
+    second = await db.run(connection_state)
+    assert first == second
+
+
+async def test_results_and_errors_come_back_to_the_caller():
+    def fail():
+        raise LookupError("nothing here")
+
+    assert await db.run(lambda a, *, b: a + b, 1, b=2) == 3
+    with pytest.raises(LookupError):
+        await db.run(fail)
+
+
+async def test_a_healthy_connection_survives_a_failed_call():
+    _, before = await db.run(connection_state)
+    with pytest.raises(get_user_model().DoesNotExist):
+        await db.run(lambda: get_user_model().objects.get(username="nobody"))
+    _, after = await db.run(connection_state)
+    assert after is before
+
+
+async def test_a_broken_connection_is_dropped_after_the_call_that_found_it():
+    _, before = await db.run(connection_state)
+
+    def break_it_then_query():
+        connection.connection.close()  # as a server restart or an idle timeout would
+        return connection_state()
+
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own error
+        await db.run(break_it_then_query)
+    _, after = await db.run(connection_state)
+    assert after is not None and after is not before
+
+
+async def test_an_idle_broken_connection_is_replaced_before_use(monkeypatch):
+    _, before = await db.run(connection_state)
+    await db.run(lambda: connection.connection.close())
+    monkeypatch.setattr(db, "IDLE_CHECK_SECONDS", -1.0)
+    _, after = await db.run(connection_state)  # no error: checked and reopened first
+    assert after is not before
+
+
+async def test_close_closes_the_connections_and_a_later_call_starts_again():
+    thread, conn = await db.run(connection_state)
+    db.close()
+    with pytest.raises(Exception):  # noqa: B017 - sqlite3 and psycopg differ
+        conn.cursor().execute("SELECT 1")
+    assert await db.run(connection_state) != (thread, conn)
