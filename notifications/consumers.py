@@ -147,9 +147,14 @@ class NotificationConsumer(ProtocolConsumer):
             await asyncio.sleep(0.005)  # the transport has no "drained" event to await
 
     async def left(self) -> None:
-        """Leave the feeds; the hub leaves a group with its last local connection."""
+        """Leave the feeds, and write the acks this connection sent before it goes.
+
+        The hub leaves a group with its last local connection.
+        """
         for group in self._groups:
             await detach(self.hub, group, self)
+        if self._groups:
+            await services.flush_acks(self.user.pk)
 
     async def deliver(self, note_id: int, frame: str) -> None:
         """A live NOTE from a feed: held back while connecting, else sent."""
@@ -166,4 +171,6 @@ class NotificationConsumer(ProtocolConsumer):
         elif isinstance(frame, Auth):
             await self.refresh_token(frame.token)
         elif isinstance(frame, Ack):
-            await services.aacknowledge(self.user.pk, frame.ids)
+            # Coalesced with the other acks of this process (one UPDATE per batch);
+            # written before this connection's disconnect completes.
+            services.acknowledge_later(self.user.pk, frame.ids)

@@ -23,24 +23,28 @@ to the channel layer, and a short-lived registry answers "is the user online".
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from notifications.models import Notification
-from project import metrics, protocol
+from project import db, metrics, protocol
+from project.api import NO_ACTIVE_USER, STAFF_ONLY
 from project.hub import Hub, get_hub, running_hub
 from project.registry import LocalRegistry, RedisRegistry
 
@@ -56,6 +60,8 @@ EVENT_KIND = "notification"
 BROADCAST_GROUP = "notifications.broadcast"
 #: Ids per ``UPDATE ... WHERE id IN (...)`` of an ack (SQLite caps query parameters).
 ACK_BATCH = 500
+#: Posts per transaction of the writer (two usernames each in one ``IN``: SQLite's cap).
+MAX_BATCH = 200
 
 
 # --- Frames and groups ------------------------------------------------------------
@@ -167,28 +173,305 @@ def acknowledge(user_id: int, ids: Iterable[int]) -> int:
 
     Returns how many were newly marked.
     """
-    unique = sorted(set(ids))
-    now, marked = timezone.now(), 0
-    for start in range(0, len(unique), ACK_BATCH):
-        marked += Notification.objects.filter(
-            user_id=user_id, delivered_at__isnull=True, id__in=unique[start : start + ACK_BATCH]
-        ).update(delivered_at=now)
+    return _mark_delivered({user_id: ids}, timezone.now())
+
+
+@dataclass(eq=False)
+class Post:
+    """One notification for the :class:`Writer` to store, as the HTTP API posts it.
+
+    ``target`` is a username (``None``: a broadcast). ``actor`` is the username
+    of a Bearer token still to be checked (active, staff) in the same round
+    trip; ``None`` when the caller has authorised the post itself. ``data``
+    ``None`` asks for that check alone (the body was refused, but the answer
+    to a bad token comes first).
+    """
+
+    target: str | None
+    data: dict[str, Any] | None
+    actor: str | None = None
+    #: The recipient's primary key when the caller already has the user.
+    target_pk: int | None = None
+    done: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class ServiceUnavailable(Exception):
+    """The database failed: nothing was stored."""
+
+
+class Refused(Exception):
+    """A post the batch refused: ``code`` is an API error code, ``message`` its text."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+#: Stands for "authorised" in a batch's results where nothing was to be stored.
+AUTHORISED = "authorised"
+
+
+def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Notification | Refused | str]:
+    """Acknowledge, check and store posts in one transaction; a result per post.
+
+    One query finds every user the batch names (Bearer actors and targets),
+    one ``INSERT`` stores every accepted post, and one count finds the queues
+    over ``NOTIFICATIONS_QUEUE_LIMIT`` to trim. On PostgreSQL the targets' user
+    rows are locked first (in primary-key order), so that batches of other
+    processes trim one queue one after the other; acks come before the insert,
+    so what they deliver no longer counts against the limit.
+
+    A result is the stored ``Notification``, a :class:`Refused`, or
+    :data:`AUTHORISED` for a post without data that passed its checks.
+    """
+    names = {p.actor for p in posts if p.actor is not None}
+    names |= {p.target for p in posts if p.target is not None and p.target_pk is None}
+    users = {}
+    if names:
+        users = {
+            row["username"]: row
+            for row in get_user_model().objects.filter(username__in=names)
+            .values("pk", "username", "is_active", "is_staff")
+        }
+    now = timezone.now()
+    results: list[Notification | Refused | str] = []
+    for post in posts:
+        if post.actor is not None:
+            actor = users.get(post.actor)
+            if actor is None or not actor["is_active"]:
+                results.append(Refused(*NO_ACTIVE_USER))
+                continue
+            if not actor["is_staff"]:
+                results.append(Refused(*STAFF_ONLY))
+                continue
+        if post.data is None:
+            results.append(AUTHORISED)
+        elif post.target is None:
+            results.append(Notification(data=post.data, broadcast=True, created_at=now,
+                                        delivered_at=now))
+        elif post.target_pk is not None:
+            results.append(Notification(user_id=post.target_pk, data=post.data, created_at=now))
+        elif post.target in users:
+            results.append(Notification(user_id=users[post.target]["pk"], data=post.data,
+                                        created_at=now))
+        else:
+            results.append(Refused("not_found", f"no user {post.target!r}"))
+    rows = [r for r in results if isinstance(r, Notification)]
+    queues = sorted({r.user_id for r in rows if r.user_id is not None})
+    with transaction.atomic():
+        if queues and connection.features.has_select_for_update:
+            list(get_user_model().objects.select_for_update().filter(pk__in=queues)
+                 .order_by("pk").values("pk"))
+        if acks:
+            _mark_delivered(acks, now)
+        Notification.objects.bulk_create(rows)
+        if queues:
+            limit = settings.NOTIFICATIONS_QUEUE_LIMIT
+            over = (
+                Notification.objects.filter(user_id__in=queues, delivered_at__isnull=True)
+                .values("user_id").annotate(n=Count("id")).filter(n__gt=limit)
+                .values_list("user_id", flat=True)
+            )
+            for user_id in list(over):
+                _trim_queue(user_id)
+    return results
+
+
+def _mark_delivered(acks: dict[int, Iterable[int]], now: datetime) -> int:
+    """Mark delivered the acked ids that are their user's; how many were newly marked.
+
+    ``acks`` maps user ids to the ids they acknowledged; all of them go in one
+    ``UPDATE`` (per ``ACK_BATCH`` ids), whatever the number of users.
+    """
+    pairs = [(user_id, note_id) for user_id, ids in acks.items() for note_id in sorted(set(ids))]
+    marked = 0
+    for start in range(0, len(pairs), ACK_BATCH):
+        chunk: dict[int, list[int]] = {}
+        for user_id, note_id in pairs[start : start + ACK_BATCH]:
+            chunk.setdefault(user_id, []).append(note_id)
+        mine = Q()
+        for user_id, ids in chunk.items():
+            mine |= Q(user_id=user_id, id__in=ids)
+        marked += Notification.objects.filter(mine, delivered_at__isnull=True).update(
+            delivered_at=now
+        )
     return marked
 
 
-async def find_user(username: str) -> AbstractBaseUser | None:
-    """The user called ``username`` (active or not), or ``None``."""
-    return await get_user_model().objects.filter(username=username).afirst()
-
-
 async def aundelivered_frames(user_id: int) -> list[tuple[int, str]]:
-    """:func:`undelivered_frames` from async code (the query runs in the thread pool)."""
-    return await database_sync_to_async(undelivered_frames)(user_id)
+    """:func:`undelivered_frames` from async code, after this process's pending acks.
+
+    A client that acknowledged on one connection and reconnects at once does
+    not get what it acknowledged again from this process.
+    """
+    await flush_acks(user_id)
+    return await db.run(undelivered_frames, user_id)
 
 
 async def aacknowledge(user_id: int, ids: Iterable[int]) -> int:
-    """:func:`acknowledge` from async code (the update runs in the thread pool)."""
-    return await database_sync_to_async(acknowledge)(user_id, ids)
+    """:func:`acknowledge` from async code, now: how many were newly marked."""
+    return await db.run(acknowledge, user_id, ids)
+
+
+def acknowledge_later(user_id: int, ids: Iterable[int]) -> None:
+    """Mark ``ids`` delivered with the writer's next transaction (the ``ack`` frame).
+
+    Acks of every connection on this process share one ``UPDATE`` per user and
+    batch. An ack lost before it is written (the process dies) only means the
+    notification comes again on the next connect: at-least-once still holds.
+    """
+    writer().acknowledge(user_id, ids)
+
+
+async def flush_acks(user_id: int | None = None) -> None:
+    """Wait until the acks of ``user_id`` (or all) taken so far are written (or failed)."""
+    await writer().flush_acks(user_id)
+
+
+# --- The writer: concurrent posts and acks share one transaction --------------------
+
+
+class Writer:
+    """Stores this event loop's posts and acks in batches, then pushes what it stored.
+
+    Posts and acks that arrive while a batch is in the database wait for the
+    next one, so under load each transaction carries many of them; alone, a
+    post pays one round trip. Notifications are pushed only once their batch
+    has committed ("stored, then pushed"), in id order. A batch that fails is
+    retried one post at a time, so one bad row does not fail the others.
+    """
+
+    def __init__(self) -> None:
+        self.posts: list[Post] = []
+        self.acks: dict[int, set[int]] = {}
+        self.task: asyncio.Task | None = None
+        loop = asyncio.get_running_loop()
+        #: Resolved when the batch that takes what is pending now has finished.
+        self.next_batch: asyncio.Future = loop.create_future()
+        #: The batch in the database, and the users whose acks it carries.
+        self.current_batch: asyncio.Future | None = None
+        self.current_ack_users: frozenset[int] = frozenset()
+
+    async def submit(self, post: Post) -> tuple[int | None, str]:
+        """Store and push ``post`` with the next batch: ``(id, status)``.
+
+        The status is ``sent``, ``queued`` or ``broadcast``; ``(None,
+        "authorised")`` for a post without data. Raises :class:`Refused` or
+        :class:`ServiceUnavailable`.
+        """
+        self.posts.append(post)
+        self._wake()
+        return await post.done
+
+    def acknowledge(self, user_id: int, ids: Iterable[int]) -> None:
+        """Mark ``ids`` delivered (those of the user's) with the next batch."""
+        ids = set(ids)
+        if ids:
+            self.acks.setdefault(user_id, set()).update(ids)
+            self._wake()
+
+    async def flush_acks(self, user_id: int | None = None) -> None:
+        """Wait until the acks of ``user_id`` (or all) pending now have been written."""
+        if (user_id is None and self.current_batch) or user_id in self.current_ack_users:
+            await asyncio.shield(self.current_batch)
+        if (user_id is None and self.acks) or user_id in self.acks:
+            await asyncio.shield(self.next_batch)
+
+    def _wake(self) -> None:
+        if self.task is None or self.task.done():
+            # A fresh context: the task outlives the request that happened to start it.
+            self.task = asyncio.get_running_loop().create_task(
+                self._run(), name="notifications-writer", context=contextvars.Context()
+            )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.posts or self.acks:
+            posts, self.posts = self.posts[:MAX_BATCH], self.posts[MAX_BATCH:]
+            acks, self.acks = self.acks, {}
+            self.current_batch, self.next_batch = self.next_batch, loop.create_future()
+            self.current_ack_users = frozenset(acks)
+            try:
+                await self._store_and_push(posts, acks)
+            except Exception:
+                logger.exception("the notifications writer failed")
+                for post in posts:
+                    _settle(post, exception=ServiceUnavailable("could not store"))
+            finally:
+                self.current_ack_users = frozenset()
+                self.current_batch.set_result(None)
+                self.current_batch = None
+
+    async def _store_and_push(self, posts: list[Post], acks: dict[int, set[int]]) -> None:
+        try:
+            results = await db.run(store_batch, posts, acks)
+        except Exception:
+            if acks:
+                logger.warning("a batch of acks failed; its notifications come again",
+                               exc_info=True)
+            if len(posts) > 1 or (posts and acks):
+                logger.warning("a batch of %d notifications failed; storing them one by one",
+                               len(posts))
+            results = []
+            for post in posts:
+                try:
+                    results.extend(await db.run(store_batch, [post], {}))
+                except Exception as exc:
+                    logger.exception("could not store a notification")
+                    results.append(ServiceUnavailable(f"could not store: {exc}"))
+        # Pushed in id order, each once its transaction has committed.
+        for post, result in zip(posts, results, strict=True):
+            if isinstance(result, Notification):
+                if result.broadcast:
+                    await _push_broadcast(result)
+                    status = BROADCAST
+                else:
+                    status = await _push(post.target, _event(result))
+                _settle(post, result=(result.pk, _counted(status)))
+            elif isinstance(result, Exception):
+                _settle(post, exception=result)
+            else:
+                _settle(post, result=(None, result))
+
+
+def _settle(post: Post, *, result: Any = None, exception: Exception | None = None) -> None:
+    if post.done.done():
+        return  # the poster went away (a cancelled request); the work stands
+    if exception is not None:
+        post.done.set_exception(exception)
+    else:
+        post.done.set_result(result)
+
+
+_writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def writer() -> Writer:
+    """The writer of the running event loop (one per server process)."""
+    loop = asyncio.get_running_loop()
+    found = _writers.get(loop)
+    if found is None:
+        found = _writers[loop] = Writer()
+    return found
+
+
+async def post_notification(target: str | None, data: dict[str, Any] | None, *,
+                            actor: str | None = None) -> tuple[int | None, str]:
+    """Store and push one post of the HTTP API: ``(id, "sent"|"queued"|"broadcast")``.
+
+    ``target`` is a username, ``None`` for a broadcast. With ``actor`` (the
+    username of a Bearer token) the same round trip checks that it names an
+    active staff user. ``data`` ``None`` runs only that check and answers
+    ``(None, "authorised")``. Raises :class:`Refused` (``unauthorized``,
+    ``forbidden``, ``not_found``) or :class:`ServiceUnavailable`.
+    """
+    if data is not None:
+        _check_data(data)
+    return await writer().submit(Post(target=target, data=data, actor=actor))
 
 
 # --- Pushing ------------------------------------------------------------------------
@@ -268,10 +551,14 @@ async def _push(username: str, event: dict[str, Any]) -> str:
 
 
 async def anotify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:
-    """Store a notification for ``user``, then push it: ``(id, "sent"|"queued")``."""
+    """Store a notification for ``user``, then push it: ``(id, "sent"|"queued")``.
+
+    It shares a transaction with whatever else this process is posting now.
+    """
     _check_data(data)
-    notification = await database_sync_to_async(store_notification)(user.pk, data)
-    return notification.pk, _counted(await _push(user.get_username(), _event(notification)))
+    return await writer().submit(
+        Post(target=user.get_username(), target_pk=user.pk, data=data)
+    )
 
 
 def notify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:
@@ -308,9 +595,7 @@ async def _push_broadcast(notification: Notification) -> None:
 async def abroadcast(data: dict[str, Any]) -> tuple[int, str]:
     """Store one broadcast and push it to every notifications connection: ``(id, "broadcast")``."""
     _check_data(data)
-    notification = await database_sync_to_async(store_broadcast)(data)
-    await _push_broadcast(notification)
-    return notification.pk, _counted(BROADCAST)
+    return await writer().submit(Post(target=None, data=data))
 
 
 def broadcast(data: dict[str, Any]) -> tuple[int, str]:

@@ -1,34 +1,59 @@
 """``POST /api/notify/<user_id>`` and ``POST /api/broadcast`` (staff only).
 
-Both views start this process's hub if no WebSocket has yet: a server process
-then reuses one layer and registry connection for every post instead of
-opening one per request, and it heartbeats and reaps dead processes, so a
-killed process's connections stop counting as ``sent`` even where every
-surviving process only serves HTTP.
+Two ways in, one piece of work: requests with ``Authorization`` go through
+:mod:`notifications.edge` (mounted before Django in ``project/asgi.py``), those
+authenticated by the session cookie come here, through Django's middleware and
+CSRF check. Both call :func:`post`.
+
+Both start this process's hub if no WebSocket has yet: a server process then
+reuses one layer and registry connection for every post instead of opening
+one per request, and it heartbeats and reaps dead processes, so a killed
+process's connections stop counting as ``sent`` even where every surviving
+process only serves HTTP.
 """
+
+from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 
 from notifications import services
 from project.api import ApiError, api_view, read_json_object
 
+#: The methods both endpoints take (the edge checks the same).
+METHODS = ("POST",)
 
-@api_view("POST", staff=True)
+
+async def post(target: str | None, data: dict[str, Any] | None, *,
+               actor: str | None = None, refused: ApiError | None = None
+               ) -> tuple[int, dict[str, Any]]:
+    """Store and push one post of the API: ``(202, body)``, or raise ``ApiError``.
+
+    ``target`` is a username (``None``: a broadcast); ``actor`` the username of
+    a Bearer token, checked (active, staff) in the same database round trip as
+    the insert. ``refused`` is the answer to a body that was refused: it comes
+    once the credentials have passed, as the contract orders the checks.
+    """
+    await services.ensure_hub()
+    try:
+        note_id, status = await services.post_notification(
+            target, None if refused else data, actor=actor
+        )
+    except services.Refused as exc:
+        raise ApiError(exc.code, exc.message) from None
+    if refused is not None:
+        raise refused
+    return 202, {"status": status, "id": note_id}
+
+
+@api_view(*METHODS, staff=True)
 async def notify_user(request: HttpRequest, user_id: str) -> JsonResponse:
     """Store a notification for a user, then push it: ``202 {"status", "id"}``."""
-    data = read_json_object(request)
-    user = await services.find_user(user_id)
-    if user is None:
-        raise ApiError("not_found", f"no user {user_id!r}")
-    await services.ensure_hub()
-    note_id, status = await services.anotify(user, data)
-    return JsonResponse({"status": status, "id": note_id}, status=202)
+    status, body = await post(user_id, read_json_object(request))
+    return JsonResponse(body, status=status)
 
 
-@api_view("POST", staff=True)
+@api_view(*METHODS, staff=True)
 async def broadcast(request: HttpRequest) -> JsonResponse:
     """Push one NOTE to every notifications connection: ``202 {"status": "broadcast"}``."""
-    data = read_json_object(request)
-    await services.ensure_hub()
-    note_id, status = await services.abroadcast(data)
-    return JsonResponse({"status": status, "id": note_id}, status=202)
+    status, body = await post(None, read_json_object(request))
+    return JsonResponse(body, status=status)

@@ -50,22 +50,38 @@ def error_response(code: str, message: str) -> JsonResponse:
 _csrf = CsrfViewMiddleware(lambda request: None)
 
 
+#: The 413 of a body over ``API_MAX_BODY_BYTES``.
+TOO_LARGE = ("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
+#: The 401 of a validly signed token whose user is missing or inactive.
+NO_ACTIVE_USER = ("unauthorized", "token names no active user")
+#: The 403 of a user who is not staff on a staff-only endpoint.
+STAFF_ONLY = ("forbidden", "staff only")
+
+
+def bearer_username(header: str) -> str:
+    """The username of an ``Authorization: Bearer <JWT>`` header; ``ApiError`` 401 if unusable.
+
+    Only the token is checked here; whether it names an active user is the
+    caller's database work (so it can share a round trip with other work).
+    """
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("unauthorized", "Authorization must be 'Bearer <token>'")
+    try:
+        return tokens.decode(token.strip()).user_id
+    except tokens.ExpiredToken:
+        raise ApiError("unauthorized", "token has expired") from None
+    except tokens.InvalidToken:
+        raise ApiError("unauthorized", "token is invalid") from None
+
+
 async def authenticate(request: HttpRequest):
     """The user of a Bearer token, else of the session (CSRF-checked for writes)."""
     header = request.headers.get("Authorization")
     if header is not None:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError("unauthorized", "Authorization must be 'Bearer <token>'")
-        try:
-            claims = tokens.decode(token.strip())
-        except tokens.ExpiredToken:
-            raise ApiError("unauthorized", "token has expired") from None
-        except tokens.InvalidToken:
-            raise ApiError("unauthorized", "token is invalid") from None
-        user = await get_active_user(claims.user_id)
+        user = await get_active_user(bearer_username(header))
         if user is None:
-            raise ApiError("unauthorized", "token names no active user")
+            raise ApiError(*NO_ACTIVE_USER)
         return user
     user = await request.auser()
     if not user.is_authenticated:
@@ -79,18 +95,32 @@ async def authenticate(request: HttpRequest):
 
 def read_json_object(request: HttpRequest) -> dict[str, Any]:
     """The request body as a JSON object of at most ``API_MAX_BODY_BYTES`` bytes."""
-    try:
-        declared = int(request.headers.get("Content-Length") or 0)
-    except ValueError:
-        declared = 0
-    if declared > API_MAX_BODY_BYTES:
-        raise ApiError("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
+    check_declared_length(request.headers.get("Content-Length"))
     try:
         body = request.body
     except RequestDataTooBig:
-        raise ApiError("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes") from None
+        raise ApiError(*TOO_LARGE) from None
+    return parse_json_object(body)
+
+
+
+def check_declared_length(content_length: str | None) -> None:
+    """Refuse (413) a body whose ``Content-Length`` already says it is too large."""
+    try:
+        declared = int(content_length or 0)
+    except ValueError:
+        declared = 0
+    if declared > API_MAX_BODY_BYTES:
+        raise ApiError(*TOO_LARGE)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """``body`` as a storable JSON object of at most ``API_MAX_BODY_BYTES`` bytes.
+
+    Raises ``ApiError``: ``too_large``, ``invalid_json`` or ``invalid_body``.
+    """
     if len(body) > API_MAX_BODY_BYTES:
-        raise ApiError("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
+        raise ApiError(*TOO_LARGE)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -125,6 +155,12 @@ def storable_json(value: Any) -> bool:
 View = Callable[..., Awaitable[JsonResponse]]
 
 
+def check_method(method: str, allowed: tuple[str, ...]) -> None:
+    """Refuse (405) a method the endpoint does not take; the first check of every API call."""
+    if method not in allowed:
+        raise ApiError("method_not_allowed", f"use {' or '.join(allowed)}")
+
+
 def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[[View], View]:
     """Wrap an async API view: method check, authentication, error translation.
 
@@ -136,11 +172,10 @@ def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args, **kwargs) -> JsonResponse:
             try:
-                if request.method not in methods:
-                    raise ApiError("method_not_allowed", f"use {' or '.join(methods)}")
+                check_method(request.method, methods)
                 request.api_user = await authenticate(request) if auth else AnonymousUser()
                 if staff and not request.api_user.is_staff:
-                    raise ApiError("forbidden", "staff only")
+                    raise ApiError(*STAFF_ONLY)
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()

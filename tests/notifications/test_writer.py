@@ -1,0 +1,170 @@
+"""The notifications writer: posts and acks of one process share a transaction.
+
+What must keep holding: stored before pushed, ids in posting order, the queue
+limit per user, a refused or failing post never takes others with it, and an
+ack is written before the connection that sent it is gone, or before the same
+user's queue is read again (at-least-once, never a redelivery we could avoid).
+"""
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+
+from notifications import services
+from notifications.models import Notification
+from tests.notifications.conftest import receive_notes, send
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def batches(monkeypatch) -> list[tuple[int, int]]:
+    """Record ``(posts, ack users)`` of every transaction the writer runs."""
+    seen: list[tuple[int, int]] = []
+    original = services.store_batch
+
+    def recording(posts, acks):
+        seen.append((len(posts), len(acks)))
+        return original(posts, acks)
+
+    monkeypatch.setattr(services, "store_batch", recording)
+    return seen
+
+
+async def undelivered_ids(user) -> list[int]:
+    return [row.pk for row in await database_sync_to_async(services.undelivered)(user.pk)]
+
+
+async def test_concurrent_posts_share_one_transaction_in_posting_order(amake_user, batches):
+    """Posts made together are stored in one batch; ids follow the order they were made."""
+    bob = await amake_user("bob")
+    results = await asyncio.gather(*(services.anotify(bob, {"n": n}) for n in range(5)))
+    ids = [note_id for note_id, _ in results]
+    assert batches == [(5, 0)]
+    assert ids == sorted(ids)
+    rows = [row async for row in Notification.objects.order_by("id")]
+    assert [(row.pk, row.data) for row in rows] == [(i, {"n": n}) for n, i in enumerate(ids)]
+
+
+async def test_a_connected_user_gets_a_batch_in_id_order(amake_user, connect):
+    """Every NOTE of a batch is pushed after the commit, oldest first."""
+    bob = await amake_user("bob")
+    communicator = await connect("bob")
+    results = await asyncio.gather(*(services.anotify(bob, {"n": n}) for n in range(4)))
+    assert {status for _, status in results} == {"sent"}
+    frames = await receive_notes(communicator, 4)
+    assert [frame["id"] for frame in frames] == [note_id for note_id, _ in results]
+
+
+async def test_queue_limit_holds_within_one_batch(amake_user, settings, batches):
+    """Five posts to one user in one batch keep the newest NOTIFICATIONS_QUEUE_LIMIT."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 3
+    bob, cyd = await amake_user("bob"), await amake_user("cyd")
+    posts = [services.anotify(bob, {"n": n}) for n in range(5)] + [services.anotify(cyd, {})]
+    results = await asyncio.gather(*posts)
+    assert batches == [(6, 0)]
+    bob_ids = [note_id for note_id, _ in results[:5]]
+    assert await undelivered_ids(bob) == bob_ids[-3:]
+    assert await undelivered_ids(cyd) == [results[5][0]], "another queue is untouched"
+
+
+async def test_queue_limit_holds_across_batches(amake_user, settings):
+    """Batch after batch, the user keeps the newest NOTIFICATIONS_QUEUE_LIMIT undelivered."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 2
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(4)]
+    assert await undelivered_ids(bob) == ids[-2:]
+
+
+async def test_a_failing_post_fails_alone(amake_user, batches, caplog):
+    """A row the database refuses sinks only its own post: the batch is retried one by one."""
+    bob = await amake_user("bob")
+    posts = [services.anotify(bob, {"n": 0}), services.anotify(bob, {"bad": object()}),
+             services.anotify(bob, {"n": 2})]
+    results = await asyncio.gather(*posts, return_exceptions=True)
+    assert isinstance(results[1], services.ServiceUnavailable)
+    good = [results[0][0], results[2][0]]
+    assert await undelivered_ids(bob) == good
+    assert batches[0] == (3, 0) and batches[1:] == [(1, 0)] * 3
+
+
+async def test_checks_of_a_batch_answer_each_post(amake_user, batches):
+    """Bearer actors and targets are checked per post in the batch that stores the others."""
+    await amake_user("boss", staff=True)
+    await amake_user("gone", staff=True, active=False)
+    bob = await amake_user("bob")
+    calls = [
+        services.post_notification("bob", {"ok": 1}, actor="boss"),
+        services.post_notification("bob", {"x": 1}, actor="bob"),
+        services.post_notification("bob", {"x": 1}, actor="gone"),
+        services.post_notification("bob", {"x": 1}, actor="nobody"),
+        services.post_notification("nobody", {"x": 1}, actor="boss"),
+        services.post_notification("bob", None, actor="boss"),
+        services.post_notification(None, {"all": 1}, actor="boss"),
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert len(batches) == 1
+    stored, *refused, authorised, broadcast = results
+    assert stored[1] == "queued"
+    assert [(r.code, r.message) for r in refused] == [
+        ("forbidden", "staff only"),
+        ("unauthorized", "token names no active user"),
+        ("unauthorized", "token names no active user"),
+        ("not_found", "no user 'nobody'"),
+    ]
+    assert authorised == (None, services.AUTHORISED)
+    assert broadcast[1] == "broadcast"
+    assert await undelivered_ids(bob) == [stored[0]]
+    assert await Notification.objects.acount() == 2
+
+
+async def test_acks_are_written_together(amake_user, batches):
+    """Acks of several users taken together are one transaction; others' ids are ignored."""
+    bob, cyd = await amake_user("bob"), await amake_user("cyd")
+    bob_ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
+    cyd_id, _ = await services.anotify(cyd, {})
+    batches.clear()
+    services.acknowledge_later(bob.pk, [*bob_ids[:2], cyd_id])
+    services.acknowledge_later(cyd.pk, [])
+    services.acknowledge_later(bob.pk, [bob_ids[0]])
+    await services.flush_acks()
+    assert batches == [(0, 1)]
+    assert await undelivered_ids(bob) == bob_ids[2:]
+    assert await undelivered_ids(cyd) == [cyd_id], "an id of another user is ignored"
+
+
+async def test_the_queue_is_read_after_the_users_pending_acks(amake_user):
+    """An ack taken but not yet written is written before that user's queue is read."""
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
+    services.acknowledge_later(bob.pk, ids[:1])
+    frames = await services.aundelivered_frames(bob.pk)
+    assert [note_id for note_id, _ in frames] == ids[1:]
+
+
+async def test_acks_are_written_before_the_disconnect_completes(amake_user, connect):
+    """An ack followed at once by a disconnect is in the database when the disconnect is done."""
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
+    communicator = await connect("bob")
+    await receive_notes(communicator, 3)
+    await send(communicator, {"type": "ack", "ids": ids})
+    await communicator.disconnect()
+    assert await undelivered_ids(bob) == []
+
+
+async def test_a_failed_ack_batch_leaves_notifications_to_come_again(amake_user, monkeypatch):
+    """If writing acks fails, nothing is marked: the notifications come again (at-least-once)."""
+    bob = await amake_user("bob")
+    note_id, _ = await services.anotify(bob, {})
+
+    def broken(posts, acks):
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(services, "store_batch", broken)
+    services.acknowledge_later(bob.pk, [note_id])
+    await services.flush_acks(bob.pk)
+    monkeypatch.undo()
+    assert await undelivered_ids(bob) == [note_id]
+    assert (await services.anotify(bob, {}))[1] == "queued", "the writer still works"
