@@ -1,4 +1,9 @@
-"""ASGI entry point: HTTP to Django, WebSockets through origin check and auth."""
+"""ASGI entry point: HTTP to Django, WebSockets through origin check and auth.
+
+Bearer-authenticated posts to the notification API are answered by
+``notifications.edge`` before Django's HTTP stack (same contract, a fraction
+of the cost); every other HTTP request goes to Django.
+"""
 
 import os
 
@@ -10,6 +15,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from notifications.edge import NotifyEdge  # noqa: E402
 from project.middleware import WebSocketAuthStack  # noqa: E402
 from project.routing import websocket_urlpatterns  # noqa: E402
 
@@ -17,7 +23,7 @@ application = ProtocolTypeRouter(
     {
         # Static files are served in every mode, so the chat page works under
         # daphne alone; a deployment may let nginx serve STATIC_ROOT instead.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "http": NotifyEdge(ASGIStaticFilesHandler(django_asgi_app)),
         "websocket": WebSocketAuthStack(URLRouter(websocket_urlpatterns)),
     }
 )
