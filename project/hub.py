@@ -13,6 +13,7 @@ nothing about chat or notifications.
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import secrets
 import time
@@ -34,6 +35,10 @@ RECOVERY_POLL_SECONDS = 0.2
 RECOVERY_SETTLE_SECONDS = 2 * RECOVERY_POLL_SECONDS
 #: Every process listens here for control events (such as revoking a user).
 CONTROL_GROUP = "hub.control"
+#: The kind of the events that confirm a pub/sub subscription; no listener sees them.
+PROBE = "hub.probe"
+PROBE_INTERVAL_SECONDS = 0.1
+PROBE_ATTEMPTS = 50
 
 
 class Listener(Protocol):
@@ -71,17 +76,20 @@ class Hub:
         self._recovery = asyncio.Lock()
         self._last_refresh = time.monotonic()
         self._restored_at = -RECOVERY_SETTLE_SECONDS
+        # Redis pub/sub: subscriptions are confirmed by a probe (see subscribe()).
+        self.pubsub = type(self.layer).__name__ == "RedisPubSubChannelLayer"
+        self._probes: dict[str, asyncio.Future] = {}
 
     async def start(self) -> None:
         # The default "specific" prefix: channels-redis reads every channel of a
         # process through one loop per prefix.
         self.channel = await self.layer.new_channel()
         await self.registry.heartbeat()
+        # Receiving first: a pub/sub subscription is confirmed by an event coming back.
+        self._tasks = [asyncio.create_task(self._receive_loop(), name="hub-receive")]
         await self.subscribe(CONTROL_GROUP, self)
-        self._tasks = [
-            asyncio.create_task(self._receive_loop(), name="hub-receive"),
-            asyncio.create_task(self._maintenance_loop(), name="hub-maintenance"),
-        ]
+        self._tasks.append(
+            asyncio.create_task(self._maintenance_loop(), name="hub-maintenance"))
         # On a normal exit (daphne stops on SIGTERM) the survivors should reap this
         # process at their next beat, not after HUB_DEAD_AFTER_SECONDS.
         atexit.register(self.registry.mark_dead)
@@ -144,6 +152,13 @@ class Hub:
             listeners = self.groups.get(group)
             if listeners is None:
                 await self.layer.group_add(group, self.channel)
+                if self.pubsub:
+                    try:
+                        await self._confirm_subscription(group)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            await self.layer.group_discard(group, self.channel)
+                        raise
                 listeners = self.groups[group] = set()
             listeners.add(listener)
 
@@ -183,7 +198,7 @@ class Hub:
                 # were taken for dead. Put back what this process holds.
                 logger.warning("registry lost this process's state; restoring it")
                 await self.registry.restore()
-                await self._refresh_groups()
+                await self._refresh_groups(restored=True)
                 self._last_refresh = self._restored_at = time.monotonic()
             if self.suspect:
                 logger.info("channel layer and registry answer again")
@@ -204,6 +219,11 @@ class Hub:
                 await asyncio.sleep(backoff)
                 # At most a second: events queued in Redis meanwhile wait this long.
                 backoff = min(backoff * 2, 1.0)
+                continue
+            if event.get("kind") == PROBE:
+                probe = self._probes.get(event.get("token"))
+                if probe is not None and not probe.done():
+                    probe.set_result(None)
                 continue
             for listener in list(self.groups.get(event.get("group"), ())):
                 try:
@@ -249,9 +269,48 @@ class Hub:
                 logger.exception("hub maintenance failed; retrying next beat")
                 self.suspect = True
 
-    async def _refresh_groups(self) -> None:
+    async def _refresh_groups(self, *, restored: bool = False) -> None:
+        """Put this process's memberships back (after a Redis restart) or renew them.
+
+        The core layer's memberships expire (``group_expiry``) and vanish with a
+        restart; re-adding renews them. Pub/sub subscriptions do not expire, and
+        its ``group_add`` skips a group it believes it is subscribed to, so after a
+        restart it must leave first to SUBSCRIBE again on the new connection.
+        """
+        if self.pubsub and not restored:
+            return
         for group in list(self.groups):
+            if self.pubsub:
+                await self.layer.group_discard(group, self.channel)
             await self.layer.group_add(group, self.channel)
+            if self.pubsub:
+                await self._confirm_subscription(group)
+
+    async def _confirm_subscription(self, group: str) -> None:
+        """Return once an event published to ``group`` reaches this process.
+
+        ``RedisPubSubChannelLayer.group_add`` returns when SUBSCRIBE is sent, not
+        when Redis has applied it; a message published from another process just
+        then would miss this one, although the caller (a joining socket about to
+        read history) relies on the join being in effect. A probe of our own
+        that comes back proves it is; it is re-sent because one published before
+        the SUBSCRIBE took effect reaches nobody.
+        """
+        token = secrets.token_hex(8)
+        arrived = self._probes[token] = asyncio.get_running_loop().create_future()
+        try:
+            for _ in range(PROBE_ATTEMPTS):
+                await self.layer.group_send(
+                    group, {"type": "hub.event", "group": group, "kind": PROBE, "token": token}
+                )
+                try:
+                    await asyncio.wait_for(asyncio.shield(arrived), PROBE_INTERVAL_SECONDS)
+                    return
+                except TimeoutError:
+                    continue
+            raise ConnectionError(f"the subscription to {group} was not confirmed")
+        finally:
+            del self._probes[token]
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}

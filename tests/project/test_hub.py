@@ -1,0 +1,90 @@
+"""The process hub: subscriptions that are in effect when ``subscribe()`` returns.
+
+With Redis pub/sub, ``group_add`` returns before Redis has applied the
+SUBSCRIBE, so the hub confirms each new subscription with a probe of its own.
+These tests drive that logic on the in-memory layer with the hub told it is on
+pub/sub; the real layer is exercised by the Redis tests when REDIS_LAYER=pubsub.
+"""
+
+import asyncio
+
+import pytest
+
+from project import hub as hub_module
+from project.hub import PROBE, Hub
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    async def hub_event(self, event: dict) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+async def pubsub_hub():
+    hub = Hub()
+    hub.pubsub = True
+    await hub.start()
+    yield hub
+    await hub.close()
+
+
+def drop_probes(monkeypatch, hub: Hub, count: int) -> list[dict]:
+    """Make the layer lose the next ``count`` probes, as Redis does before SUBSCRIBE applies."""
+    lost: list[dict] = []
+    real_send = hub.layer.group_send
+
+    async def group_send(group, message):
+        if message.get("kind") == PROBE and len(lost) < count:
+            lost.append(message)
+            return
+        await real_send(group, message)
+
+    monkeypatch.setattr(hub.layer, "group_send", group_send)
+    return lost
+
+
+async def test_subscribe_returns_once_the_group_reaches_this_process(pubsub_hub):
+    listener = Recorder()
+    await pubsub_hub.subscribe("room", listener)
+    await pubsub_hub.publish("room", {"kind": "batch", "n": 1})
+    for _ in range(50):
+        if listener.events:
+            break
+        await asyncio.sleep(0.01)
+    # The probe was consumed by the hub; listeners only see real events.
+    assert [event["kind"] for event in listener.events] == ["batch"]
+
+
+async def test_a_probe_lost_before_the_subscription_applies_is_sent_again(
+    pubsub_hub, monkeypatch
+):
+    lost = drop_probes(monkeypatch, pubsub_hub, 2)
+    await pubsub_hub.subscribe("room", Recorder())
+    assert len(lost) == 2
+    assert "room" in pubsub_hub.groups
+
+
+async def test_a_subscription_never_confirmed_fails_and_is_not_kept(pubsub_hub, monkeypatch):
+    monkeypatch.setattr(hub_module, "PROBE_ATTEMPTS", 3)
+    lost = drop_probes(monkeypatch, pubsub_hub, 1000)
+    with pytest.raises(ConnectionError):
+        await pubsub_hub.subscribe("room", Recorder())
+    assert len(lost) == 3
+    assert "room" not in pubsub_hub.groups
+    assert not pubsub_hub._probes
+
+
+async def test_other_layers_need_no_probe(monkeypatch):
+    hub = Hub()
+    if hub.pubsub:
+        pytest.skip("the configured layer is Redis pub/sub (REDIS_LAYER=pubsub)")
+    await hub.start()
+    try:
+        lost = drop_probes(monkeypatch, hub, 1000)
+        await hub.subscribe("room", Recorder())
+        assert lost == []
+    finally:
+        await hub.close()
