@@ -123,14 +123,16 @@ def database_env() -> dict[str, str]:
 
 
 class DaphneProcess:
-    """A real ``manage.py serve`` process on a free port."""
+    """A real ``manage.py serve`` process on a free port (or another server's command)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path,
+                 command: list[str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
         self.log = open(log_path, "wb")  # closed in stop()
+        command = command or [sys.executable, "manage.py", "serve", "--port", "{port}"]
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(self.port)],
+            [arg.format(port=self.port) for arg in command],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.wait_ready()
@@ -180,7 +182,7 @@ def daphne_server(transactional_db, tmp_path) -> Iterator[Callable[..., DaphnePr
     """Start daphne processes on the test database: ``daphne_server(**env)``."""
     started: list[DaphneProcess] = []
 
-    def start(**extra_env: str) -> DaphneProcess:
+    def start(*, command: list[str] | None = None, **extra_env: str) -> DaphneProcess:
         env = {
             **os.environ,
             **database_env(),
@@ -188,7 +190,7 @@ def daphne_server(transactional_db, tmp_path) -> Iterator[Callable[..., DaphnePr
             "PYTHONUNBUFFERED": "1",
             **extra_env,
         }
-        server = DaphneProcess(env, tmp_path / f"daphne-{len(started)}.log")
+        server = DaphneProcess(env, tmp_path / f"daphne-{len(started)}.log", command)
         started.append(server)
         return server
 

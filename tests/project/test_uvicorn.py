@@ -1,0 +1,60 @@
+"""The application served by uvicorn, the documented alternative to daphne (README).
+
+The contract does not depend on the server: the same consumers run on
+uvicorn's ASGI ``send`` instead of the frames written straight to daphne's
+socket. One server, started with the README's command, answers every case.
+"""
+
+import asyncio
+import json
+import sys
+
+import pytest
+from channels.db import database_sync_to_async
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+pytest.importorskip("uvicorn")
+
+pytestmark = [pytest.mark.daphne]
+
+# README, "Performance": the command that serves the project with uvicorn.
+UVICORN = [
+    sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
+    "--port", "{port}", "--ws", "websockets-sansio", "--ws-max-size", "262144",
+    "--ws-ping-interval", "20", "--ws-ping-timeout", "30", "--lifespan", "off",
+]
+
+
+@pytest.fixture
+def uvicorn_server(daphne_server):
+    return daphne_server(command=UVICORN)
+
+
+async def test_the_contract_holds_under_uvicorn(uvicorn_server, make_user, token_for):
+    server = uvicorn_server
+    async with connect(f"{server.ws_url}/ws/echo/") as echo:
+        await echo.send("hi")
+        assert await asyncio.wait_for(echo.recv(), 5) == "Echo: hi"
+        await echo.send(b"\x00\x01")
+        assert await asyncio.wait_for(echo.recv(), 5) == b"\x00\x01"
+
+    async with connect(f"{server.ws_url}/ws/echo/") as echo:
+        await echo.send("x" * 65537)  # above WS_MAX_MESSAGE_BYTES, below uvicorn's ceiling
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(echo.recv(), 5)
+        assert closed.value.rcvd.code == 4009
+
+    async with connect(f"{server.ws_url}/ws/chat/lobby/") as anonymous:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(anonymous.recv(), 5)
+        assert closed.value.rcvd.code == 4003
+
+    await database_sync_to_async(make_user)("uvi")
+    url = f"{server.ws_url}/ws/chat/lobby/?token={token_for('uvi')}"
+    async with connect(url) as chat:
+        assert json.loads(await asyncio.wait_for(chat.recv(), 5))["type"] == "history"
+        assert json.loads(await asyncio.wait_for(chat.recv(), 5))["type"] == "user_joined"
+        await chat.send(json.dumps({"type": "message", "content": "over uvicorn", "ref": "r1"}))
+        frame = json.loads(await asyncio.wait_for(chat.recv(), 5))
+        assert (frame["type"], frame["content"], frame["ref"]) == ("message", "over uvicorn", "r1")
