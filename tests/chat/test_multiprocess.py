@@ -31,9 +31,11 @@ async def join(server, room: str, token: str):
     return ws, joined
 
 
-@pytest.fixture
-def two_servers(daphne_server, redis_url):
-    env = {"REDIS_URL": redis_url, "HUB_HEARTBEAT_SECONDS": "1", "HUB_DEAD_AFTER_SECONDS": "3"}
+@pytest.fixture(params=["core", "pubsub"])
+def two_servers(request, daphne_server, redis_url):
+    """Two processes on one Redis, with each of the two channel layers (REDIS_LAYER)."""
+    env = {"REDIS_URL": redis_url, "REDIS_LAYER": request.param,
+           "HUB_HEARTBEAT_SECONDS": "1", "HUB_DEAD_AFTER_SECONDS": "3"}
     return daphne_server(**env), daphne_server(**env)
 
 

@@ -145,11 +145,12 @@ def stored_messages() -> dict[int, str]:
     return dict(Message.objects.filter(room__name=ROOM).values_list("pk", "content"))
 
 
+@pytest.mark.parametrize("layer", ["core", "pubsub"])
 async def test_servers_recover_from_a_redis_restart_without_losing_stored_messages(
-    redis_server, daphne_server, make_user, token_for
+    layer, redis_server, daphne_server, make_user, token_for
 ):
     """After Redis restarts empty, both processes serve again and every stored message is found."""
-    env = {"REDIS_URL": redis_server.url, "HUB_HEARTBEAT_SECONDS": "1",
+    env = {"REDIS_URL": redis_server.url, "REDIS_LAYER": layer, "HUB_HEARTBEAT_SECONDS": "1",
            "HUB_DEAD_AFTER_SECONDS": "3"}
     server_a, server_b = daphne_server(**env), daphne_server(**env)
     for name in ("alice", "bob", "carol"):
