@@ -21,6 +21,7 @@ The response carries the headers Django's security and clickjacking
 middlewares would add, read from the same settings.
 """
 
+import functools
 import json
 import re
 from typing import Any
@@ -137,10 +138,15 @@ def redirects_or_hsts() -> bool:
 
 def host_allowed(value: bytes) -> bool:
     """Whether Django's ``get_host()`` would accept this ``Host`` header."""
+    return _host_allowed(value, tuple(settings.ALLOWED_HOSTS), settings.DEBUG)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_allowed(value: bytes, allowed: tuple[str, ...], debug: bool) -> bool:
+    # Clients send the same few Host values; the pattern match need not run per request.
     domain, _port = split_domain_port(value.decode("latin1"))
-    allowed = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed:
-        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    if debug and not allowed:
+        allowed = (".localhost", "127.0.0.1", "[::1]")
     return bool(domain) and validate_host(domain, allowed)
 
 
