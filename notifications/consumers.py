@@ -1,12 +1,13 @@
 """``/ws/notifications/``: the queue on connect, then live NOTEs, acks and pings.
 
-Each process holds one hub listener (a :class:`Feed`) per user group and one
-for broadcasts, shared by every local connection it feeds; the NOTE arrives
-serialised in the event, so a user's ten tabs cost one layer delivery and no
-extra encoding.
+Each process holds one hub listener (a :class:`Feed`) of the notifications
+group, shared by every local connection: an event carries the NOTEs of one
+batch, each serialised once and addressed to a user (or to everyone), and
+the feed hands each to that user's local connections. A user's ten tabs cost
+one layer delivery and no extra encoding.
 
-No gap at connect: the connection joins its feeds (holding live NOTEs back)
-and the hub has joined the groups *before* the undelivered notifications are
+No gap at connect: the connection joins the feed (holding live NOTEs back)
+and the hub has joined the group *before* the undelivered notifications are
 read. A notification stored before that read is in it; one pushed after the
 join is held back. The queue goes out first, oldest first, then the held-back
 NOTEs that were not in it, then live ones.
@@ -36,14 +37,32 @@ class Feed:
 
     def __init__(self) -> None:
         self.consumers: set[NotificationConsumer] = set()
+        #: The same connections by username, for NOTEs addressed to one user.
+        self.by_user: dict[str, set[NotificationConsumer]] = {}
         self.subscribed: asyncio.Future | None = None
 
+    def add(self, consumer: "NotificationConsumer") -> None:
+        self.consumers.add(consumer)
+        self.by_user.setdefault(consumer.user.get_username(), set()).add(consumer)
+
+    def discard(self, consumer: "NotificationConsumer") -> None:
+        self.consumers.discard(consumer)
+        username = consumer.user.get_username()
+        mine = self.by_user.get(username)
+        if mine is not None:
+            mine.discard(consumer)
+            if not mine:
+                del self.by_user[username]
+
     async def hub_event(self, event: dict) -> None:
-        """Hand the NOTE, serialised once by the publisher, to every local connection."""
+        """Hand each NOTE, serialised once by the publisher, to the connections it is for."""
         if event.get("kind") != services.EVENT_KIND:
             return
-        for consumer in list(self.consumers):
-            await consumer.deliver(event["id"], event["frame"])
+        for item in event["items"]:
+            user = item["user"]
+            audience = self.consumers if user is None else self.by_user.get(user, ())
+            for consumer in list(audience):
+                await consumer.deliver(item["id"], item["frame"])
 
 
 def hub_feeds(hub: Hub) -> dict[str, Feed]:
@@ -58,11 +77,11 @@ async def attach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None
     if feed is None:
         feed = feeds[group] = Feed()
         feed.subscribed = asyncio.ensure_future(hub.subscribe(group, feed))
-    feed.consumers.add(consumer)
+    feed.add(consumer)
     try:
         await asyncio.shield(feed.subscribed)
     except Exception:
-        feed.consumers.discard(consumer)
+        feed.discard(consumer)
         if feeds.get(group) is feed:
             del feeds[group]  # the next connection tries again
         raise
@@ -74,7 +93,7 @@ async def detach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None
     feed = feeds.get(group)
     if feed is None or consumer not in feed.consumers:
         return
-    feed.consumers.discard(consumer)
+    feed.discard(consumer)
     if not feed.consumers:
         del feeds[group]
         await hub.unsubscribe(group, feed)
@@ -96,7 +115,7 @@ class NotificationConsumer(ProtocolConsumer):
     async def joined(self) -> None:
         """Join the feeds, send the queue, then the held-back live NOTEs."""
         self._held = []
-        self._groups = (services.user_group(self.user.get_username()), services.BROADCAST_GROUP)
+        self._groups = (services.FEED_GROUP,)
         try:
             for group in self._groups:
                 await attach(self.hub, group, self)

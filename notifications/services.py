@@ -24,7 +24,6 @@ to the channel layer, and a short-lived registry answers "is the user online".
 import asyncio
 import contextlib
 import contextvars
-import hashlib
 import logging
 import secrets
 import weakref
@@ -54,10 +53,13 @@ SENT = "sent"
 QUEUED = "queued"
 BROADCAST = "broadcast"
 
-#: The ``kind`` of the hub event that carries a NOTE.
-EVENT_KIND = "notification"
-#: The channel-layer group of broadcasts (every notifications connection).
-BROADCAST_GROUP = "notifications.broadcast"
+#: The ``kind`` of the hub event that carries NOTEs.
+EVENT_KIND = "notifications"
+#: The channel-layer group of every process with ``/ws/notifications/``
+#: connections. One event carries all the NOTEs a batch stored, each for its
+#: user or for everyone: one layer message per batch instead of one per NOTE
+#: (with Redis, the receiving side's round trips are what falls behind first).
+FEED_GROUP = "notifications.feed"
 #: Ids per ``UPDATE ... WHERE id IN (...)`` of an ack (SQLite caps query parameters).
 ACK_BATCH = 500
 #: Posts per transaction of the writer (two usernames each in one ``IN``: SQLite's cap).
@@ -65,15 +67,6 @@ MAX_BATCH = 200
 
 
 # --- Frames and groups ------------------------------------------------------------
-
-
-def user_group(username: str) -> str:
-    """The channel-layer group of one user's connections.
-
-    Group names are ASCII ``[A-Za-z0-9._-]`` shorter than 100 characters, while
-    usernames may be any Unicode: a SHA-256 digest fits every username.
-    """
-    return "notifications.user." + hashlib.sha256(username.encode()).hexdigest()
 
 
 def note_frame(note_id: int, data: dict[str, Any], created_at: datetime, *,
@@ -98,9 +91,9 @@ def frame_of(notification: Notification) -> str:
     )
 
 
-def _event(notification: Notification) -> dict[str, Any]:
-    """The hub event of a NOTE: plain values, the frame already serialised."""
-    return {"kind": EVENT_KIND, "id": notification.pk, "frame": frame_of(notification)}
+def _item(notification: Notification, username: str | None) -> dict[str, Any]:
+    """One NOTE of a hub event: for ``username`` (``None``: everyone), serialised once."""
+    return {"id": notification.pk, "frame": frame_of(notification), "user": username}
 
 
 def _require_sync(name: str, async_name: str) -> None:
@@ -421,19 +414,23 @@ class Writer:
                 except Exception as exc:
                     logger.exception("could not store a notification")
                     results.append(ServiceUnavailable(f"could not store: {exc}"))
-        # Pushed in id order, each once its transaction has committed.
+        stored: list[tuple[Post, Notification]] = []
         for post, result in zip(posts, results, strict=True):
             if isinstance(result, Notification):
-                if result.broadcast:
-                    await _push_broadcast(result)
-                    status = BROADCAST
-                else:
-                    status = await _push(post.target, _event(result))
-                _settle(post, result=(result.pk, _counted(status)))
+                stored.append((post, result))
             elif isinstance(result, Exception):
                 _settle(post, exception=result)
             else:
                 _settle(post, result=(None, result))
+        if not stored:
+            return
+        # Pushed once the transaction has committed, in id order, in one event.
+        statuses = await _push([
+            _item(row, None if row.broadcast else post.target) for post, row in stored
+        ])
+        for post, row in stored:
+            status = BROADCAST if row.broadcast else statuses[post.target]
+            _settle(post, result=(row.pk, _counted(status)))
 
 
 def _settle(post: Post, *, result: Any = None, exception: Exception | None = None) -> None:
@@ -537,17 +534,26 @@ async def _status(username: str) -> str:
     return SENT if await notification_connections(username) > 0 else QUEUED
 
 
-async def _push(username: str, event: dict[str, Any]) -> str:
-    """Push a stored notification; its status, ``queued`` when the push failed.
+async def _push(items: list[dict[str, Any]]) -> dict[str, str]:
+    """Publish stored NOTEs in one event; the status of each user they name.
 
-    A failed push loses nothing: the row is stored and comes on the next connect.
+    ``sent`` when the user has a notifications connection on some process,
+    else ``queued``; ``queued`` too when the push failed, which loses nothing a
+    user was sent: the rows are stored and come on the next connect.
+    Broadcasts that could not be pushed are missed (they are never queued).
     """
+    users = list(dict.fromkeys(item["user"] for item in items if item["user"] is not None))
     try:
-        await publish(user_group(username), event)
-        return await _status(username)
+        await publish(FEED_GROUP, {"kind": EVENT_KIND, "items": items})
+        if len(users) == 1:
+            found = [await _status(users[0])]
+        else:
+            found = await asyncio.gather(*(_status(user) for user in users))
     except Exception:
-        logger.exception("could not push notification %s; it stays queued", event["id"])
-        return QUEUED
+        logger.exception("could not push notifications %s; they stay queued",
+                         [item["id"] for item in items])
+        return dict.fromkeys(users, QUEUED)
+    return dict(zip(users, found, strict=True))
 
 
 async def anotify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:
@@ -573,23 +579,16 @@ def notify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:
     _check_data(data)
     _require_sync("notify", "anotify")
     notification = store_notification(user.pk, data)
-    username, event = user.get_username(), _event(notification)
+    username = user.get_username()
+    items = [_item(notification, username)]
     if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(lambda: async_to_sync(_push)(username, event))
+        transaction.on_commit(lambda: async_to_sync(_push)(items))
         try:
             return notification.pk, _counted(async_to_sync(_status)(username))
         except Exception:
             logger.exception("could not count the connections of a user")
             return notification.pk, _counted(QUEUED)
-    return notification.pk, _counted(async_to_sync(_push)(username, event))
-
-
-async def _push_broadcast(notification: Notification) -> None:
-    try:
-        await publish(BROADCAST_GROUP, _event(notification))
-    except Exception:
-        # Broadcasts are never queued: those who missed it, missed it.
-        logger.exception("could not push broadcast %s", notification.pk)
+    return notification.pk, _counted(async_to_sync(_push)(items)[username])
 
 
 async def abroadcast(data: dict[str, Any]) -> tuple[int, str]:
@@ -603,8 +602,9 @@ def broadcast(data: dict[str, Any]) -> tuple[int, str]:
     _check_data(data)
     _require_sync("broadcast", "abroadcast")
     notification = store_broadcast(data)
+    items = [_item(notification, None)]
     if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(lambda: async_to_sync(_push_broadcast)(notification))
+        transaction.on_commit(lambda: async_to_sync(_push)(items))
     else:
-        async_to_sync(_push_broadcast)(notification)
+        async_to_sync(_push)(items)
     return notification.pk, _counted(BROADCAST)

@@ -145,11 +145,15 @@ async def test_two_tabs_both_get_a_live_notification(amake_user, connect):
     assert json.loads(texts[0])["id"] == note_id
     assert await other.receive_nothing(0.2), "another user's connection gets nothing"
     hub = await get_hub()
-    assert len(hub.groups[services.user_group("bea")]) == 1
+    feed = consumers.hub_feeds(hub)[services.FEED_GROUP]
+    assert hub.groups[services.FEED_GROUP] == {feed}, "one hub listener for every connection"
+    assert len(feed.by_user["bea"]) == 2
     for tab in tabs:
         await tab.disconnect()
-    assert services.user_group("bea") not in hub.groups
-    assert services.user_group("cyd") in hub.groups
+    assert "bea" not in feed.by_user
+    assert services.FEED_GROUP in hub.groups, "cyd's connection still needs the feed"
+    await other.disconnect()
+    assert services.FEED_GROUP not in hub.groups, "the hub leaves with the last connection"
 
 
 @pytest.mark.parametrize("moment", ["before_subscribe", "before_query", "after_query"])
@@ -401,4 +405,4 @@ async def test_database_down_at_connect_gives_unavailable_and_closes(amake_user,
     assert output["type"] == "websocket.close"
     await communicator.disconnect()
     hub = await get_hub()
-    assert services.user_group("bea") not in hub.groups, "the failed connection left its feed"
+    assert services.FEED_GROUP not in hub.groups, "the failed connection left its feed"

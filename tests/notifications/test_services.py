@@ -102,15 +102,9 @@ async def test_notify_data_must_be_a_dict(amake_user):
     assert await Notification.objects.acount() == 0
 
 
-def test_user_group_is_a_valid_group_name_for_any_username():
-    """Unicode and long usernames map to valid, distinct channel-layer group names."""
-    layer = BaseChannelLayer()  # the naming rules every channels layer applies
-    names = ["bea", "Bob", "jürgen 名前", "x" * 150, "a@b.c+d-e_f"]
-    groups = {services.user_group(name) for name in names}
-    assert len(groups) == len(names)
-    for group in groups:
-        assert layer.require_valid_group_name(group)
-    assert layer.require_valid_group_name(services.BROADCAST_GROUP)
+def test_feed_group_is_a_valid_group_name():
+    """The one group every process with notifications connections joins is a valid name."""
+    assert BaseChannelLayer().require_valid_group_name(services.FEED_GROUP)
 
 
 def test_note_frame_matches_the_contract():
@@ -139,9 +133,9 @@ def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch)
     bob = make_user("bea")
     pushed = []
 
-    async def record(username, event):
-        pushed.append(event["id"])
-        return "queued"
+    async def record(items):
+        pushed.extend(item["id"] for item in items)
+        return {item["user"]: "queued" for item in items}
 
     monkeypatch.setattr(services, "_push", record)
     with transaction.atomic():

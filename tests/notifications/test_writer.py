@@ -168,3 +168,28 @@ async def test_a_failed_ack_batch_leaves_notifications_to_come_again(amake_user,
     monkeypatch.undo()
     assert await undelivered_ids(bob) == [note_id]
     assert (await services.anotify(bob, {}))[1] == "queued", "the writer still works"
+
+
+async def test_a_batch_is_one_event_and_each_note_reaches_only_its_user(amake_user, connect,
+                                                                         monkeypatch):
+    """A batch is published once; each NOTE goes to its user's connections, broadcasts to all."""
+    bob, cyd = await amake_user("bob"), await amake_user("cyd")
+    bob_tab, cyd_tab = await connect("bob"), await connect("cyd")
+    events = []
+    original = services.publish
+
+    async def recording(group, event):
+        events.append((group, [item["id"] for item in event["items"]]))
+        await original(group, event)
+
+    monkeypatch.setattr(services, "publish", recording)
+    results = await asyncio.gather(
+        services.anotify(bob, {"n": 0}), services.anotify(cyd, {"n": 1}),
+        services.abroadcast({"n": 2}), services.anotify(bob, {"n": 3}),
+    )
+    ids = [note_id for note_id, _ in results]
+    assert [status for _, status in results] == ["sent", "sent", "broadcast", "sent"]
+    assert events == [(services.FEED_GROUP, ids)]
+    assert [f["id"] for f in await receive_notes(bob_tab, 3)] == [ids[0], ids[2], ids[3]]
+    assert [f["id"] for f in await receive_notes(cyd_tab, 2)] == [ids[1], ids[2]]
+    assert await bob_tab.receive_nothing(0.1) and await cyd_tab.receive_nothing(0.1)
