@@ -38,7 +38,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 
 from notifications.models import Notification
@@ -275,21 +275,26 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Notificati
 def _mark_delivered(acks: dict[int, Iterable[int]], now: datetime) -> int:
     """Mark delivered the acked ids that are their user's; how many were newly marked.
 
-    ``acks`` maps user ids to the ids they acknowledged; all of them go in one
-    ``UPDATE`` (per ``ACK_BATCH`` ids), whatever the number of users.
+    ``acks`` maps user ids to the ids they acknowledged. Whatever the number of
+    users, it takes two plain queries per ``ACK_BATCH`` ids: which of the ids
+    are still queued and whose, then one ``UPDATE`` of those that are the
+    acknowledging user's (cheaper to build than a condition per user).
     """
-    pairs = [(user_id, note_id) for user_id, ids in acks.items() for note_id in sorted(set(ids))]
-    marked = 0
-    for start in range(0, len(pairs), ACK_BATCH):
-        chunk: dict[int, list[int]] = {}
-        for user_id, note_id in pairs[start : start + ACK_BATCH]:
-            chunk.setdefault(user_id, []).append(note_id)
-        mine = Q()
-        for user_id, ids in chunk.items():
-            mine |= Q(user_id=user_id, id__in=ids)
-        marked += Notification.objects.filter(mine, delivered_at__isnull=True).update(
-            delivered_at=now
-        )
+    # An id may come from several users (one of them its owner): keep them all.
+    owners: dict[int, set[int]] = {}
+    for user_id, ids in acks.items():
+        for note_id in ids:
+            owners.setdefault(note_id, set()).add(user_id)
+    unique, marked = sorted(owners), 0
+    for start in range(0, len(unique), ACK_BATCH):
+        queued = Notification.objects.filter(
+            id__in=unique[start : start + ACK_BATCH], delivered_at__isnull=True
+        ).values_list("id", "user_id")
+        mine = [note_id for note_id, user_id in queued if user_id in owners[note_id]]
+        if mine:
+            marked += Notification.objects.filter(id__in=mine, delivered_at__isnull=True).update(
+                delivered_at=now
+            )
     return marked
 
 

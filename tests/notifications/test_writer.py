@@ -134,6 +134,16 @@ async def test_acks_are_written_together(amake_user, batches):
     assert await undelivered_ids(cyd) == [cyd_id], "an id of another user is ignored"
 
 
+async def test_an_id_acked_by_its_owner_and_another_user_is_marked(amake_user):
+    """Another user's ack of the same id in the same batch does not hide the owner's ack."""
+    bob, cyd = await amake_user("bob"), await amake_user("cyd")
+    cyd_id, _ = await services.anotify(cyd, {})
+    services.acknowledge_later(cyd.pk, [cyd_id])
+    services.acknowledge_later(bob.pk, [cyd_id])
+    await services.flush_acks()
+    assert await undelivered_ids(cyd) == []
+
+
 async def test_the_queue_is_read_after_the_users_pending_acks(amake_user):
     """An ack taken but not yet written is written before that user's queue is read."""
     bob = await amake_user("bob")
