@@ -56,7 +56,10 @@ class NotifyEdge:
         target = self.route(scope)
         if target is DJANGO:
             return await self.inner(scope, receive, send)
-        status, body = await self.answer(scope, receive, target)
+        answer = await self.answer(scope, receive, target)
+        if answer is None:
+            return  # the client went away before its body arrived (Django: RequestAborted)
+        status, body = answer
         await send({
             "type": "http.response.start",
             "status": status,
@@ -91,13 +94,19 @@ class NotifyEdge:
                 return DJANGO
         return target if authorization == 1 and hosts == 1 else DJANGO
 
-    async def answer(self, scope, receive, target: str | None) -> tuple[int, bytes]:
-        """Status and JSON body, checked in ``api_view``'s order: method, token, body."""
+    async def answer(self, scope, receive, target: str | None) -> tuple[int, bytes] | None:
+        """Status and JSON body, checked in ``api_view``'s order: method, token, body.
+
+        ``None`` when the client disconnected before its whole body arrived:
+        nothing is stored and nothing is answered.
+        """
         try:
             check_method(scope["method"], views.METHODS)
             headers = dict(scope["headers"])
             actor = bearer_username(headers[b"authorization"].decode("latin1"))
             body, refused = await read_body(receive), None
+            if body is None:
+                return None
             try:
                 check_declared_length(headers.get(b"content-length", b"").decode())
                 data = parse_json_object(body)
@@ -109,13 +118,16 @@ class NotifyEdge:
         return status, encode(answer)
 
 
-async def read_body(receive) -> bytes:
-    """The request body; past ``API_MAX_BODY_BYTES`` + 1 the rest is read and dropped."""
+async def read_body(receive) -> bytes | None:
+    """The request body (``None`` if the client went away before it ended).
+
+    Past ``API_MAX_BODY_BYTES`` + 1 bytes the rest is read and dropped.
+    """
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            return None
         chunk = message.get("body", b"")
         if size <= API_MAX_BODY_BYTES:
             chunks.append(chunk)

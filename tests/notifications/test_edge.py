@@ -136,6 +136,18 @@ async def test_every_error_is_the_one_django_gives(staff, path, body, method, au
     assert await Notification.objects.acount() == 0
 
 
+async def test_a_client_gone_before_its_body_ended_gets_nothing_stored(staff):
+    """A disconnect in the middle of the body: no answer, no notification (as Django)."""
+    headers = [(b"host", b"127.0.0.1"), (b"authorization", bearer("boss").encode())]
+    communicator = HttpCommunicator(application, "POST", BROADCAST, b"", headers)
+    await communicator.send_input({"type": "http.request", "body": b'{"a": 1}',
+                                   "more_body": True})
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=5)
+    assert await communicator.receive_nothing()
+    assert await Notification.objects.acount() == 0
+
+
 async def test_declared_length_over_the_limit_is_413(staff):
     """A Content-Length over 65536 answers 413 even if fewer bytes arrive."""
     status, body, _ = await via_edge(BROADCAST, b"{}", authorization=bearer("boss"),
