@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 
 from notifications import services
 from notifications.models import Notification
-from tests.notifications.conftest import receive_notes, send
+from tests.notifications.conftest import receive, receive_notes, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -185,6 +185,10 @@ async def test_a_batch_is_one_event_and_each_note_reaches_only_its_user(amake_us
     """A batch is published once; each NOTE goes to its user's connections, broadcasts to all."""
     bob, cyd = await amake_user("bob"), await amake_user("cyd")
     bob_tab, cyd_tab = await connect("bob"), await connect("cyd")
+    for tab in (bob_tab, cyd_tab):
+        # The pong comes after the join: the (empty) queue has been read, all is live.
+        await send(tab, {"type": "ping"})
+        assert (await receive(tab))["type"] == "pong"
     events = []
     original = services.publish
 
