@@ -83,7 +83,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     async def websocket_connect(self, message) -> None:
         # Resolved once: send_frame runs per frame per member of a room.
         self._send = self.scope.get("server_send") or self.base_send
-        self._transport = transport_of(self._send)
+        self._transport = getattr(wire.daphne_protocol(self._send), "transport", None)
         self._send_buffer_limit = settings.WS_MAX_SEND_BUFFER_BYTES
         self._frames_out = metrics.counter("realtime_frames_out_total", endpoint=self.endpoint)
         self._frames_in = metrics.counter("realtime_frames_in_total", endpoint=self.endpoint)
@@ -244,15 +244,6 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.scope.get("token_expires_at") is not None:
             self.schedule_expiry(claims.expires_at)
         await self.send_frame(protocol.auth_ok(claims.expires_at))
-
-
-def transport_of(send):
-    """The Twisted transport behind daphne's ``send``, or ``None`` under another server.
-
-    daphne hands the application ``partial(server.handle_reply, protocol)``.
-    """
-    args = getattr(send, "args", ())
-    return getattr(args[0], "transport", None) if args else None
 
 
 def buffered_bytes(transport) -> int:

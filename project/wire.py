@@ -19,7 +19,7 @@ consumer keeps using the ASGI ``send``.
 
 import struct
 
-__all__ = ["DirectWriter", "binary_frame", "direct_writer", "text_frame"]
+__all__ = ["DirectWriter", "binary_frame", "daphne_protocol", "direct_writer", "text_frame"]
 
 _TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
 
@@ -77,15 +77,22 @@ class DirectWriter:
         return True
 
 
+def daphne_protocol(send):
+    """daphne's WebSocket protocol behind its ASGI ``send``, or ``None`` under another server.
+
+    daphne hands the application ``partial(server.handle_reply, protocol)``.
+    """
+    args = getattr(send, "args", ())
+    return args[0] if args else None
+
+
 def direct_writer(send) -> DirectWriter | None:
     """A :class:`DirectWriter` for daphne's ``send``, or ``None`` where it does not apply.
 
-    daphne hands the application ``partial(server.handle_reply, protocol)``.
     Call it once the connection is accepted: autobahn settles permessage-deflate
     only then.
     """
-    args = getattr(send, "args", ())
-    protocol = args[0] if args else None
+    protocol = daphne_protocol(send)
     transport = getattr(protocol, "transport", None)
     if (transport is None or not hasattr(protocol, "STATE_OPEN")
             or getattr(protocol, "_perMessageCompress", None) is not None):
