@@ -117,19 +117,6 @@ def _check_data(data: Any) -> None:
 # --- Database work (plain sync functions; async callers use database_sync_to_async) ---
 
 
-def store_notification(user_id: int, data: dict[str, Any]) -> Notification:
-    """Store a notification for a user and trim the user's queue to the limit.
-
-    The user's row is locked (on PostgreSQL) so concurrent posts to one user
-    trim one after the other and never keep more than the limit.
-    """
-    with transaction.atomic():
-        list(get_user_model().objects.select_for_update().filter(pk=user_id).values("pk"))
-        notification = Notification.objects.create(user_id=user_id, data=data)
-        _trim_queue(user_id)
-    return notification
-
-
 def _trim_queue(user_id: int) -> None:
     """Delete the user's oldest undelivered notifications beyond the newest N."""
     limit = settings.NOTIFICATIONS_QUEUE_LIMIT
@@ -137,13 +124,6 @@ def _trim_queue(user_id: int) -> None:
     cutoff = list(queued.order_by("-id").values_list("id", flat=True)[limit : limit + 1])
     if cutoff:
         queued.filter(id__lte=cutoff[0]).delete()
-
-
-def store_broadcast(data: dict[str, Any]) -> Notification:
-    """Store a broadcast: delivered as it is sent, so it is never queued or re-sent."""
-    now = timezone.now()
-    return Notification.objects.create(data=data, broadcast=True, created_at=now,
-                                       delivered_at=now)
 
 
 def undelivered(user_id: int) -> list[Notification]:
@@ -185,9 +165,8 @@ class Post:
     actor: str | None = None
     #: The recipient's primary key when the caller already has the user.
     target_pk: int | None = None
-    done: asyncio.Future = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    #: Set by :meth:`Writer.submit`: the poster's answer.
+    done: asyncio.Future | None = field(default=None, repr=False)
 
 
 class ServiceUnavailable(Exception):
@@ -263,6 +242,12 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Notificati
         for user_id in _over_limit(queues):
             _trim_queue(user_id)
     return results
+
+
+def store_one(post: Post) -> Notification:
+    """Store one authorised post in the caller's thread and transaction (sync callers)."""
+    (stored,) = store_batch([post], {})
+    return stored
 
 
 def _over_limit(user_ids: list[int]) -> list[int]:
@@ -370,6 +355,7 @@ class Writer:
         "authorised")`` for a post without data. Raises :class:`Refused` or
         :class:`ServiceUnavailable`.
         """
+        post.done = asyncio.get_running_loop().create_future()
         self.posts.append(post)
         self._wake()
         return await post.done
@@ -450,7 +436,7 @@ class Writer:
 
 
 def _settle(post: Post, *, result: Any = None, exception: Exception | None = None) -> None:
-    if post.done.done():
+    if post.done is None or post.done.done():
         return  # the poster went away (a cancelled request); the work stands
     if exception is not None:
         post.done.set_exception(exception)
@@ -594,8 +580,8 @@ def notify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:
     """
     _check_data(data)
     _require_sync("notify", "anotify")
-    notification = store_notification(user.pk, data)
     username = user.get_username()
+    notification = store_one(Post(target=username, target_pk=user.pk, data=data))
     items = [_item(notification, username)]
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(lambda: async_to_sync(_push)(items))
@@ -617,7 +603,7 @@ def broadcast(data: dict[str, Any]) -> tuple[int, str]:
     """Sync :func:`abroadcast`, for management commands and tasks."""
     _check_data(data)
     _require_sync("broadcast", "abroadcast")
-    notification = store_broadcast(data)
+    notification = store_one(Post(target=None, data=data))
     items = [_item(notification, None)]
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(lambda: async_to_sync(_push)(items))

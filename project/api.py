@@ -122,7 +122,6 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
     return parse_json_object(body)
 
 
-
 def check_declared_length(content_length: str | None) -> None:
     """Refuse (413) a body whose ``Content-Length`` already says it is too large."""
     try:
