@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from project.registry import Departure, LocalRegistry, RedisRegistry
@@ -77,7 +78,7 @@ class Hub:
         self._last_refresh = time.monotonic()
         self._restored_at = -RECOVERY_SETTLE_SECONDS
         # Redis pub/sub: subscriptions are confirmed by a probe (see subscribe()).
-        self.pubsub = type(self.layer).__name__ == "RedisPubSubChannelLayer"
+        self.pubsub = isinstance(self.layer, RedisPubSubChannelLayer)
         self._probes: dict[str, asyncio.Future] = {}
 
     async def start(self) -> None:
