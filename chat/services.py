@@ -65,6 +65,8 @@ class Member:
 
     async def send_frame(self, text: str, encoded: bytes | None = None) -> None: ...
 
+    def send_now(self, encoded: bytes) -> bool: ...
+
 
 class LocalRoom:
     """The sockets of one room on this process, and the room's sequencer."""
@@ -88,6 +90,8 @@ class LocalRoom:
     async def deliver(self, item: dict) -> None:
         """Send one item to every member that may see it, or buffer it if joining."""
         audience, skip = item.get("to"), item.get("skip")
+        item_id, version = item.get("id"), item.get("version")
+        origin = item.get("origin") if "frame_ref" in item else None
         encoded = None
         for member in list(self.members.values()):
             if member.conn == skip or (audience and member.username not in audience):
@@ -97,6 +101,18 @@ class LocalRoom:
                 continue
             if encoded is None:
                 encoded = wire.text_frame(item["frame"])
+            # The common case inline (a plain write, no coroutine per member);
+            # send_item is the same checks in full.
+            if (origin is None or origin != member.conn) and (
+                (item_id is None or item_id > member.last_id)
+                and (version is None or version > member.presence_version)
+                and member.send_now(encoded)
+            ):
+                if item_id is not None:
+                    member.last_id = item_id
+                if version is not None:
+                    member.presence_version = version
+                continue
             await send_item(member, item, encoded)
 
 

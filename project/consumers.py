@@ -180,6 +180,20 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         else:
             await self._send({"type": "websocket.send", "text": text})
 
+    def send_now(self, encoded: bytes) -> bool:
+        """Write an encoded text frame at once if nothing is queued before it.
+
+        ``False`` means nothing was done and :meth:`send_frame` must send it
+        (another server, a closing connection, or bytes already waiting: that
+        is where the slow-reader bound is checked). A room's fan-out calls this
+        per member, so it is plain, not a coroutine.
+        """
+        direct = self._direct
+        if direct is None or self.closing or not direct.write_if_idle(encoded):
+            return False
+        self._frames_out.value += 1
+        return True
+
     def unsent_bytes(self) -> int:
         """Bytes sent to this client that it has not read yet (0 when unknown)."""
         return buffered_bytes(self._transport)

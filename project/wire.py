@@ -17,6 +17,7 @@ autobahn connection without permessage-deflate. Under any other server the
 consumer keeps using the ASGI ``send``.
 """
 
+import errno
 import struct
 
 __all__ = ["DirectWriter", "binary_frame", "daphne_protocol", "direct_writer", "text_frame"]
@@ -46,11 +47,14 @@ def binary_frame(data: bytes) -> bytes:
 class DirectWriter:
     """Writes encoded frames to one daphne connection's socket."""
 
-    __slots__ = ("open_state", "protocol", "transport")
+    __slots__ = ("open_state", "protocol", "send", "transport")
 
     def __init__(self, protocol, transport) -> None:
         self.protocol, self.transport = protocol, transport
         self.open_state = protocol.STATE_OPEN
+        # The socket's own send: Twisted's writeSomeData adds two calls and a
+        # memoryview per frame, and a room's fan-out makes one write per member.
+        self.send = transport.socket.send
 
     def write(self, frame: bytes) -> bool:
         """Send ``frame``; ``False`` if the connection no longer takes frames.
@@ -67,14 +71,38 @@ class DirectWriter:
             # Twisted keeps the order, or drops the frame as it would anyway.
             transport.write(frame)
             return True
-        sent = transport.writeSomeData(frame)
-        if not isinstance(sent, int):
-            # The connection is lost: a buffered write lets Twisted notice and
-            # close it the usual way (connectionLost, then websocket.disconnect).
-            transport.write(frame)
-        elif sent < len(frame):
-            transport.write(frame[sent:])
+        self._send(frame)
         return True
+
+    def write_if_idle(self, frame: bytes) -> bool:
+        """Send ``frame`` if nothing is queued before it; ``False``: nothing was done.
+
+        The fast path of a room's fan-out: when this returns ``False`` the caller
+        takes the full path (closing state, slow-reader bound, then :meth:`write`).
+        """
+        transport = self.transport
+        if (self.protocol.state != self.open_state or transport._tempDataLen
+                or len(transport.dataBuffer) > transport.offset
+                or not transport.connected or transport.disconnecting):
+            return False
+        self._send(frame)
+        return True
+
+    def _send(self, frame: bytes) -> None:
+        """Write to the socket; Twisted queues what it does not take, in order."""
+        try:
+            sent = self.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                # The connection is lost: a buffered write lets Twisted notice and
+                # close it the usual way (connectionLost, then websocket.disconnect).
+                self.transport.write(frame)
+                return
+            sent = 0
+        if sent < len(frame):
+            self.transport.write(frame[sent:])
 
 
 def daphne_protocol(send):

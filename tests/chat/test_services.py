@@ -24,6 +24,9 @@ class Silent:
     async def send_frame(self, text: str, encoded: bytes | None = None) -> None:
         self.frames.append(text)
 
+    def send_now(self, encoded: bytes) -> bool:
+        return False
+
 
 async def test_one_bad_message_does_not_sink_its_batch(make_user, monkeypatch):
     """When a batch fails to store, the others are stored one by one; only the bad one fails."""

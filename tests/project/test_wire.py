@@ -41,10 +41,14 @@ class FakeTransport:
         self._tempDataLen = 0
         self.on_wire = b""
 
-    def writeSomeData(self, data: bytes):
+        self.socket = self  # the writer calls the socket's own send
+
+    def send(self, data: bytes) -> int:
         if self.lost:
-            return ConnectionError("lost")
+            raise ConnectionResetError("lost")
         taken = len(data) if self.accepts is None else min(self.accepts, len(data))
+        if not taken:
+            raise BlockingIOError("the kernel's buffer is full")
         self.on_wire += data[:taken]
         return taken
 
@@ -81,6 +85,30 @@ def test_what_the_socket_does_not_take_is_queued_in_order():
     assert transport.on_wire == b"abc"
     # Once bytes are queued, later frames queue behind them instead of overtaking.
     assert transport._tempDataBuffer == [b"def", b"ghi"]
+
+
+def test_a_full_socket_queues_the_whole_frame():
+    transport = FakeTransport(accepts=0)
+    assert writer(transport).write(b"frame")
+    assert transport.on_wire == b"" and transport._tempDataBuffer == [b"frame"]
+
+
+def test_the_fast_path_writes_only_when_nothing_is_queued():
+    """``write_if_idle`` leaves a frame to the full path (and its slow-reader check)."""
+    transport = FakeTransport(accepts=3)
+    w = writer(transport)
+    assert w.write_if_idle(b"abcdef")
+    assert transport.on_wire == b"abc" and transport._tempDataBuffer == [b"def"]
+    assert not w.write_if_idle(b"ghi")
+    assert transport.on_wire == b"abc" and transport._tempDataBuffer == [b"def"]
+
+
+def test_the_fast_path_takes_nothing_once_closing():
+    transport = FakeTransport()
+    w = writer(transport)
+    w.protocol.state = WebSocketProtocol.STATE_CLOSING
+    assert not w.write_if_idle(b"frame")
+    assert transport.on_wire == b"" and transport._tempDataBuffer == []
 
 
 def test_a_lost_connection_hands_the_frame_to_twisted():
@@ -124,3 +152,35 @@ def test_other_transports_and_servers_keep_the_asgi_send(daphne_send):
     assert wire.direct_writer(asgi_send) is None
     daphne_send.args[0].transport = FakeTransport()  # e.g. daphne terminating TLS itself
     assert wire.direct_writer(daphne_send) is None
+
+
+class IdleReactor:
+    """A reactor that never runs: what Twisted buffers stays in its buffer."""
+
+    def addWriter(self, selectable) -> None:
+        pass
+
+
+def test_frames_reach_a_real_socket_in_order_when_the_kernel_fills_up():
+    """On a real socket pair: what the kernel refuses waits in Twisted's buffer, in order."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    transport = tcp.Connection(left, None, reactor=IdleReactor())
+    transport.connected = True
+    w = wire.DirectWriter(FakeProtocol(transport), transport)
+    frames = [wire.text_frame(f"{i:06d}" * 2000) for i in range(200)]
+    for frame in frames:
+        assert w.write(frame)
+    queued = transport._tempDataBuffer
+    assert queued, "the socket pair should have filled up"
+    received = b""
+    while True:
+        try:
+            chunk = right.recv(1 << 20)
+        except BlockingIOError:
+            break
+        received += chunk
+    assert received + b"".join(queued) == b"".join(frames)
+    left.close()
+    right.close()
