@@ -160,7 +160,7 @@ if REDIS_URL and REDIS_LAYER == "pubsub":
 elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "project.layers.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{
                     "address": REDIS_URL,
