@@ -32,11 +32,15 @@ from chat.models import Message, Room
 from project import db, metrics, protocol, wire
 from project.hub import Hub
 from project.protocol import ErrorCode, ProtocolError
-from project.registry import Departure
+from project.registry import Departure, Publication
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 200
+#: How long a sender waits for its process to receive the room's previous batch
+#: before sending its own through the channel layer instead of straight to the
+#: local members (see :meth:`RoomSequencer.store_and_publish`).
+CATCH_UP_SECONDS = 0.5
 
 
 class ServiceUnavailable(Exception):
@@ -75,6 +79,9 @@ class LocalRoom:
         self.hub, self.name, self.group = hub, name, room_group(name)
         self.members: dict[str, Member] = {}
         self.sequencer = RoomSequencer(self)
+        #: The room's last publication this process has received (or had no need to).
+        self.seen: Publication | None = None
+        self._catching_up: list[tuple[Publication, asyncio.Future]] = []
 
     def __repr__(self) -> str:
         return f"<LocalRoom {self.name} members={len(self.members)}>"
@@ -82,10 +89,47 @@ class LocalRoom:
     async def hub_event(self, event: dict) -> None:
         kind = event.get("kind")
         if kind == "batch":
-            for item in event["items"]:
-                await self.deliver(item)
+            # A batch this process published went to its own members first.
+            if event.get("delivered_by") != self.hub.proc_id:
+                for item in event["items"]:
+                    await self.deliver(item)
+            number = event.get("number")
+            if number is not None:
+                self.note_publication((number[0], number[1]))
         elif kind == "presence":
             await self.deliver(event)
+
+    def note_publication(self, number: Publication) -> None:
+        """The room's batches up to ``number`` have reached this process."""
+        seen = self.seen
+        if seen is None or seen[0] != number[0] or seen[1] < number[1]:
+            self.seen = number
+        for target, waiter in self._catching_up:
+            if not waiter.done() and self.has_seen(target):
+                waiter.set_result(None)
+
+    def has_seen(self, publication: Publication | None) -> bool:
+        """Whether this process has received ``publication`` (``None``: nothing to receive)."""
+        if publication is None or publication[1] == 0:
+            return True
+        seen = self.seen
+        return seen is not None and seen[0] == publication[0] and seen[1] >= publication[1]
+
+    async def catch_up(self, publication: Publication | None) -> bool:
+        """Wait until :meth:`has_seen` ``publication``; ``False`` if it has not in
+        :data:`CATCH_UP_SECONDS`."""
+        if self.has_seen(publication):
+            return True
+        entry = (publication, asyncio.get_running_loop().create_future())
+        self._catching_up.append(entry)
+        try:
+            async with asyncio.timeout(CATCH_UP_SECONDS):
+                await entry[1]
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._catching_up.remove(entry)
 
     async def deliver(self, item: dict) -> None:
         """Send one item to every member that may see it, or buffer it if joining."""
@@ -149,6 +193,11 @@ async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
     # Returns once the layer delivers the room's events here, so nothing published
     # after the history query below can be missed.
     await hub.subscribe(local.group, local)
+    if local.seen is None:
+        # What was published before the subscription is for history, not for here.
+        published = await hub.registry.room_publication(room)
+        if published is not None:
+            local.note_publication(published)
     return local
 
 
@@ -259,8 +308,16 @@ class RoomSequencer:
                 outgoing.done.set_exception(ServiceUnavailable("message could not be stored"))
 
     async def store_and_publish(self, batch: list[Outgoing]) -> None:
+        """Store ``batch`` and publish it, under the room's lock.
+
+        This process's own members get the batch at once, without the round
+        trip through the channel layer, once this process has received every
+        earlier batch of the room (the turn says which was last): under the
+        lock no later one can come first. If that earlier batch is late, the
+        batch goes through the layer like any other, in order.
+        """
         local = self.local
-        async with local.hub.registry.room_lock(local.name):
+        async with local.hub.registry.room_lock(local.name) as turn:
             stored = await store_messages(local.name, batch)
             metrics.inc("realtime_messages_stored_total", sum(1 for m in stored if m))
             items = []
@@ -273,15 +330,26 @@ class RoomSequencer:
                 items.append(event_item(local.name, outgoing, message))
             if not items:
                 return
+            event: dict[str, Any] = {"kind": "batch", "items": items}
+            number = turn.number
+            if number is not None:
+                event["number"] = number
+            if await local.catch_up(turn.after):
+                event["delivered_by"] = local.hub.proc_id
+                for item in items:
+                    await local.deliver(item)
+                if number is not None:
+                    local.note_publication(number)
             try:
-                await local.hub.publish(local.group, {"kind": "batch", "items": items})
+                await local.hub.publish(local.group, event)
+                turn.published = True
             except Exception:
                 logger.exception("publishing to room %s failed", local.name)
                 for outgoing, item in zip(
                     (o for o, m in zip(batch, stored, strict=True) if m), items, strict=True
                 ):
                     outgoing.done.set_exception(ServiceUnavailable(
-                        "stored, but not delivered live; it comes back with history",
+                        "stored, but maybe not delivered live; it comes back with history",
                         stored_id=item["id"],
                     ))
                 return

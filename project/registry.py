@@ -48,6 +48,30 @@ class Departure:
     version: int
 
 
+#: A room's publication, ``(epoch, number)``: numbers rise by one per published
+#: batch; the epoch changes when Redis loses them (a restart) and numbering starts over.
+Publication = tuple[str, int]
+
+
+@dataclass(slots=True)
+class RoomTurn:
+    """A turn to store and publish in a room, held under its lock.
+
+    ``after`` is the room's last publication before this turn, ``None`` where
+    this process is the whole service (nothing comes from elsewhere). Set
+    ``published`` once the turn's batch is out: the room's last publication
+    becomes :attr:`number` when the lock is released.
+    """
+
+    after: Publication | None = None
+    published: bool = False
+
+    @property
+    def number(self) -> Publication | None:
+        """This turn's publication: the one after :attr:`after`."""
+        return None if self.after is None else (self.after[0], self.after[1] + 1)
+
+
 class LocalRegistry:
     """The registry of a single process."""
 
@@ -96,10 +120,14 @@ class LocalRegistry:
         return user in self.room_conns.get(room, {}).values()
 
     @contextlib.asynccontextmanager
-    async def room_lock(self, room: str) -> AsyncIterator[None]:
+    async def room_lock(self, room: str) -> AsyncIterator[RoomTurn]:
         lock = self.locks.setdefault(room, asyncio.Lock())
         async with lock:
-            yield
+            yield RoomTurn()
+
+    async def room_publication(self, room: str) -> Publication | None:
+        """Nothing to catch up with: every publication is this process's own."""
+        return None
 
     async def heartbeat(self) -> bool:
         """Nothing to do: this process cannot die without its registry."""
@@ -191,10 +219,31 @@ end
 return 1
 """  # KEYS: user hash; ARGV: "<proc>|"
 
+_LOCK = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local last = redis.call('GET', KEYS[2])
+if not last then
+  last = ARGV[3] .. ':0'
+  redis.call('SET', KEYS[2], last)
+end
+return last
+"""  # KEYS: room lock, room publication; ARGV: token, ttl ms, a new epoch
+
 _UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""  # KEYS: room lock, room publication; ARGV: token, the turn's publication or ''
+
+
+def _publication(value: bytes | str | None) -> Publication | None:
+    """``b"epoch:number"`` as a :data:`Publication`."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    epoch, _, number = value.rpartition(":")
+    return epoch, int(number)
 
 
 def _version_floor() -> int:
@@ -234,6 +283,7 @@ class RedisRegistry:
                 "count_value": _COUNT_VALUE,
                 "reap_room": _REAP_ROOM,
                 "reap_user": _REAP_USER,
+                "lock": _LOCK,
                 "unlock": _UNLOCK,
             }.items()
         }
@@ -274,19 +324,32 @@ class RedisRegistry:
         return user in await self.redis.hvals(self.key("room", room))
 
     @contextlib.asynccontextmanager
-    async def room_lock(self, room: str) -> AsyncIterator[None]:
-        """A lock on ``room`` across processes; it expires if its holder dies."""
-        key, token, delay = self.key("lock", room), secrets.token_hex(8), 0.001
+    async def room_lock(self, room: str) -> AsyncIterator[RoomTurn]:
+        """A lock on ``room`` across processes; it expires if its holder dies.
+
+        The turn it yields says which publication came last, so the holder can
+        tell whether its own process has received it.
+        """
+        keys = [self.key("lock", room), self.key("published", room)]
+        token, delay = secrets.token_hex(8), 0.001
         deadline = time.monotonic() + 10
-        while not await self.redis.set(key, token, nx=True, px=self.lock_ttl_ms):
+        while (last := await self.scripts["lock"](
+                keys, [token, self.lock_ttl_ms, secrets.token_hex(4)])) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"room lock {room!r} not acquired in 10 s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
+        turn = RoomTurn(after=_publication(last))
         try:
-            yield
+            yield turn
         finally:
-            await self.scripts["unlock"]([key], [token])
+            number = turn.number if turn.published else None
+            published = f"{number[0]}:{number[1]}" if number else ""
+            await self.scripts["unlock"](keys, [token, published])
+
+    async def room_publication(self, room: str) -> Publication | None:
+        """The room's last publication (``None``: none yet)."""
+        return _publication(await self.redis.get(self.key("published", room)))
 
     async def heartbeat(self) -> bool:
         """Beat; true when this process was missing (Redis restarted, or we were reaped)."""

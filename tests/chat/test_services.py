@@ -1,13 +1,17 @@
 """The chat service layer: ordering and failure handling of the room sequencer."""
 
 import asyncio
+import json
 
 import pytest
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from chat import services
-from chat.models import Message
+from chat.models import Message, Room
 from project.hub import get_hub
+from project.registry import RedisRegistry
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,3 +69,81 @@ async def test_ids_are_returned_in_submission_order(make_user):
     )
     assert ids == sorted(ids) and len(set(ids)) == 20
     await services.leave(hub, "order", member, announced=False)
+
+
+# --- Local members first, in order across processes ----------------------------------
+
+
+def test_a_room_knows_which_publications_it_has_received():
+    """Numbers rise within an epoch; a new epoch (Redis lost them) starts over."""
+    local = services.LocalRoom(hub=None, name="numbers")
+    assert local.has_seen(None) and local.has_seen(("e1", 0))
+    assert not local.has_seen(("e1", 1))
+    local.note_publication(("e1", 2))
+    assert local.has_seen(("e1", 1)) and local.has_seen(("e1", 2))
+    assert not local.has_seen(("e1", 3)) and not local.has_seen(("e2", 1))
+    local.note_publication(("e1", 1))  # a late, older one changes nothing
+    assert local.has_seen(("e1", 2))
+    local.note_publication(("e2", 1))
+    assert local.has_seen(("e2", 1)) and not local.has_seen(("e1", 2))
+
+
+async def another_process_publishes(redis_url: str, room: str):
+    """Take a turn in ``room`` as another process would: its publication is now the last."""
+    other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
+    try:
+        async with other.room_lock(room) as turn:
+            turn.published = True
+        return turn.number
+    finally:
+        await other.close()
+
+
+async def test_a_sender_waits_for_the_earlier_batch_of_another_process(make_user, redis_url):
+    """The batch another process published just before reaches the local members first.
+
+    Without the wait, the local member would get this process's later id first
+    and then drop the earlier one as already seen.
+    """
+    user = await database_sync_to_async(make_user)("writer")
+    hub = await get_hub()
+    member = Silent(hub.new_connection_name(), "writer")
+    local = await services.join(hub, "turns", member)
+    await services.go_live(member)
+    earlier = await Message.objects.acreate(
+        room=await Room.objects.acreate(name="turns"), sender=user, content="from elsewhere"
+    )
+    number = await another_process_publishes(redis_url, "turns")
+
+    async def arrive_late():
+        await asyncio.sleep(0.2)
+        group = services.room_group("turns")
+        await hub.layer.group_send(group, {
+            "type": "hub.event", "group": group, "kind": "batch", "number": list(number),
+            "items": [{"id": earlier.pk, "frame": json.dumps({"id": earlier.pk})}],
+        })
+
+    late = asyncio.create_task(arrive_late())
+    mine = await services.message_send(local=local, user=user, content="mine")
+    await late
+    await wait_for(lambda: len(member.frames) == 2)
+    assert [json.loads(frame)["id"] for frame in member.frames] == [earlier.pk, mine]
+    await services.leave(hub, "turns", member, announced=False)
+
+
+async def test_a_batch_that_never_arrives_sends_through_the_layer(make_user, redis_url,
+                                                                 monkeypatch):
+    """If the earlier batch is late past CATCH_UP_SECONDS, the sender's goes the slow way."""
+    monkeypatch.setattr(services, "CATCH_UP_SECONDS", 0.2)
+    user = await database_sync_to_async(make_user)("writer")
+    hub = await get_hub()
+    member = Silent(hub.new_connection_name(), "writer")
+    local = await services.join(hub, "lost", member)
+    await services.go_live(member)
+    number = await another_process_publishes(redis_url, "lost")
+    mine = await services.message_send(local=local, user=user, content="mine")
+    await wait_for(lambda: member.frames)
+    await asyncio.sleep(0.2)
+    assert [json.loads(frame)["id"] for frame in member.frames] == [mine]
+    assert await hub.registry.room_publication("lost") == (number[0], number[1] + 1)
+    await services.leave(hub, "lost", member, announced=False)
