@@ -5,13 +5,16 @@
 (a Redis lock across processes, an ``asyncio.Lock`` on one). Ids are assigned
 at insert time, so "stored, then published, in id order" holds across every
 process, and each connection receives a room's ids in strictly increasing
-order. Messages that wait for the lock are stored together in one transaction
-(a batch), which keeps the lock and the database round trips few under load.
+order. Messages that wait are stored together in one transaction (a batch),
+which keeps the lock and the database round trips few under load; a busy
+sequencer keeps the lock from batch to batch (storing the next while the last
+is published) until another process asks for it.
 
 **Fan-out.** Each process keeps one :class:`LocalRoom` per room it serves. It is
 the hub's only listener for the room's group: a published batch arrives once
 per process and its frames, serialised once by the publisher, go to every local
-socket that may see them.
+socket that may see them. The publisher's own process does not wait for the
+layer: it hands the batch to its sockets first (see :meth:`RoomSequencer.store_batch`).
 
 **No gap on join.** A joining connection is registered with its LocalRoom
 before history is read, and buffers what arrives meanwhile; after history it
@@ -20,6 +23,7 @@ drops what history already held (ids up to the last one sent) and goes live.
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,15 +36,18 @@ from chat.models import Message, Room
 from project import db, metrics, protocol, wire
 from project.hub import Hub
 from project.protocol import ErrorCode, ProtocolError
-from project.registry import Departure, Publication
+from project.registry import Departure, Publication, RoomTurn
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 200
 #: How long a sender waits for its process to receive the room's previous batch
 #: before sending its own through the channel layer instead of straight to the
-#: local members (see :meth:`RoomSequencer.store_and_publish`).
+#: local members (see :meth:`RoomSequencer.store_batch`).
 CATCH_UP_SECONDS = 0.5
+#: How long a sequencer keeps its room's lock before it checks whether another
+#: process is waiting for it (and gives it up if so).
+HOLD_SECONDS = 0.02
 
 
 class ServiceUnavailable(Exception):
@@ -282,24 +289,65 @@ class RoomSequencer:
         return await outgoing.done
 
     async def run(self) -> None:
+        local = self.local
         while self.queue:
-            batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
             try:
-                await self.store_and_publish(batch)
+                async with local.hub.registry.room_lock(local.name) as turn:
+                    await self.take_turn(turn)
             except Exception:
-                if len(batch) == 1:
-                    self.fail(batch)
-                    continue
-                # One bad message must not sink the others: store them one by one.
-                logger.warning("a batch in room %s failed; storing its messages one by one",
-                               self.local.name)
-                for outgoing in batch:
-                    if outgoing.done.done():
-                        continue
-                    try:
-                        await self.store_and_publish([outgoing])
-                    except Exception:
-                        self.fail([outgoing])
+                # No lock (Redis is down): what waits now cannot be stored in order.
+                waiting, self.queue = self.queue, []
+                if waiting:
+                    self.fail(waiting)
+                else:
+                    logger.exception("giving back the lock of room %s failed", local.name)
+
+    async def take_turn(self, turn: RoomTurn) -> None:
+        """Store and publish batches while this process holds the room's lock.
+
+        A batch is stored, and handed to the local members, while the one
+        before it is still being published, so that the database and the
+        channel layer work at the same time; publications go out one after
+        another, in id order. Every :data:`HOLD_SECONDS` the lock is given up if
+        another process is waiting for it.
+        """
+        publishing: asyncio.Task | None = None
+        since = time.monotonic()
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+                publishing = await self.store(batch, turn, publishing)
+                if self.queue and time.monotonic() - since >= HOLD_SECONDS:
+                    if publishing is not None:
+                        await publishing
+                        publishing = None
+                    if not await turn.keep():
+                        return
+                    since = time.monotonic()
+        finally:
+            if publishing is not None:
+                await publishing
+
+    async def store(self, batch: list[Outgoing], turn: RoomTurn,
+                    publishing: asyncio.Task | None) -> asyncio.Task | None:
+        """:meth:`store_batch`, and one by one if the batch fails; the last publication."""
+        try:
+            return await self.store_batch(batch, turn, publishing)
+        except Exception:
+            if len(batch) == 1:
+                self.fail(batch)
+                return publishing
+        # One bad message must not sink the others: store them one by one.
+        logger.warning("a batch in room %s failed; storing its messages one by one",
+                       self.local.name)
+        for outgoing in batch:
+            if outgoing.done.done():
+                continue
+            try:
+                publishing = await self.store_batch([outgoing], turn, publishing)
+            except Exception:
+                self.fail([outgoing])
+        return publishing
 
     def fail(self, batch: list["Outgoing"]) -> None:
         logger.exception("storing or publishing in room %s failed", self.local.name)
@@ -307,54 +355,75 @@ class RoomSequencer:
             if not outgoing.done.done():
                 outgoing.done.set_exception(ServiceUnavailable("message could not be stored"))
 
-    async def store_and_publish(self, batch: list[Outgoing]) -> None:
-        """Store ``batch`` and publish it, under the room's lock.
+    async def store_batch(self, batch: list[Outgoing], turn: RoomTurn,
+                          publishing: asyncio.Task | None) -> asyncio.Task | None:
+        """Store ``batch``, give it to the local members, and start publishing it.
 
         This process's own members get the batch at once, without the round
         trip through the channel layer, once this process has received every
         earlier batch of the room (the turn says which was last): under the
         lock no later one can come first. If that earlier batch is late, the
-        batch goes through the layer like any other, in order.
+        batch goes through the layer like any other, in order. Returns the task
+        that publishes it after ``publishing``, the previous batch's.
         """
         local = self.local
-        async with local.hub.registry.room_lock(local.name) as turn:
-            stored = await store_messages(local.name, batch)
-            metrics.inc("realtime_messages_stored_total", sum(1 for m in stored if m))
-            items = []
-            for outgoing, message in zip(batch, stored, strict=True):
-                if message is None:
-                    outgoing.done.set_exception(
-                        ProtocolError(ErrorCode.NOT_IN_ROOM, "that user is not in this room")
-                    )
-                    continue
-                items.append(event_item(local.name, outgoing, message))
-            if not items:
-                return
-            event: dict[str, Any] = {"kind": "batch", "items": items}
-            number = turn.number
-            if number is not None:
-                event["number"] = number
-            if await local.catch_up(turn.after):
-                event["delivered_by"] = local.hub.proc_id
+        stored = await store_messages(local.name, batch)
+        metrics.inc("realtime_messages_stored_total", sum(1 for m in stored if m))
+        items, accepted = [], []
+        for outgoing, message in zip(batch, stored, strict=True):
+            if message is None:
+                outgoing.done.set_exception(
+                    ProtocolError(ErrorCode.NOT_IN_ROOM, "that user is not in this room")
+                )
+                continue
+            items.append(event_item(local.name, outgoing, message))
+            accepted.append((outgoing, message))
+        if not items:
+            return publishing
+        if publishing is not None and not publishing.delivered_here:
+            # The previous batch goes through the layer: this one may not overtake it.
+            await publishing
+        event: dict[str, Any] = {"kind": "batch", "items": items}
+        delivered_here = await local.catch_up(turn.after)
+        if delivered_here:
+            event["delivered_by"] = local.hub.proc_id
+            try:
                 for item in items:
                     await local.deliver(item)
-                if number is not None:
-                    local.note_publication(number)
-            try:
-                await local.hub.publish(local.group, event)
-                turn.published = True
             except Exception:
-                logger.exception("publishing to room %s failed", local.name)
-                for outgoing, item in zip(
-                    (o for o, m in zip(batch, stored, strict=True) if m), items, strict=True
-                ):
+                # As the hub does for its listeners: what is stored stays stored.
+                logger.exception("delivering in room %s failed", local.name)
+        task = asyncio.create_task(self.publish(event, accepted, turn, publishing))
+        task.delivered_here = delivered_here
+        return task
+
+    async def publish(self, event: dict, accepted: list[tuple[Outgoing, Message]],
+                      turn: RoomTurn, previous: asyncio.Task | None) -> None:
+        """Publish one batch after ``previous``; answer its senders."""
+        if previous is not None:
+            await previous
+        local = self.local
+        number = turn.number
+        if number is not None:
+            event["number"] = number
+        try:
+            await local.hub.publish(local.group, event)
+        except Exception:
+            logger.exception("publishing to room %s failed", local.name)
+            for outgoing, message in accepted:
+                if not outgoing.done.done():
                     outgoing.done.set_exception(ServiceUnavailable(
                         "stored, but maybe not delivered live; it comes back with history",
-                        stored_id=item["id"],
+                        stored_id=message.pk,
                     ))
-                return
-        for outgoing, message in zip(batch, stored, strict=True):
-            if message is not None and not outgoing.done.done():
+            return
+        turn.advance()
+        if number is not None and "delivered_by" in event:
+            # Seen here already; a batch that went through the layer is noted when it
+            # comes back, so that nothing local overtakes it.
+            local.note_publication(number)
+        for outgoing, message in accepted:
+            if not outgoing.done.done():
                 outgoing.done.set_result(message.pk)
 
 

@@ -19,8 +19,8 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 NOTIFICATIONS = "notifications"
 
@@ -57,19 +57,37 @@ Publication = tuple[str, int]
 class RoomTurn:
     """A turn to store and publish in a room, held under its lock.
 
-    ``after`` is the room's last publication before this turn, ``None`` where
-    this process is the whole service (nothing comes from elsewhere). Set
-    ``published`` once the turn's batch is out: the room's last publication
-    becomes :attr:`number` when the lock is released.
+    ``after`` is the room's last publication, ``None`` where this process is
+    the whole service (nothing comes from elsewhere). :meth:`advance` records
+    each batch the turn publishes; the room's last publication is written when
+    the lock is given up. A turn may publish several batches: :meth:`keep`
+    tells whether it may go on.
     """
 
     after: Publication | None = None
+    #: Whether this turn has published (``after`` is its own last publication).
     published: bool = False
+    #: Whether the lock is still this turn's.
+    held: bool = True
+    renew: Callable[["RoomTurn"], Awaitable[bool]] | None = field(default=None, repr=False)
 
     @property
     def number(self) -> Publication | None:
-        """This turn's publication: the one after :attr:`after`."""
+        """The number of the turn's next publication: the one after :attr:`after`."""
         return None if self.after is None else (self.after[0], self.after[1] + 1)
+
+    def advance(self) -> None:
+        """The batch numbered :attr:`number` is out."""
+        if self.after is not None:
+            self.after = (self.after[0], self.after[1] + 1)
+        self.published = True
+
+    async def keep(self) -> bool:
+        """Keep the lock for more batches; ``False`` (and the lock is given up)
+        if another process is waiting for it."""
+        if self.held and self.renew is not None:
+            self.held = await self.renew(self)
+        return self.held
 
 
 class LocalRegistry:
@@ -220,20 +238,42 @@ return 1
 """  # KEYS: user hash; ARGV: "<proc>|"
 
 _LOCK = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SET', KEYS[3], '1', 'PX', 200)
+  return false
+end
+redis.call('DEL', KEYS[3])
 local last = redis.call('GET', KEYS[2])
 if not last then
   last = ARGV[3] .. ':0'
   redis.call('SET', KEYS[2], last)
 end
 return last
-"""  # KEYS: room lock, room publication; ARGV: token, ttl ms, a new epoch
+"""  # KEYS: room lock, room publication, room waiting; ARGV: token, ttl ms, a new epoch
+
+_KEEP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""  # KEYS: as _LOCK; ARGV: token, ttl ms, the turn's last publication or ''. 1: kept
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
 return redis.call('DEL', KEYS[1])
-"""  # KEYS: room lock, room publication; ARGV: token, the turn's publication or ''
+"""  # KEYS: room lock, room publication; ARGV: token, the turn's last publication or ''
+
+
+def _published(turn: RoomTurn) -> str:
+    """What the lock scripts record of ``turn``: its last publication, or ``''``."""
+    if not turn.published or turn.after is None:
+        return ""
+    return f"{turn.after[0]}:{turn.after[1]}"
 
 
 def _publication(value: bytes | str | None) -> Publication | None:
@@ -284,6 +324,7 @@ class RedisRegistry:
                 "reap_room": _REAP_ROOM,
                 "reap_user": _REAP_USER,
                 "lock": _LOCK,
+                "keep": _KEEP,
                 "unlock": _UNLOCK,
             }.items()
         }
@@ -328,9 +369,11 @@ class RedisRegistry:
         """A lock on ``room`` across processes; it expires if its holder dies.
 
         The turn it yields says which publication came last, so the holder can
-        tell whether its own process has received it.
+        tell whether its own process has received it. A process that fails to
+        take the lock says it is waiting, and the holder gives it up at its
+        next :meth:`RoomTurn.keep`.
         """
-        keys = [self.key("lock", room), self.key("published", room)]
+        keys = [self.key("lock", room), self.key("published", room), self.key("waiting", room)]
         token, delay = secrets.token_hex(8), 0.001
         deadline = time.monotonic() + 10
         while (last := await self.scripts["lock"](
@@ -339,13 +382,17 @@ class RedisRegistry:
                 raise TimeoutError(f"room lock {room!r} not acquired in 10 s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
-        turn = RoomTurn(after=_publication(last))
+
+        async def renew(turn: RoomTurn) -> bool:
+            return bool(await self.scripts["keep"](
+                keys, [token, self.lock_ttl_ms, _published(turn)]))
+
+        turn = RoomTurn(after=_publication(last), renew=renew)
         try:
             yield turn
         finally:
-            number = turn.number if turn.published else None
-            published = f"{number[0]}:{number[1]}" if number else ""
-            await self.scripts["unlock"](keys, [token, published])
+            if turn.held:
+                await self.scripts["unlock"](keys[:2], [token, _published(turn)])
 
     async def room_publication(self, room: str) -> Publication | None:
         """The room's last publication (``None``: none yet)."""

@@ -93,8 +93,8 @@ async def another_process_publishes(redis_url: str, room: str):
     other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
     try:
         async with other.room_lock(room) as turn:
-            turn.published = True
-        return turn.number
+            turn.advance()
+        return turn.after
     finally:
         await other.close()
 

@@ -21,3 +21,46 @@ async def test_a_storm_of_joins_and_leaves_loses_no_update(redis_url):
     finally:
         await registry.close()
 
+
+
+async def test_room_turns_number_their_publications(redis_url):
+    """Each turn starts after the room's last publication; one without any records none."""
+    registry = RedisRegistry("turns-proc", redis_url, settings.REDIS_PREFIX)
+    try:
+        async with registry.room_lock("numbers") as first:
+            assert first.after[1] == 0
+            epoch = first.after[0]
+            first.advance()
+            first.advance()
+        assert await registry.room_publication("numbers") == (epoch, 2)
+        async with registry.room_lock("numbers") as second:
+            assert second.after == (epoch, 2)
+        assert await registry.room_publication("numbers") == (epoch, 2)
+    finally:
+        await registry.close()
+
+
+async def test_a_held_room_lock_goes_to_a_process_that_waits(redis_url):
+    """A turn keeps its lock while nobody else asks; a waiting process gets it at the next keep."""
+    holder = RedisRegistry("holder-proc", redis_url, settings.REDIS_PREFIX)
+    other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
+    try:
+        async with holder.room_lock("shared") as turn:
+            assert await turn.keep()
+            turn.advance()
+            assert await turn.keep()
+
+            async def take():
+                async with other.room_lock("shared") as theirs:
+                    return theirs.after
+
+            waiting = asyncio.create_task(take())
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            assert not await turn.keep()
+            assert not turn.held
+            # The waiter starts after what the holder published.
+            assert (await asyncio.wait_for(waiting, 5))[1] == 1
+    finally:
+        await holder.close()
+        await other.close()
