@@ -39,6 +39,23 @@ async def make_layer(redis_url):
     await client.aclose()
 
 
+async def room_of_one(make_layer, **config):
+    """A sender's layer, a receiver's layer, and the receiver's channel in group "room"."""
+    sender, receiver = make_layer(**config), make_layer(**config)
+    channel = await receiver.new_channel()
+    await sender.group_add("room", channel)
+    return sender, receiver, channel
+
+
+async def send_numbers(layer, numbers, group: str = "room") -> None:
+    for n in numbers:
+        await layer.group_send(group, {"type": "hub.event", "n": n})
+
+
+async def received_numbers(layer, channel, count: int) -> list[int]:
+    return [(await layer.receive(channel))["n"] for _ in range(count)]
+
+
 async def test_group_send_reaches_upstream_receivers_and_back(make_layer):
     ours, upstream = make_layer(), make_layer(UpstreamLayer)
     our_channel, their_channel = await ours.new_channel(), await upstream.new_channel()
@@ -54,14 +71,10 @@ async def test_group_send_reaches_upstream_receivers_and_back(make_layer):
 
 async def test_a_burst_arrives_whole_and_in_order(make_layer):
     """More than one fetch's worth, sent before anyone receives."""
-    sender, receiver = make_layer(capacity=1000), make_layer(capacity=1000)
-    channel = await receiver.new_channel()
-    await sender.group_add("burst", channel)
+    sender, receiver, channel = await room_of_one(make_layer, capacity=1000)
     count = layers.RECEIVE_BATCH * 2 + 7
-    for n in range(count):
-        await sender.group_send("burst", {"type": "hub.event", "n": n})
-    received = [(await receiver.receive(channel))["n"] for _ in range(count)]
-    assert received == list(range(count))
+    await send_numbers(sender, range(count))
+    assert await received_numbers(receiver, channel, count) == list(range(count))
 
 
 async def test_a_fetch_shares_out_the_messages_of_every_local_channel(make_layer):
@@ -86,11 +99,8 @@ async def test_a_fetch_shares_out_the_messages_of_every_local_channel(make_layer
 
 async def test_an_interrupted_fetch_is_fetched_again(make_layer, redis_url):
     """Messages moved to the backup by a fetch whose reply never arrived come back first."""
-    sender, receiver = make_layer(), make_layer()
-    channel = await receiver.new_channel()
-    await sender.group_add("room", channel)
-    for n in range(3):
-        await sender.group_send("room", {"type": "hub.event", "n": n})
+    sender, receiver, channel = await room_of_one(make_layer)
+    await send_numbers(sender, range(3))
     key = receiver.prefix + receiver.non_local_name(channel)
     backup = receiver._backup_channel_name(key)
     client = redis.Redis.from_url(redis_url)
@@ -101,16 +111,13 @@ async def test_an_interrupted_fetch_is_fetched_again(make_layer, redis_url):
         assert await client.zcard(backup) == 2
     finally:
         await client.aclose()
-    assert [(await receiver.receive(channel))["n"] for _ in range(3)] == [0, 1, 2]
+    assert await received_numbers(receiver, channel, 3) == [0, 1, 2]
 
 
 async def test_a_handed_over_fetch_is_not_delivered_again(make_layer, redis_url):
-    sender, receiver = make_layer(), make_layer()
-    channel = await receiver.new_channel()
-    await sender.group_add("room", channel)
-    for n in range(3):
-        await sender.group_send("room", {"type": "hub.event", "n": n})
-    assert [(await receiver.receive(channel))["n"] for _ in range(3)] == [0, 1, 2]
+    sender, receiver, channel = await room_of_one(make_layer)
+    await send_numbers(sender, range(3))
+    assert await received_numbers(receiver, channel, 3) == [0, 1, 2]
     await sender.group_send("room", {"type": "hub.event", "n": 3})
     assert (await receiver.receive(channel))["n"] == 3
     key = receiver.prefix + receiver.non_local_name(channel)
@@ -124,12 +131,9 @@ async def test_a_handed_over_fetch_is_not_delivered_again(make_layer, redis_url)
 
 
 async def test_a_full_channel_drops_what_it_cannot_hold_like_upstream(make_layer):
-    sender, receiver = make_layer(capacity=3), make_layer(capacity=3)
-    channel = await receiver.new_channel()
-    await sender.group_add("room", channel)
-    for n in range(5):
-        await sender.group_send("room", {"type": "hub.event", "n": n})
-    assert [(await receiver.receive(channel))["n"] for _ in range(3)] == [0, 1, 2]
+    sender, receiver, channel = await room_of_one(make_layer, capacity=3)
+    await send_numbers(sender, range(5))
+    assert await received_numbers(receiver, channel, 3) == [0, 1, 2]
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(receiver.receive(channel), 0.3)
 
@@ -146,21 +150,17 @@ async def test_expired_members_leave_the_group(make_layer):
 
 async def test_a_receiver_waits_for_the_next_message(make_layer):
     """Nothing waiting: the receive blocks and wakes when a message comes."""
-    sender, receiver = make_layer(), make_layer()
-    channel = await receiver.new_channel()
-    await sender.group_add("room", channel)
+    sender, receiver, channel = await room_of_one(make_layer)
     waiting = asyncio.ensure_future(receiver.receive(channel))
     await asyncio.sleep(0.2)
     assert not waiting.done()
-    await sender.group_send("room", {"type": "hub.event", "n": 1})
+    await send_numbers(sender, [1])
     assert (await asyncio.wait_for(waiting, 5))["n"] == 1
 
 
 async def test_an_unreadable_message_costs_only_itself(make_layer, redis_url):
-    sender, receiver = make_layer(), make_layer()
-    channel = await receiver.new_channel()
-    await sender.group_add("room", channel)
-    await sender.group_send("room", {"type": "hub.event", "n": 0})
+    sender, receiver, channel = await room_of_one(make_layer)
+    await send_numbers(sender, [0])
     key = receiver.prefix + receiver.non_local_name(channel)
     client = redis.Redis.from_url(redis_url)
     try:
@@ -169,5 +169,5 @@ async def test_an_unreadable_message_costs_only_itself(make_layer, redis_url):
         await client.zadd(key, {b"\x00not msgpack at all": score + 0.000001})
     finally:
         await client.aclose()
-    await sender.group_send("room", {"type": "hub.event", "n": 1})
-    assert [(await receiver.receive(channel))["n"] for _ in range(2)] == [0, 1]
+    await send_numbers(sender, [1])
+    assert await received_numbers(receiver, channel, 2) == [0, 1]
