@@ -35,7 +35,8 @@ async def join(server, room: str, token: str):
 def two_servers(request, daphne_server, redis_url):
     """Two processes on one Redis, with each of the two channel layers (REDIS_LAYER)."""
     env = {"REDIS_URL": redis_url, "REDIS_LAYER": request.param,
-           "HUB_HEARTBEAT_SECONDS": "1", "HUB_DEAD_AFTER_SECONDS": "3"}
+           "HUB_HEARTBEAT_SECONDS": "1", "HUB_DEAD_AFTER_SECONDS": "3",
+           "WS_RATE_LIMIT": "0"}  # the ordering test sends in bursts
     return daphne_server(**env), daphne_server(**env)
 
 
@@ -81,7 +82,7 @@ async def test_concurrent_senders_on_two_processes_keep_ids_increasing(
     for i, name in enumerate(names):
         ws, _ = await join(server_a if i % 2 else server_b, "order", token_for(name))
         sockets.append(ws)
-    per_sender = 25
+    per_sender = 100
 
     async def blast(ws):
         for i in range(per_sender):
