@@ -22,11 +22,14 @@ one per burst and two per event.
 """
 
 import itertools
+import logging
 import time
 
 from channels_redis import core
 
 __all__ = ["RECEIVE_BATCH", "RedisChannelLayer"]
+
+logger = logging.getLogger(__name__)
 
 #: Messages one fetch takes off a process-specific channel.
 RECEIVE_BATCH = 100
@@ -165,7 +168,7 @@ class RedisChannelLayer(core.RedisChannelLayer):
         try:
             message = self.deserialize(content)
         except Exception:
-            core.logger.exception("dropped a message that could not be deserialised")
+            logger.exception("dropped a channel-layer message that could not be deserialised")
             return None
         if "__asgi_channel__" in message:
             channel = message.pop("__asgi_channel__")
