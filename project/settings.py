@@ -145,8 +145,7 @@ def _redis_retry():
 # several deployments (or a test run) can share one Redis database.
 REDIS_PREFIX = env_str("REDIS_PREFIX", "rt")
 # Which channels-redis layer carries the hub's events (see bench/RESULTS.md):
-# "core" (sorted sets, one buffered channel per process; project.layers batches its
-# round trips) or "pubsub" (Redis PUBLISH/SUBSCRIBE).
+# "core" (sorted sets, one buffered channel per process) or "pubsub" (Redis PUBLISH/SUBSCRIBE).
 REDIS_LAYER = env_str("REDIS_LAYER", "core").lower()
 if REDIS_LAYER not in {"core", "pubsub"}:
     raise ImproperlyConfigured(f"REDIS_LAYER must be 'core' or 'pubsub', not {REDIS_LAYER!r}")
@@ -161,7 +160,7 @@ if REDIS_URL and REDIS_LAYER == "pubsub":
 elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "project.layers.RedisChannelLayer",
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{
                     "address": REDIS_URL,
