@@ -281,6 +281,9 @@ class RoomSequencer:
         self.local = local
         self.queue: list[Outgoing] = []
         self.task: asyncio.Task | None = None
+        #: The publication of a batch that was not delivered here first, while it
+        #: may be out: the next batch waits for it instead of overtaking it here.
+        self.through_layer: asyncio.Task | None = None
 
     async def submit(self, outgoing: Outgoing) -> int:
         self.queue.append(outgoing)
@@ -380,9 +383,10 @@ class RoomSequencer:
             accepted.append((outgoing, message))
         if not items:
             return publishing
-        if publishing is not None and not publishing.delivered_here:
+        if self.through_layer is not None:
             # The previous batch goes through the layer: this one may not overtake it.
-            await publishing
+            await self.through_layer
+            self.through_layer = None
         event: dict[str, Any] = {"kind": "batch", "items": items}
         delivered_here = await local.catch_up(turn.after)
         if delivered_here:
@@ -394,12 +398,17 @@ class RoomSequencer:
                 # As the hub does for its listeners: what is stored stays stored.
                 logger.exception("delivering in room %s failed", local.name)
         task = asyncio.create_task(self.publish(event, accepted, turn, publishing))
-        task.delivered_here = delivered_here
+        if not delivered_here:
+            self.through_layer = task
         return task
 
     async def publish(self, event: dict, accepted: list[tuple[Outgoing, Message]],
                       turn: RoomTurn, previous: asyncio.Task | None) -> None:
-        """Publish one batch after ``previous``; answer its senders."""
+        """Publish one batch after ``previous``; answer its senders.
+
+        It raises nothing (a failure is its senders' answer), so that awaiting
+        it never fails the batches after it.
+        """
         if previous is not None:
             await previous
         local = self.local

@@ -147,3 +147,54 @@ async def test_a_batch_that_never_arrives_sends_through_the_layer(make_user, red
     assert [json.loads(frame)["id"] for frame in member.frames] == [mine]
     assert await hub.registry.room_publication("lost") == (number[0], number[1] + 1)
     await services.leave(hub, "lost", member, announced=False)
+
+
+async def test_a_batch_after_one_sent_through_the_layer_does_not_overtake_it(
+    make_user, redis_url, monkeypatch
+):
+    """Once a batch has gone the slow way, the next one waits for it to come back.
+
+    The first batch gives up waiting for another process's batch and goes through
+    the layer (slowly, here); the other's batch then arrives, and the next batch
+    would be free to go straight to the members, ahead of the first.
+    """
+    monkeypatch.setattr(services, "CATCH_UP_SECONDS", 0.2)
+    monkeypatch.setattr(services, "MAX_BATCH", 1)
+    monkeypatch.setattr(services, "HOLD_SECONDS", 10)  # no pause between the two batches
+    user = await database_sync_to_async(make_user)("writer")
+    hub = await get_hub()
+    member = Silent(hub.new_connection_name(), "writer")
+    local = await services.join(hub, "behind", member)
+    await services.go_live(member)
+    earlier = await Message.objects.acreate(
+        room=await Room.objects.acreate(name="behind"), sender=user, content="from elsewhere"
+    )
+    number = await another_process_publishes(redis_url, "behind")
+    real_publish, publishes = hub.publish, []
+
+    async def slow_first_publish(group, event):
+        publishes.append(event)
+        if len(publishes) == 1:
+            await asyncio.sleep(0.3)
+        await real_publish(group, event)
+
+    monkeypatch.setattr(hub, "publish", slow_first_publish)
+
+    async def arrive_late():
+        await asyncio.sleep(0.25)
+        group = services.room_group("behind")
+        await hub.layer.group_send(group, {
+            "type": "hub.event", "group": group, "kind": "batch", "number": list(number),
+            "items": [{"id": earlier.pk, "frame": json.dumps({"id": earlier.pk})}],
+        })
+
+    late = asyncio.create_task(arrive_late())
+    first = asyncio.create_task(services.message_send(local=local, user=user, content="m0"))
+    await asyncio.sleep(0.05)
+    second = await services.message_send(local=local, user=user, content="m1")
+    await late
+    ids = [earlier.pk, await first, second]
+    await wait_for(lambda: len(member.frames) >= 3)
+    await asyncio.sleep(0.2)
+    assert [json.loads(frame)["id"] for frame in member.frames] == ids
+    await services.leave(hub, "behind", member, announced=False)
