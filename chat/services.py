@@ -141,8 +141,6 @@ class LocalRoom:
     async def deliver(self, item: dict) -> None:
         """Send one item to every member that may see it, or buffer it if joining."""
         audience, skip = item.get("to"), item.get("skip")
-        item_id, version = item.get("id"), item.get("version")
-        origin = item.get("origin") if "frame_ref" in item else None
         encoded = None
         for member in list(self.members.values()):
             if member.conn == skip or (audience and member.username not in audience):
@@ -152,37 +150,43 @@ class LocalRoom:
                 continue
             if encoded is None:
                 encoded = wire.text_frame(item["frame"])
-            # The common case inline (a plain write, no coroutine per member);
-            # send_item is the same checks in full.
-            if (origin is None or origin != member.conn) and (
-                (item_id is None or item_id > member.last_id)
-                and (version is None or version > member.presence_version)
-                and member.send_now(encoded)
-            ):
-                if item_id is not None:
-                    member.last_id = item_id
-                if version is not None:
-                    member.presence_version = version
-                continue
-            await send_item(member, item, encoded)
+            # The common case is a plain write: no coroutine per member.
+            if claim(member, item) and (own_ref(member, item) or not member.send_now(encoded)):
+                await send_claimed(member, item, encoded)
 
 
-async def send_item(member: Member, item: dict, encoded: bytes | None = None) -> None:
-    """Send unless the member has seen it: ids and presence versions only rise."""
+def claim(member: Member, item: dict) -> bool:
+    """Whether ``member`` has yet to see ``item`` (ids and presence versions only rise);
+    if so it counts as seen from now on."""
     item_id = item.get("id")
     if item_id is not None:
         if item_id <= member.last_id:
-            return
+            return False
         member.last_id = item_id
     version = item.get("version")
     if version is not None:
         if version <= member.presence_version:
-            return
+            return False
         member.presence_version = version
-    if item.get("origin") == member.conn and "frame_ref" in item:
+    return True
+
+
+def own_ref(member: Member, item: dict) -> bool:
+    """Whether ``item`` is the member's own message, sent back with its ``ref``."""
+    return "frame_ref" in item and item.get("origin") == member.conn
+
+
+async def send_claimed(member: Member, item: dict, encoded: bytes | None = None) -> None:
+    if own_ref(member, item):
         await member.send_frame(item["frame_ref"])
     else:
         await member.send_frame(item["frame"], encoded)
+
+
+async def send_item(member: Member, item: dict, encoded: bytes | None = None) -> None:
+    """Send unless the member has seen it."""
+    if claim(member, item):
+        await send_claimed(member, item, encoded)
 
 
 def local_rooms(hub: Hub) -> dict[str, LocalRoom]:
