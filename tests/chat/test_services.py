@@ -99,31 +99,45 @@ async def another_process_publishes(redis_url: str, room: str):
         await other.close()
 
 
+async def live_member(make_user, room: str):
+    """A writer's user, the hub, and a live member of ``room`` that records its frames."""
+    user = await database_sync_to_async(make_user)("writer")
+    hub = await get_hub()
+    member = Silent(hub.new_connection_name(), "writer")
+    local = await services.join(hub, room, member)
+    await services.go_live(member)
+    return user, hub, member, local
+
+
+async def batch_from_elsewhere(hub, redis_url: str, room: str, user, delay: float):
+    """Another process stores a message and publishes it; its event arrives ``delay`` s late.
+
+    Returns the message and the task that delivers the event.
+    """
+    earlier = await Message.objects.acreate(
+        room=await Room.objects.acreate(name=room), sender=user, content="from elsewhere"
+    )
+    number = await another_process_publishes(redis_url, room)
+
+    async def arrive_late():
+        await asyncio.sleep(delay)
+        group = services.room_group(room)
+        await hub.layer.group_send(group, {
+            "type": "hub.event", "group": group, "kind": "batch", "number": list(number),
+            "items": [{"id": earlier.pk, "frame": json.dumps({"id": earlier.pk})}],
+        })
+
+    return earlier, asyncio.create_task(arrive_late())
+
+
 async def test_a_sender_waits_for_the_earlier_batch_of_another_process(make_user, redis_url):
     """The batch another process published just before reaches the local members first.
 
     Without the wait, the local member would get this process's later id first
     and then drop the earlier one as already seen.
     """
-    user = await database_sync_to_async(make_user)("writer")
-    hub = await get_hub()
-    member = Silent(hub.new_connection_name(), "writer")
-    local = await services.join(hub, "turns", member)
-    await services.go_live(member)
-    earlier = await Message.objects.acreate(
-        room=await Room.objects.acreate(name="turns"), sender=user, content="from elsewhere"
-    )
-    number = await another_process_publishes(redis_url, "turns")
-
-    async def arrive_late():
-        await asyncio.sleep(0.2)
-        group = services.room_group("turns")
-        await hub.layer.group_send(group, {
-            "type": "hub.event", "group": group, "kind": "batch", "number": list(number),
-            "items": [{"id": earlier.pk, "frame": json.dumps({"id": earlier.pk})}],
-        })
-
-    late = asyncio.create_task(arrive_late())
+    user, hub, member, local = await live_member(make_user, "turns")
+    earlier, late = await batch_from_elsewhere(hub, redis_url, "turns", user, delay=0.2)
     mine = await services.message_send(local=local, user=user, content="mine")
     await late
     await wait_for(lambda: len(member.frames) == 2)
@@ -135,11 +149,7 @@ async def test_a_batch_that_never_arrives_sends_through_the_layer(make_user, red
                                                                  monkeypatch):
     """If the earlier batch is late past CATCH_UP_SECONDS, the sender's goes the slow way."""
     monkeypatch.setattr(services, "CATCH_UP_SECONDS", 0.2)
-    user = await database_sync_to_async(make_user)("writer")
-    hub = await get_hub()
-    member = Silent(hub.new_connection_name(), "writer")
-    local = await services.join(hub, "lost", member)
-    await services.go_live(member)
+    user, hub, member, local = await live_member(make_user, "lost")
     number = await another_process_publishes(redis_url, "lost")
     mine = await services.message_send(local=local, user=user, content="mine")
     await wait_for(lambda: member.frames)
@@ -161,15 +171,7 @@ async def test_a_batch_after_one_sent_through_the_layer_does_not_overtake_it(
     monkeypatch.setattr(services, "CATCH_UP_SECONDS", 0.2)
     monkeypatch.setattr(services, "MAX_BATCH", 1)
     monkeypatch.setattr(services, "HOLD_SECONDS", 10)  # no pause between the two batches
-    user = await database_sync_to_async(make_user)("writer")
-    hub = await get_hub()
-    member = Silent(hub.new_connection_name(), "writer")
-    local = await services.join(hub, "behind", member)
-    await services.go_live(member)
-    earlier = await Message.objects.acreate(
-        room=await Room.objects.acreate(name="behind"), sender=user, content="from elsewhere"
-    )
-    number = await another_process_publishes(redis_url, "behind")
+    user, hub, member, local = await live_member(make_user, "behind")
     real_publish, publishes = hub.publish, []
 
     async def slow_first_publish(group, event):
@@ -179,16 +181,7 @@ async def test_a_batch_after_one_sent_through_the_layer_does_not_overtake_it(
         await real_publish(group, event)
 
     monkeypatch.setattr(hub, "publish", slow_first_publish)
-
-    async def arrive_late():
-        await asyncio.sleep(0.25)
-        group = services.room_group("behind")
-        await hub.layer.group_send(group, {
-            "type": "hub.event", "group": group, "kind": "batch", "number": list(number),
-            "items": [{"id": earlier.pk, "frame": json.dumps({"id": earlier.pk})}],
-        })
-
-    late = asyncio.create_task(arrive_late())
+    earlier, late = await batch_from_elsewhere(hub, redis_url, "behind", user, delay=0.25)
     first = asyncio.create_task(services.message_send(local=local, user=user, content="m0"))
     await asyncio.sleep(0.05)
     second = await services.message_send(local=local, user=user, content="m1")
