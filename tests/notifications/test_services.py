@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer
-from django.db import transaction
+from django.db import connection, transaction
 
 from notifications import services
 from notifications.models import Notification
@@ -126,6 +126,29 @@ def test_sync_notify_from_plain_sync_code(make_user):
     assert hub_module._hubs == hubs_before
     broadcast_id, status = services.broadcast({"all": True})
     assert status == "broadcast" and broadcast_id > note_id
+
+
+@pytest.mark.parametrize("returning", ["per row", "none"])
+def test_store_batch_without_multi_row_returning(make_user, monkeypatch, returning):
+    """Where one INSERT cannot return many ids (SQLite < 3.35), rows go in one by one, in order."""
+    if returning == "none" and connection.vendor != "sqlite":
+        pytest.skip("only SQLite < 3.35 inserts without RETURNING (PostgreSQL always has it)")
+    bob = make_user("bea")
+    features = type(connection.features)
+    monkeypatch.setattr(features, "can_return_rows_from_bulk_insert", property(lambda f: False))
+    if returning == "none":
+        monkeypatch.setattr(features, "can_return_columns_from_insert", property(lambda f: False))
+    posts = [services.Post(target="bea", data={"n": n}) for n in range(3)]
+    posts.append(services.Post(target=None, data={"all": True}))
+    stored = services.store_batch(posts, {})
+    rows = list(Notification.objects.order_by("id"))
+    assert [s.pk for s in stored] == [row.pk for row in rows]
+    assert [(row.user_id, row.data, row.broadcast) for row in rows] == [
+        (bob.pk, {"n": 0}, False), (bob.pk, {"n": 1}, False), (bob.pk, {"n": 2}, False),
+        (None, {"all": True}, True),
+    ]
+    assert rows[3].delivered_at == rows[3].created_at, "a broadcast is delivered when stored"
+    assert [row.pk for row in services.undelivered(bob.pk)] == [s.pk for s in stored[:3]]
 
 
 def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch):

@@ -134,6 +134,53 @@ async def test_acks_are_written_together(amake_user, batches):
     assert await undelivered_ids(cyd) == [cyd_id], "an id of another user is ignored"
 
 
+async def test_an_ack_rides_with_the_next_post(amake_user, batches, monkeypatch):
+    """An ack waits for the next post and is written in its transaction."""
+    monkeypatch.setattr(services, "ACK_DELAY_SECONDS", 3600)
+    bob = await amake_user("bob")
+    note_id, _ = await services.anotify(bob, {})
+    batches.clear()
+    services.acknowledge_later(bob.pk, [note_id])
+    await asyncio.sleep(0.05)  # the writer is idle meanwhile: nothing is written
+    assert batches == []
+    await services.anotify(bob, {"next": 1})
+    assert batches == [(1, 1)], "no transaction of the ack alone"
+    assert note_id not in await undelivered_ids(bob)
+
+
+async def test_an_ack_alone_is_written_after_the_delay(amake_user, batches):
+    """Without posts and without anyone waiting, an ack is still written, on its own."""
+    bob = await amake_user("bob")
+    note_id, _ = await services.anotify(bob, {})
+    batches.clear()
+    services.acknowledge_later(bob.pk, [note_id])
+    for _ in range(100):  # polls for the write; ACK_DELAY_SECONDS is far shorter than this
+        await asyncio.sleep(services.ACK_DELAY_SECONDS)
+        if batches:
+            break
+    assert batches == [(0, 1)]
+    assert await undelivered_ids(bob) == []
+
+
+async def test_many_pending_acks_are_written_without_waiting(amake_user, batches, monkeypatch):
+    """Past MAX_PENDING_ACKS ids, acks start a transaction at once."""
+    monkeypatch.setattr(services, "ACK_DELAY_SECONDS", 3600)
+    bob = await amake_user("bob")
+    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
+    monkeypatch.setattr(services, "MAX_PENDING_ACKS", 3)
+    batches.clear()
+    services.acknowledge_later(bob.pk, ids[:2])
+    await asyncio.sleep(0.05)
+    assert batches == []
+    services.acknowledge_later(bob.pk, ids[2:])
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if batches:
+            break
+    assert batches == [(0, 1)]
+    assert await undelivered_ids(bob) == []
+
+
 async def test_an_id_acked_by_its_owner_and_another_user_is_marked(amake_user):
     """Another user's ack of the same id in the same batch does not hide the owner's ack."""
     bob, cyd = await amake_user("bob"), await amake_user("cyd")
@@ -207,3 +254,17 @@ async def test_a_batch_is_one_event_and_each_note_reaches_only_its_user(amake_us
     assert [f["id"] for f in await receive_notes(bob_tab, 3)] == [ids[0], ids[2], ids[3]]
     assert [f["id"] for f in await receive_notes(cyd_tab, 2)] == [ids[1], ids[2]]
     assert await bob_tab.receive_nothing(0.1) and await cyd_tab.receive_nothing(0.1)
+
+
+async def test_a_batch_larger_than_one_insert_keeps_posting_order(amake_user, batches,
+                                                                  settings):
+    """More posts than one INSERT statement takes are stored in one batch, ids in order."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 1000
+    bob = await amake_user("bob")
+    count = services.INSERT_CHUNK + 10
+    results = await asyncio.gather(*(services.anotify(bob, {"n": n}) for n in range(count)))
+    ids = [note_id for note_id, _ in results]
+    assert batches == [(count, 0)]
+    assert ids == sorted(ids) and len(set(ids)) == count
+    rows = [(row.pk, row.data["n"]) async for row in Notification.objects.order_by("id")]
+    assert rows == list(zip(ids, range(count), strict=True))
