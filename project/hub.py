@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
@@ -173,13 +173,23 @@ class Hub:
                 del self.groups[group]
                 await self.layer.group_discard(group, self.channel)
 
-    async def publish(self, group: str, event: dict) -> None:
+    async def publish(self, group: str, event: dict, *, here_first: bool = False) -> None:
         """Send ``event`` to every process subscribed to ``group`` (this one included).
+
+        With ``here_first`` this process's listeners get it at once, before it
+        goes through the layer (which then skips them): for a publisher whose
+        events need no order across processes. Through the in-memory layer it
+        is not sent at all when no other hub listens.
 
         After a failure, the hub first makes sure its memberships are back: a
         message published to a group that a Redis restart emptied reaches nobody,
         not even its sender, and nothing tells anyone.
         """
+        if here_first:
+            event = {**event, "group": group, "here_first": self.proc_id}
+            await self.deliver_here(event)
+            if not self.reaches_others(group):
+                return
         if self.suspect:
             await self.recover()
         settling = self._restored_at + RECOVERY_SETTLE_SECONDS - time.monotonic()
@@ -190,6 +200,21 @@ class Hub:
         except Exception:
             self.suspect = True
             raise
+
+    def reaches_others(self, group: str) -> bool:
+        """Whether a layer message to ``group`` may reach a hub other than this one."""
+        if isinstance(self.layer, InMemoryChannelLayer):
+            return any(channel != self.channel for channel in self.layer.groups.get(group, ()))
+        return True
+
+    async def deliver_here(self, event: dict) -> None:
+        """Hand ``event`` to this process's listeners of its group; one failing is logged."""
+        for listener in list(self.groups.get(event.get("group"), ())):
+            try:
+                await listener.hub_event(event)
+            except Exception:
+                logger.exception("listener %r failed on a %s event", listener,
+                                 event.get("kind"))
 
     async def recover(self) -> None:
         """Heartbeat, and if Redis lost this process's state, put it back; raises while down."""
@@ -226,12 +251,8 @@ class Hub:
                 if probe is not None and not probe.done():
                     probe.set_result(None)
                 continue
-            for listener in list(self.groups.get(event.get("group"), ())):
-                try:
-                    await listener.hub_event(event)
-                except Exception:
-                    logger.exception("listener %r failed on a %s event", listener,
-                                     event.get("kind"))
+            if event.get("here_first") != self.proc_id:
+                await self.deliver_here(event)
 
     # --- Maintenance ------------------------------------------------------------------
 

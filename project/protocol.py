@@ -70,9 +70,13 @@ _DECIMAL_RE = re.compile(r"[0-9]+")
 # --- Encoding ------------------------------------------------------------------
 
 
+#: ``json.dumps`` with these options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(frame: dict[str, Any]) -> str:
     """Serialise a frame once, compactly; every member gets these same bytes."""
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(frame)
 
 
 def timestamp(moment: datetime) -> str:

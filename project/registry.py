@@ -114,8 +114,9 @@ class LocalRegistry:
             if not conns:
                 del self.user_conns[user]
 
-    async def notification_connections(self, user: str) -> int:
-        return sum(1 for e in self.user_conns.get(user, {}).values() if e == NOTIFICATIONS)
+    async def notification_connections(self, users: list[str]) -> list[int]:
+        return [sum(1 for e in self.user_conns.get(user, {}).values() if e == NOTIFICATIONS)
+                for user in users]
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         members = self.room_conns[room]
@@ -211,10 +212,14 @@ return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
 """  # KEYS: room hash, room version; ARGV: conn, version floor
 
 _COUNT_VALUE = """
-local n = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do if v == ARGV[1] then n = n + 1 end end
-return n
-"""  # KEYS: hash; ARGV: value
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local n = 0
+  for _, v in ipairs(redis.call('HVALS', key)) do if v == ARGV[1] then n = n + 1 end end
+  counts[i] = n
+end
+return counts
+"""  # KEYS: hashes; ARGV: value. The count of fields with that value, per hash.
 
 _REAP_ROOM = _USERS + _BUMP + """
 local _, before = users_of(KEYS[1])
@@ -343,8 +348,12 @@ class RedisRegistry:
         self.own_conns.pop(conn, None)
         await self.redis.hdel(self.key("user", user), conn)
 
-    async def notification_connections(self, user: str) -> int:
-        return int(await self.scripts["count_value"]([self.key("user", user)], [NOTIFICATIONS]))
+    async def notification_connections(self, users: list[str]) -> list[int]:
+        """Open ``/ws/notifications/`` connections of each user, in one round trip."""
+        if not users:
+            return []
+        keys = [self.key("user", user) for user in users]
+        return [int(n) for n in await self.scripts["count_value"](keys, [NOTIFICATIONS])]
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),

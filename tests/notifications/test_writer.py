@@ -47,6 +47,20 @@ async def test_concurrent_posts_share_one_transaction_in_posting_order(amake_use
     assert [(row.pk, row.data) for row in rows] == [(i, {"n": n}) for n, i in enumerate(ids)]
 
 
+async def test_a_post_made_a_loop_turn_later_joins_the_batch(amake_user, batches):
+    """A request still on its way to the writer when the batch starts is in that batch."""
+    bob = await amake_user("bob")
+
+    async def later(turns: int, n: int):
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await services.anotify(bob, {"n": n})
+
+    results = await asyncio.gather(later(0, 0), later(1, 1), later(2, 2))
+    assert batches == [(3, 0)]
+    assert [note_id for note_id, _ in results] == sorted(note_id for note_id, _ in results)
+
+
 async def test_a_connected_user_gets_a_batch_in_id_order(amake_user, connect):
     """Every NOTE of a batch is pushed after the commit, oldest first."""
     bob = await amake_user("bob")

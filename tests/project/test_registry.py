@@ -1,10 +1,34 @@
-"""The Redis registry under a join/leave storm of one process."""
+"""The registries: connection counts, a join/leave storm, room turns and their lock."""
 
 import asyncio
 
+import pytest
 from django.conf import settings
 
-from project.registry import RedisRegistry
+from project.registry import NOTIFICATIONS, LocalRegistry, RedisRegistry
+
+
+@pytest.fixture(params=["local", "redis"])
+async def registry(request):
+    if request.param == "local":
+        found = LocalRegistry("count-proc")
+    else:
+        found = RedisRegistry("count-proc", request.getfixturevalue("redis_url"),
+                              settings.REDIS_PREFIX)
+    yield found
+    await found.close()
+
+
+async def test_notification_connections_are_counted_per_user_in_one_call(registry):
+    """Open notification connections per user, in the order asked; other endpoints do not count."""
+    await registry.register("ann", "count-proc|1", NOTIFICATIONS, 0)
+    await registry.register("ann", "count-proc|2", NOTIFICATIONS, 0)
+    await registry.register("bob", "count-proc|3", "chat", 0)
+    await registry.register("cyd", "count-proc|4", NOTIFICATIONS, 0)
+    assert await registry.notification_connections(["bob", "ann", "nobody", "cyd"]) == [0, 2, 0, 1]
+    assert await registry.notification_connections([]) == []
+    await registry.unregister("ann", "count-proc|1")
+    assert await registry.notification_connections(["ann"]) == [1]
 
 
 async def test_a_storm_of_joins_and_leaves_loses_no_update(redis_url):
