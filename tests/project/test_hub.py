@@ -9,6 +9,7 @@ pub/sub; the real layer is exercised by the Redis tests when REDIS_LAYER=pubsub.
 import asyncio
 
 import pytest
+from channels.layers import InMemoryChannelLayer
 
 from project import hub as hub_module
 from project.hub import PROBE, Hub
@@ -88,3 +89,69 @@ async def test_other_layers_need_no_probe(monkeypatch):
         assert lost == []
     finally:
         await hub.close()
+
+
+async def until(condition, seconds: float = 3.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def two_hubs():
+    """This process's hub and another one (another process, as far as the layer can tell)."""
+    hubs = [Hub(), Hub()]
+    for hub in hubs:
+        await hub.start()
+    yield hubs
+    for hub in hubs:
+        await hub.close()
+
+
+async def test_here_first_reaches_this_process_before_returning_and_only_once(two_hubs):
+    """Local listeners have the event when publish returns; its copy from the layer is skipped."""
+    hub, other = two_hubs
+    mine, theirs = Recorder(), Recorder()
+    await hub.subscribe("room", mine)
+    await other.subscribe("room", theirs)
+    await hub.publish("room", {"kind": "note", "n": 1}, here_first=True)
+    assert [event["n"] for event in mine.events] == [1]
+    # A plain event after it, from the same publisher, arrives after the layer's copy of 1.
+    await hub.publish("room", {"kind": "note", "n": 2})
+    await until(lambda: len(mine.events) >= 2 and len(theirs.events) >= 2)
+    assert [event["n"] for event in mine.events] == [1, 2]
+    assert [event["n"] for event in theirs.events] == [1, 2]
+
+
+async def test_on_the_in_memory_layer_here_first_sends_only_when_another_hub_listens(
+        monkeypatch):
+    """With no other hub in the group, nothing could receive a layer message: none is sent."""
+    layer = InMemoryChannelLayer()
+    hub, other = Hub(), Hub()
+    for each in (hub, other):
+        each.layer, each.pubsub = layer, False
+    await hub.start()
+    sent: list[str] = []
+    real_send = layer.group_send
+
+    async def group_send(group, message):
+        sent.append(message["kind"])
+        await real_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", group_send)
+    try:
+        listener = Recorder()
+        await hub.subscribe("room", listener)
+        await hub.publish("room", {"kind": "alone"}, here_first=True)
+        assert sent == [] and [event["kind"] for event in listener.events] == ["alone"]
+        await other.start()
+        theirs = Recorder()
+        await other.subscribe("room", theirs)
+        await hub.publish("room", {"kind": "shared"}, here_first=True)
+        assert sent == ["shared"]
+        await until(lambda: theirs.events)
+        assert [event["kind"] for event in theirs.events] == ["shared"]
+    finally:
+        await hub.close()
+        await other.close()
