@@ -24,9 +24,11 @@ middlewares would add, read from the same settings.
 import functools
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 
 from notifications import views
@@ -145,12 +147,13 @@ def encode(answer: dict[str, Any]) -> bytes:
 
 def redirects_or_hsts() -> bool:
     """Whether Django's ``SecurityMiddleware`` would redirect or add HSTS (then it answers)."""
-    return bool(settings.SECURE_SSL_REDIRECT or settings.SECURE_HSTS_SECONDS)
+    return _config().redirects_or_hsts
 
 
 def host_allowed(value: bytes) -> bool:
     """Whether Django's ``get_host()`` would accept this ``Host`` header."""
-    return _host_allowed(value, tuple(settings.ALLOWED_HOSTS), settings.DEBUG)
+    config = _config()
+    return _host_allowed(value, config.allowed_hosts, config.debug)
 
 
 @functools.lru_cache(maxsize=64)
@@ -164,10 +167,25 @@ def _host_allowed(value: bytes, allowed: tuple[str, ...], debug: bool) -> bool:
 
 def response_headers(length: int) -> list[tuple[bytes, bytes]]:
     """``Content-Type``, ``Content-Length`` and what Django's middlewares add to an answer."""
-    headers = [
+    return [
         (b"content-type", b"application/json"),
         (b"content-length", str(length).encode()),
+        *_config().security_headers,
     ]
+
+
+class EdgeConfig(NamedTuple):
+    """What the edge reads from settings, read once (settings do not change at run time)."""
+
+    redirects_or_hsts: bool
+    allowed_hosts: tuple[str, ...]
+    debug: bool
+    security_headers: tuple[tuple[bytes, bytes], ...]
+
+
+@functools.cache
+def _config() -> EdgeConfig:
+    headers = []
     if settings.X_FRAME_OPTIONS:
         headers.append((b"x-frame-options", settings.X_FRAME_OPTIONS.encode()))
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
@@ -180,4 +198,15 @@ def response_headers(length: int) -> list[tuple[bytes, bytes]]:
     if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
         headers.append((b"cross-origin-opener-policy",
                         settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()))
-    return headers
+    return EdgeConfig(
+        redirects_or_hsts=bool(settings.SECURE_SSL_REDIRECT or settings.SECURE_HSTS_SECONDS),
+        allowed_hosts=tuple(settings.ALLOWED_HOSTS),
+        debug=settings.DEBUG,
+        security_headers=tuple(headers),
+    )
+
+
+@receiver(setting_changed)
+def _settings_changed(**kwargs) -> None:
+    # Tests (override_settings) change settings; a server never does.
+    _config.cache_clear()

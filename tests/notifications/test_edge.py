@@ -113,6 +113,9 @@ ERROR_CASES = [
                  "invalid_body", id="nul"),
     pytest.param(NOTIFY, "{\"a\": \"\\ud800\"}", "POST", lambda: bearer("boss"), 400,
                  "invalid_body", id="lone-surrogate"),
+    # The UTF-8 bytes of a surrogate, no escape: json.loads decodes them ("surrogatepass").
+    pytest.param(NOTIFY, b'{"a": "\xed\xa0\x80"}', "POST", lambda: bearer("boss"), 400,
+                 "invalid_body", id="encoded-surrogate"),
     pytest.param(BROADCAST, sized(API_MAX_BODY_BYTES + 1), "POST", lambda: bearer("boss"), 413,
                  "too_large", id="65537-bytes"),
 ]
@@ -251,3 +254,13 @@ async def test_settings_that_make_django_redirect_send_requests_to_django(settin
     assert edge.NotifyEdge.route(scope) is None
     settings.SECURE_SSL_REDIRECT = True
     assert edge.NotifyEdge.route(scope) is edge.DJANGO
+
+
+def test_the_security_headers_follow_the_settings(settings):
+    """The edge reads its settings once, and again when they change (override_settings)."""
+    assert (b"x-frame-options", b"DENY") in edge.response_headers(2)
+    settings.X_FRAME_OPTIONS = "SAMEORIGIN"
+    settings.SECURE_CROSS_ORIGIN_OPENER_POLICY = None
+    headers = edge.response_headers(2)
+    assert (b"x-frame-options", b"SAMEORIGIN") in headers
+    assert b"cross-origin-opener-policy" not in dict(headers)
