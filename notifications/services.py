@@ -157,7 +157,8 @@ def acknowledge(user_id: int, ids: Iterable[int]) -> int:
 
     Returns how many were newly marked.
     """
-    return _mark_delivered({user_id: ids}, timezone.now())
+    with connection.cursor() as cursor:
+        return _mark_delivered(cursor, {user_id: ids}, timezone.now())
 
 
 @dataclass(eq=False)
@@ -226,7 +227,13 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     """
     names = {p.actor for p in posts if p.actor is not None}
     names |= {p.target for p in posts if p.target is not None and p.target_pk is None}
-    users = _users_named(names)
+    with connection.cursor() as cursor:
+        users = _users_named(cursor, names)
+        return _store_checked(cursor, posts, users, acks)
+
+
+def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, bool]],
+                   acks: dict[int, set[int]]) -> list[Stored | Refused | str]:
     now = timezone.now()
     accepted: list[tuple[int, int | None, dict[str, Any]]] = []
     results: list[Stored | Refused | str] = []
@@ -255,12 +262,12 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
         results.append(AUTHORISED)  # replaced by the stored row below
     queues = sorted({user_id for _, user_id, _ in accepted if user_id is not None})
     with transaction.atomic():
-        if queues and connection.features.has_select_for_update:
-            _lock_users(queues)
+        if queues and cursor.db.features.has_select_for_update:
+            _lock_users(cursor, queues)
         if acks:
-            _mark_delivered(acks, now)
-        pks = _insert([(user_id, data) for _, user_id, data in accepted], now)
-        for user_id in _over_limit(queues):
+            _mark_delivered(cursor, acks, now)
+        pks = _insert(cursor, [(user_id, data) for _, user_id, data in accepted], now)
+        for user_id in _over_limit(cursor, queues):
             _trim_queue(user_id)
     for (index, user_id, data), pk in zip(accepted, pks, strict=True):
         results[index] = Stored(pk, user_id, data, now, user_id is None)
@@ -278,41 +285,39 @@ def _placeholders(count: int, width: int = 1) -> str:
     return ", ".join([one] * count)
 
 
-def _users_named(names: set[str]) -> dict[str, tuple[int, bool, bool]]:
+def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
     """``(pk, is_active, is_staff)`` of the users with these usernames, by username."""
     if not names:
         return {}
     model = get_user_model()
-    opts, quote = model._meta, connection.ops.quote_name
+    opts, quote = model._meta, cursor.db.ops.quote_name
     columns = [opts.pk.column, opts.get_field(model.USERNAME_FIELD).column,
                opts.get_field("is_active").column, opts.get_field("is_staff").column]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {', '.join(map(quote, columns))} FROM {quote(opts.db_table)}"
-            f" WHERE {quote(columns[1])} IN ({_placeholders(len(names))})",
-            list(names),
-        )
-        return {name: (pk, bool(active), bool(staff))
-                for pk, name, active, staff in cursor.fetchall()}
+    cursor.execute(
+        f"SELECT {', '.join(map(quote, columns))} FROM {quote(opts.db_table)}"
+        f" WHERE {quote(columns[1])} IN ({_placeholders(len(names))})",
+        list(names),
+    )
+    return {name: (pk, bool(active), bool(staff))
+            for pk, name, active, staff in cursor.fetchall()}
 
 
-def _lock_users(user_ids: list[int]) -> None:
+def _lock_users(cursor, user_ids: list[int]) -> None:
     """Lock these user rows until the transaction ends, in primary-key order (PostgreSQL)."""
-    opts, quote = get_user_model()._meta, connection.ops.quote_name
+    opts, quote = get_user_model()._meta, cursor.db.ops.quote_name
     pk = quote(opts.pk.column)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
-            f" ({_placeholders(len(user_ids))}) ORDER BY {pk} FOR UPDATE",
-            user_ids,
-        )
+    cursor.execute(
+        f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
+        f" ({_placeholders(len(user_ids))}) ORDER BY {pk} FOR UPDATE",
+        user_ids,
+    )
 
 
 #: Rows per ``INSERT`` statement (five parameters each, under SQLite's older cap of 999).
 INSERT_CHUNK = 150
 
 
-def _insert(rows: list[tuple[int | None, dict[str, Any]]], now: datetime) -> list[int]:
+def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime) -> list[int]:
     """Insert notifications ``(user_id or None for a broadcast, data)``; their ids, in order.
 
     A broadcast is delivered when it is stored. One multi-row ``INSERT ...
@@ -320,36 +325,37 @@ def _insert(rows: list[tuple[int | None, dict[str, Any]]], now: datetime) -> lis
     of the returned ids is the order of the rows, as ``bulk_create`` relies
     on too); one statement per row on an older SQLite.
     """
-    opts, quote = Notification._meta, connection.ops.quote_name
+    db = cursor.db  # the connection itself: ``connection`` looks it up on each use
+    opts, quote = Notification._meta, db.ops.quote_name
     fields = [opts.get_field(name) for name in
               ("user", "data", "broadcast", "created_at", "delivered_at")]
-    moment = connection.ops.adapt_datetimefield_value(now)
+    moment = db.ops.adapt_datetimefield_value(now)
     values = [
-        (user_id, fields[1].get_db_prep_save(data, connection), user_id is None, moment,
+        # What JSONField.get_db_prep_save() comes to, without its per-field steps.
+        (user_id, db.ops.adapt_json_value(data, fields[1].encoder), user_id is None, moment,
          moment if user_id is None else None)
         for user_id, data in rows
     ]
     head = (f"INSERT INTO {quote(opts.db_table)}"
             f" ({', '.join(quote(field.column) for field in fields)}) VALUES ")
     pks: list[int] = []
-    with connection.cursor() as cursor:
-        if connection.features.can_return_rows_from_bulk_insert:
-            returning = f" RETURNING {quote(opts.pk.column)}"
-            for start in range(0, len(values), INSERT_CHUNK):
-                chunk = values[start : start + INSERT_CHUNK]
-                cursor.execute(head + _placeholders(len(chunk), len(fields)) + returning,
-                               [value for row in chunk for value in row])
-                pks.extend(row[0] for row in cursor.fetchall())
-        else:
-            returning = (f" RETURNING {quote(opts.pk.column)}"
-                         if connection.features.can_return_columns_from_insert else "")
-            for row in values:
-                cursor.execute(head + _placeholders(1, len(fields)) + returning, row)
-                pks.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
+    if db.features.can_return_rows_from_bulk_insert:
+        returning = f" RETURNING {quote(opts.pk.column)}"
+        for start in range(0, len(values), INSERT_CHUNK):
+            chunk = values[start : start + INSERT_CHUNK]
+            cursor.execute(head + _placeholders(len(chunk), len(fields)) + returning,
+                           [value for row in chunk for value in row])
+            pks.extend(row[0] for row in cursor.fetchall())
+    else:
+        returning = (f" RETURNING {quote(opts.pk.column)}"
+                     if db.features.can_return_columns_from_insert else "")
+        for row in values:
+            cursor.execute(head + _placeholders(1, len(fields)) + returning, row)
+            pks.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
     return pks
 
 
-def _over_limit(user_ids: list[int]) -> list[int]:
+def _over_limit(cursor, user_ids: list[int]) -> list[int]:
     """Those of ``user_ids`` with more than ``NOTIFICATIONS_QUEUE_LIMIT`` undelivered.
 
     One grouped count per batch, in SQL for the reason given in :func:`_mark_delivered`
@@ -357,18 +363,17 @@ def _over_limit(user_ids: list[int]) -> list[int]:
     """
     if not user_ids:
         return []
-    table = connection.ops.quote_name(Notification._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT user_id FROM {table} WHERE delivered_at IS NULL"
-            f" AND user_id IN ({', '.join(['%s'] * len(user_ids))})"
-            " GROUP BY user_id HAVING COUNT(*) > %s",
-            [*user_ids, settings.NOTIFICATIONS_QUEUE_LIMIT],
-        )
-        return [row[0] for row in cursor.fetchall()]
+    table = cursor.db.ops.quote_name(Notification._meta.db_table)
+    cursor.execute(
+        f"SELECT user_id FROM {table} WHERE delivered_at IS NULL"
+        f" AND user_id IN ({_placeholders(len(user_ids))})"
+        " GROUP BY user_id HAVING COUNT(*) > %s",
+        [*user_ids, settings.NOTIFICATIONS_QUEUE_LIMIT],
+    )
+    return [row[0] for row in cursor.fetchall()]
 
 
-def _mark_delivered(acks: dict[int, Iterable[int]], now: datetime) -> int:
+def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> int:
     """Mark delivered the acked ids that are their user's; how many were newly marked.
 
     ``acks`` maps user ids to the ids they acknowledged. Whatever the number of
@@ -379,17 +384,16 @@ def _mark_delivered(acks: dict[int, Iterable[int]], now: datetime) -> int:
     than running it.
     """
     pairs = sorted({(note_id, user_id) for user_id, ids in acks.items() for note_id in ids})
-    table = connection.ops.quote_name(Notification._meta.db_table)
+    table = cursor.db.ops.quote_name(Notification._meta.db_table)
     marked = 0
-    with connection.cursor() as cursor:
-        for start in range(0, len(pairs), ACK_BATCH):
-            chunk = pairs[start : start + ACK_BATCH]
-            cursor.execute(
-                f"UPDATE {table} SET delivered_at = %s WHERE delivered_at IS NULL"
-                f" AND (id, user_id) IN (VALUES {', '.join(['(%s, %s)'] * len(chunk))})",
-                [now, *(value for pair in chunk for value in pair)],
-            )
-            marked += cursor.rowcount
+    for start in range(0, len(pairs), ACK_BATCH):
+        chunk = pairs[start : start + ACK_BATCH]
+        cursor.execute(
+            f"UPDATE {table} SET delivered_at = %s WHERE delivered_at IS NULL"
+            f" AND (id, user_id) IN (VALUES {_placeholders(len(chunk), 2)})",
+            [now, *(value for pair in chunk for value in pair)],
+        )
+        marked += cursor.rowcount
     return marked
 
 
