@@ -38,7 +38,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from notifications.models import Notification
@@ -157,7 +157,7 @@ def acknowledge(user_id: int, ids: Iterable[int]) -> int:
 
     Returns how many were newly marked.
     """
-    with connection.cursor() as cursor:
+    with db.hot_cursor() as cursor:
         return _mark_delivered(cursor, {user_id: ids}, timezone.now())
 
 
@@ -221,13 +221,14 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     A result is a :class:`Stored` notification, a :class:`Refused`, or
     :data:`AUTHORISED` for a post without data that passed its checks.
 
-    This runs with every batch, so its statements are SQL: through the ORM
-    (model instances, ``bulk_create``, a ``values()`` query) the same work
-    cost about three times the CPU, most of the notify path's.
+    This runs with every batch, so its statements are SQL, on a
+    :func:`project.db.hot_cursor`: through the ORM (model instances,
+    ``bulk_create``, a ``values()`` query) the same work cost about three
+    times the CPU, most of the notify path's.
     """
     names = {p.actor for p in posts if p.actor is not None}
     names |= {p.target for p in posts if p.target is not None and p.target_pk is None}
-    with connection.cursor() as cursor:
+    with db.hot_cursor() as cursor:
         users = _users_named(cursor, names)
         return _store_checked(cursor, posts, users, acks)
 
@@ -325,21 +326,21 @@ def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime
     of the returned ids is the order of the rows, as ``bulk_create`` relies
     on too); one statement per row on an older SQLite.
     """
-    db = cursor.db  # the connection itself: ``connection`` looks it up on each use
-    opts, quote = Notification._meta, db.ops.quote_name
+    conn = cursor.db  # the connection itself: ``connection`` looks it up on each use
+    opts, quote = Notification._meta, conn.ops.quote_name
     fields = [opts.get_field(name) for name in
               ("user", "data", "broadcast", "created_at", "delivered_at")]
-    moment = db.ops.adapt_datetimefield_value(now)
+    moment = conn.ops.adapt_datetimefield_value(now)
     values = [
         # What JSONField.get_db_prep_save() comes to, without its per-field steps.
-        (user_id, db.ops.adapt_json_value(data, fields[1].encoder), user_id is None, moment,
+        (user_id, conn.ops.adapt_json_value(data, fields[1].encoder), user_id is None, moment,
          moment if user_id is None else None)
         for user_id, data in rows
     ]
     head = (f"INSERT INTO {quote(opts.db_table)}"
             f" ({', '.join(quote(field.column) for field in fields)}) VALUES ")
     pks: list[int] = []
-    if db.features.can_return_rows_from_bulk_insert:
+    if conn.features.can_return_rows_from_bulk_insert:
         returning = f" RETURNING {quote(opts.pk.column)}"
         for start in range(0, len(values), INSERT_CHUNK):
             chunk = values[start : start + INSERT_CHUNK]
@@ -348,7 +349,7 @@ def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime
             pks.extend(row[0] for row in cursor.fetchall())
     else:
         returning = (f" RETURNING {quote(opts.pk.column)}"
-                     if db.features.can_return_columns_from_insert else "")
+                     if conn.features.can_return_columns_from_insert else "")
         for row in values:
             cursor.execute(head + _placeholders(1, len(fields)) + returning, row)
             pks.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
@@ -385,13 +386,14 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> in
     """
     pairs = sorted({(note_id, user_id) for user_id, ids in acks.items() for note_id in ids})
     table = cursor.db.ops.quote_name(Notification._meta.db_table)
+    moment = cursor.db.ops.adapt_datetimefield_value(now)
     marked = 0
     for start in range(0, len(pairs), ACK_BATCH):
         chunk = pairs[start : start + ACK_BATCH]
         cursor.execute(
             f"UPDATE {table} SET delivered_at = %s WHERE delivered_at IS NULL"
             f" AND (id, user_id) IN (VALUES {_placeholders(len(chunk), 2)})",
-            [now, *(value for pair in chunk for value in pair)],
+            [moment, *(value for pair in chunk for value in pair)],
         )
         marked += cursor.rowcount
     return marked

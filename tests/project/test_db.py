@@ -4,7 +4,8 @@ import threading
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from project import db
 
@@ -72,3 +73,50 @@ async def test_close_closes_the_connections_and_a_later_call_starts_again():
     with pytest.raises(Exception):  # noqa: B017 - sqlite3 and psycopg differ
         conn.cursor().execute("SELECT 1")
     assert await db.run(connection_state) != (thread, conn)
+
+
+# --- hot_cursor ---------------------------------------------------------------------
+
+
+def usernames(cursor, *names: str) -> list[str]:
+    cursor.execute(
+        f"SELECT username FROM auth_user WHERE username IN ({', '.join(['%s'] * len(names))})"
+        " ORDER BY username",
+        list(names),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def test_hot_cursor_is_the_drivers_and_takes_percent_s_placeholders(make_user):
+    make_user("ann")
+    make_user("bob")
+    with db.hot_cursor() as cursor:
+        assert isinstance(cursor, db.DriverCursor)
+        assert cursor.db is connections[DEFAULT_DB_ALIAS]
+        assert usernames(cursor, "bob", "ann", "cyd") == ["ann", "bob"]
+
+
+def test_hot_cursor_statements_are_in_the_callers_transaction(make_user):
+    """Inside atomic() the driver's cursor writes in Django's transaction: a rollback undoes it."""
+    make_user("ann")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with db.hot_cursor() as cursor:
+            cursor.execute("UPDATE auth_user SET username = %s WHERE username = %s",
+                           ["zed", "ann"])
+            assert cursor.rowcount == 1
+        raise RuntimeError("roll back")
+    assert get_user_model().objects.filter(username="ann").exists()
+
+
+def test_hot_cursor_is_djangos_while_queries_are_watched(make_user):
+    """With a query log (DEBUG, assertNumQueries) or an execute_wrapper, nothing goes unseen."""
+    make_user("ann")
+    with CaptureQueriesContext(connection) as captured, db.hot_cursor() as cursor:
+        assert not isinstance(cursor, db.DriverCursor)
+        assert usernames(cursor, "ann") == ["ann"]
+    assert len(captured) == 1
+    seen = []
+    with connection.execute_wrapper(lambda execute, *args: seen.append(1) or execute(*args)):
+        with db.hot_cursor() as cursor:
+            assert usernames(cursor, "ann") == ["ann"]
+    assert seen == [1]
