@@ -155,6 +155,8 @@ class Bench:
             # The reference has no limits; these would cap echo at 20 frames/s per
             # connection and the idle test at 10,000 connections.
             WS_RATE_LIMIT="0", WS_MAX_CONNECTIONS="0", SQLITE_PATH=str(self.db),
+            # The reference and the project's uvicorn run with --no-access-log.
+            ACCESS_LOG="false",
         )
         if self.args.database_url:
             env["DATABASE_URL"] = self.args.database_url

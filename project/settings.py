@@ -251,6 +251,8 @@ WS_PING_INTERVAL = env_int("WS_PING_INTERVAL", 20, minimum=1)
 WS_PING_TIMEOUT = env_int("WS_PING_TIMEOUT", 30, minimum=1)
 WS_TIMEOUT = env_int("WS_TIMEOUT", 86400)
 PROXY_HEADERS = env_bool("PROXY_HEADERS", False)
+# daphne's access log on stdout (a line per request and per WebSocket connect/close).
+ACCESS_LOG = env_bool("ACCESS_LOG", True)
 # Bearer token that may read /metrics besides staff users (empty: staff only).
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 

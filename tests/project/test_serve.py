@@ -1,11 +1,13 @@
 """``manage.py serve``: the daphne options derived from the settings."""
 
+import pytest
 from django.test import override_settings
 
 from project.management.commands.serve import (
     HARD_CEILING_WITHOUT_LIMIT,
     daphne_arguments,
     plain_autobahn_log_arguments,
+    skip_twisted_form_parsing,
 )
 
 
@@ -53,3 +55,32 @@ def test_autobahn_log_arguments_are_plain_text(monkeypatch):
     monkeypatch.setattr(autobahn.util, "_HAS_CLICK", True)
     plain_autobahn_log_arguments()
     assert autobahn.util.hl("peer") == "peer"
+
+
+def test_the_access_log_is_on_unless_turned_off():
+    """ACCESS_LOG=false runs daphne at verbosity 0, which drops only its access log."""
+    assert "-v" not in daphne_arguments("127.0.0.1", 8000)
+    with override_settings(ACCESS_LOG=False):
+        assert option(daphne_arguments("127.0.0.1", 8000), "-v") == "0"
+
+
+def test_twisted_no_longer_parses_post_forms_that_daphne_never_reads(monkeypatch):
+    """Requests are built with parsePOSTFormSubmission off; the patch applies once."""
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+
+    monkeypatch.setattr(WebRequest, "__init__", WebRequest.__init__)  # undone after the test
+    skip_twisted_form_parsing()
+    patched = WebRequest.__init__
+    skip_twisted_form_parsing()
+    assert WebRequest.__init__ is patched
+    seen = []
+
+    def twisted_init(self, channel, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("stop before daphne uses the channel")
+
+    monkeypatch.setattr(http.Request, "__init__", twisted_init)
+    with pytest.raises(RuntimeError):
+        WebRequest(object())
+    assert seen == [{"parsePOSTFormSubmission": False}]
