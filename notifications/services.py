@@ -45,7 +45,7 @@ from notifications.models import Notification
 from project import db, metrics, protocol
 from project.api import NO_ACTIVE_USER, STAFF_ONLY
 from project.hub import Hub, get_hub, running_hub
-from project.registry import LocalRegistry, RedisRegistry
+from project.registry import LocalRegistry, NotificationReach, RedisRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -672,16 +672,17 @@ async def temporary_registry() -> AsyncIterator[LocalRegistry | RedisRegistry]:
         await registry.close()
 
 
-async def publish(group: str, event: dict[str, Any]) -> None:
+async def publish(group: str, event: dict[str, Any], *, elsewhere: bool = True) -> None:
     """Send a hub event to ``group`` on every process, through this loop's hub if any.
 
     This process's connections get it first: live NOTEs posted on different
     processes have no order to keep (PROTOCOL.md promises id order for a
-    room's messages, not for notifications).
+    room's messages, not for notifications). With ``elsewhere`` false (no
+    other process has a connection it is for) it goes no further.
     """
     hub = running_hub()
     if hub is not None:
-        await hub.publish(group, event, here_first=True)
+        await hub.publish(group, event, here_first=True, elsewhere=elsewhere)
     else:
         # The message shape of Hub.publish, which every process's hub receives.
         await get_channel_layer().group_send(group, {"type": "hub.event", "group": group,
@@ -690,11 +691,10 @@ async def publish(group: str, event: dict[str, Any]) -> None:
 
 async def notification_connections(username: str) -> int:
     """Open ``/ws/notifications/`` connections of the user on every process."""
-    (count,) = await _connection_counts([username])
-    return count
+    return (await _reach([username])).counts[0]
 
 
-async def _connection_counts(usernames: list[str]) -> list[int]:
+async def _reach(usernames: list[str]) -> NotificationReach:
     hub = running_hub()
     if hub is not None:
         return await hub.registry.notification_connections(usernames)
@@ -714,16 +714,31 @@ async def _push(items: list[dict[str, Any]]) -> dict[str, str]:
     else ``queued``; ``queued`` too when the push failed, which loses nothing a
     user was sent: the rows are stored and come on the next connect.
     Broadcasts that could not be pushed are missed (they are never queued).
+
+    The event goes through the channel layer only when a broadcast is in it
+    or one of its users has a connection on another process, as the registry
+    says just before. A connection that registers after that reads the queue
+    after registering, so it finds these rows (stored before the registry
+    was read).
     """
     users = list(dict.fromkeys(item["user"] for item in items if item["user"] is not None))
     try:
-        await publish(FEED_GROUP, {"kind": EVENT_KIND, "items": items})
-        found = [SENT if count else QUEUED for count in await _connection_counts(users)]
+        reach: NotificationReach | None = await _reach(users)
+    except Exception:
+        logger.exception("could not count the connections of %d users", len(users))
+        reach = None
+    broadcast = any(item["user"] is None for item in items)
+    elsewhere = reach is None or reach.elsewhere or broadcast
+    try:
+        await publish(FEED_GROUP, {"kind": EVENT_KIND, "items": items}, elsewhere=elsewhere)
     except Exception:
         logger.exception("could not push notifications %s; they stay queued",
                          [item["id"] for item in items])
         return dict.fromkeys(users, QUEUED)
-    return dict(zip(users, found, strict=True))
+    if reach is None:
+        return dict.fromkeys(users, QUEUED)
+    return {user: SENT if count else QUEUED for user, count in zip(users, reach.counts,
+                                                                      strict=True)}
 
 
 async def anotify(user: AbstractBaseUser, data: dict[str, Any]) -> tuple[int, str]:

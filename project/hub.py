@@ -173,13 +173,15 @@ class Hub:
                 del self.groups[group]
                 await self.layer.group_discard(group, self.channel)
 
-    async def publish(self, group: str, event: dict, *, here_first: bool = False) -> None:
+    async def publish(self, group: str, event: dict, *, here_first: bool = False,
+                      elsewhere: bool = True) -> None:
         """Send ``event`` to every process subscribed to ``group`` (this one included).
 
         With ``here_first`` this process's listeners get it at once, before it
         goes through the layer (which then skips them): for a publisher whose
-        events need no order across processes. Through the in-memory layer it
-        is not sent at all when no other hub listens.
+        events need no order across processes. It is then not sent through
+        the layer at all when the caller knows no other process needs it
+        (``elsewhere`` false), or on the in-memory layer when no other hub listens.
 
         After a failure, the hub first makes sure its memberships are back: a
         message published to a group that a Redis restart emptied reaches nobody,
@@ -188,7 +190,7 @@ class Hub:
         if here_first:
             event = {**event, "group": group, "here_first": self.proc_id}
             await self.deliver_here(event)
-            if not self.reaches_others(group):
+            if not elsewhere or not self.reaches_others(group):
                 return
         if self.suspect:
             await self.recover()

@@ -48,6 +48,18 @@ class Departure:
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationReach:
+    """Where some users' ``/ws/notifications/`` connections are.
+
+    ``counts`` holds each user's open connections (every process), in the order
+    asked; ``elsewhere`` says whether any of them is on another process.
+    """
+
+    counts: list[int]
+    elsewhere: bool
+
+
 #: A room's publication, ``(epoch, number)``: numbers rise by one per published
 #: batch; the epoch changes when Redis loses them (a restart) and numbering starts over.
 Publication = tuple[str, int]
@@ -114,9 +126,10 @@ class LocalRegistry:
             if not conns:
                 del self.user_conns[user]
 
-    async def notification_connections(self, users: list[str]) -> list[int]:
-        return [sum(1 for e in self.user_conns.get(user, {}).values() if e == NOTIFICATIONS)
-                for user in users]
+    async def notification_connections(self, users: list[str]) -> NotificationReach:
+        counts = [sum(1 for e in self.user_conns.get(user, {}).values() if e == NOTIFICATIONS)
+                  for user in users]
+        return NotificationReach(counts, elsewhere=False)
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         members = self.room_conns[room]
@@ -212,14 +225,23 @@ return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
 """  # KEYS: room hash, room version; ARGV: conn, version floor
 
 _COUNT_VALUE = """
-local counts = {}
+local own = ARGV[2]
+local counts, elsewhere = {}, 0
 for i, key in ipairs(KEYS) do
   local n = 0
-  for _, v in ipairs(redis.call('HVALS', key)) do if v == ARGV[1] then n = n + 1 end end
+  local fields = redis.call('HGETALL', key)
+  for j = 1, #fields, 2 do
+    if fields[j + 1] == ARGV[1] then
+      n = n + 1
+      if string.sub(fields[j], 1, #own) ~= own then elsewhere = 1 end
+    end
+  end
   counts[i] = n
 end
+counts[#KEYS + 1] = elsewhere
 return counts
-"""  # KEYS: hashes; ARGV: value. The count of fields with that value, per hash.
+"""  # KEYS: hashes; ARGV: value, own field prefix. Per hash the fields with that value,
+#    then 1 if any of them lacks the prefix.
 
 _REAP_ROOM = _USERS + _BUMP + """
 local _, before = users_of(KEYS[1])
@@ -348,12 +370,19 @@ class RedisRegistry:
         self.own_conns.pop(conn, None)
         await self.redis.hdel(self.key("user", user), conn)
 
-    async def notification_connections(self, users: list[str]) -> list[int]:
-        """Open ``/ws/notifications/`` connections of each user, in one round trip."""
+    async def notification_connections(self, users: list[str]) -> NotificationReach:
+        """The users' ``/ws/notifications/`` connections, in one round trip.
+
+        A connection is this process's when its name starts with ``<proc_id>|``
+        (``Hub.new_connection_name``).
+        """
         if not users:
-            return []
+            return NotificationReach([], elsewhere=False)
         keys = [self.key("user", user) for user in users]
-        return [int(n) for n in await self.scripts["count_value"](keys, [NOTIFICATIONS])]
+        *counts, elsewhere = await self.scripts["count_value"](
+            keys, [NOTIFICATIONS, self.proc_id + "|"]
+        )
+        return NotificationReach([int(n) for n in counts], elsewhere=bool(int(elsewhere)))
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),

@@ -12,7 +12,8 @@ from django.db import connection, transaction
 from notifications import services
 from notifications.models import Notification
 from project import hub as hub_module
-from tests.notifications.conftest import receive
+from project.registry import NOTIFICATIONS
+from tests.notifications.conftest import receive, receive_notes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -198,7 +199,7 @@ async def test_failed_push_keeps_the_notification_queued(amake_user, monkeypatch
     """When the channel layer fails after storing, the answer is 'queued' and the row stays."""
     bob = await amake_user("bea")
 
-    async def broken(group, event):
+    async def broken(group, event, **options):
         raise ConnectionError("layer down")
 
     monkeypatch.setattr(services, "publish", broken)
@@ -231,3 +232,48 @@ async def test_posts_are_counted_by_status(amake_user, connect):
     after = {s: metrics.value("realtime_notifications_total", status=s) - before[s]
              for s in before}
     assert after == {"queued": 1, "sent": 1, "broadcast": 1}
+
+
+@pytest.fixture
+def published(monkeypatch) -> list[tuple[list, bool]]:
+    """``(users of the items, elsewhere)`` of every event the writer publishes."""
+    calls: list[tuple[list, bool]] = []
+    original = services.publish
+
+    async def recording(group, event, **options):
+        calls.append(([item["user"] for item in event["items"]], options["elsewhere"]))
+        await original(group, event, **options)
+
+    monkeypatch.setattr(services, "publish", recording)
+    return calls
+
+
+async def test_a_note_goes_through_the_layer_only_for_a_user_connected_elsewhere(
+        amake_user, connect, published, redis_url):
+    """Other processes get an event only when they hold a connection it is for (or all)."""
+    bob, cyd = await amake_user("bob"), await amake_user("cyd")
+    tab = await connect("bob")
+    hub = hub_module.running_hub()
+    await hub.registry.register("cyd", "other-proc|1", NOTIFICATIONS, 0)
+    assert (await services.anotify(bob, {}))[1] == "sent"
+    assert (await services.anotify(cyd, {}))[1] == "sent"
+    await services.abroadcast({})
+    assert published == [(["bob"], False), (["cyd"], True), ([None], True)]
+    assert [frame.get("broadcast", False) for frame in await receive_notes(tab, 2)] == [
+        False, True]
+
+
+async def test_without_the_registry_a_note_still_reaches_this_process(
+        amake_user, connect, published, monkeypatch):
+    """If the connections cannot be counted, the event goes everywhere and the answer is queued."""
+    bob = await amake_user("bob")
+    tab = await connect("bob")
+
+    async def broken(usernames):
+        raise ConnectionError("registry down")
+
+    monkeypatch.setattr(services, "_reach", broken)
+    note_id, status = await services.anotify(bob, {"n": 1})
+    assert status == "queued"
+    assert published == [(["bob"], True)]
+    assert [frame["id"] for frame in await receive_notes(tab, 1)] == [note_id]

@@ -253,9 +253,9 @@ async def test_a_batch_is_one_event_and_each_note_reaches_only_its_user(amake_us
     events = []
     original = services.publish
 
-    async def recording(group, event):
+    async def recording(group, event, **options):
         events.append((group, [item["id"] for item in event["items"]]))
-        await original(group, event)
+        await original(group, event, **options)
 
     monkeypatch.setattr(services, "publish", recording)
     results = await asyncio.gather(

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from django.conf import settings
 
-from project.registry import NOTIFICATIONS, LocalRegistry, RedisRegistry
+from project.registry import NOTIFICATIONS, LocalRegistry, NotificationReach, RedisRegistry
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -25,10 +25,31 @@ async def test_notification_connections_are_counted_per_user_in_one_call(registr
     await registry.register("ann", "count-proc|2", NOTIFICATIONS, 0)
     await registry.register("bob", "count-proc|3", "chat", 0)
     await registry.register("cyd", "count-proc|4", NOTIFICATIONS, 0)
-    assert await registry.notification_connections(["bob", "ann", "nobody", "cyd"]) == [0, 2, 0, 1]
-    assert await registry.notification_connections([]) == []
+    reach = await registry.notification_connections(["bob", "ann", "nobody", "cyd"])
+    assert reach == NotificationReach([0, 2, 0, 1], elsewhere=False)
+    assert await registry.notification_connections([]) == NotificationReach([], elsewhere=False)
     await registry.unregister("ann", "count-proc|1")
-    assert await registry.notification_connections(["ann"]) == [1]
+    assert (await registry.notification_connections(["ann"])).counts == [1]
+
+
+async def test_connections_of_other_processes_are_elsewhere(redis_url):
+    """A notifications connection named by another process makes the users' reach elsewhere."""
+    mine = RedisRegistry("mine-proc", redis_url, settings.REDIS_PREFIX)
+    theirs = RedisRegistry("theirs-proc", redis_url, settings.REDIS_PREFIX)
+    try:
+        await mine.register("ann", "mine-proc|1", NOTIFICATIONS, 0)
+        await theirs.register("bob", "theirs-proc|1", "chat", 0)
+        assert await mine.notification_connections(["ann", "bob"]) == NotificationReach(
+            [1, 0], elsewhere=False), "another process's chat connection does not count"
+        await theirs.register("bob", "theirs-proc|2", NOTIFICATIONS, 0)
+        assert await mine.notification_connections(["ann", "bob"]) == NotificationReach(
+            [1, 1], elsewhere=True)
+        assert await mine.notification_connections(["ann"]) == NotificationReach(
+            [1], elsewhere=False)
+        assert (await theirs.notification_connections(["ann"])).elsewhere
+    finally:
+        await mine.close()
+        await theirs.close()
 
 
 async def test_a_storm_of_joins_and_leaves_loses_no_update(redis_url):
