@@ -488,10 +488,8 @@ class Writer:
         self.pending_acks += len(ids)
         if self._acks_due():
             self._wake()
-        elif self.ack_timer is None:
-            self.ack_timer = asyncio.get_running_loop().call_later(
-                ACK_DELAY_SECONDS, self._ack_timer_fired
-            )
+        else:
+            self._schedule_acks()
 
     async def flush_acks(self, user_id: int | None = None) -> None:
         """Wait until the acks of ``user_id`` (or all) pending now have been written."""
@@ -508,6 +506,12 @@ class Writer:
             or self.pending_acks >= MAX_PENDING_ACKS
             or time.monotonic() - self.acks_since >= ACK_DELAY_SECONDS
         )
+
+    def _schedule_acks(self) -> None:
+        """Make sure the pending acks are written ``ACK_DELAY_SECONDS`` after the oldest."""
+        if self.ack_timer is None:
+            delay = max(0.0, self.acks_since + ACK_DELAY_SECONDS - time.monotonic())
+            self.ack_timer = asyncio.get_running_loop().call_later(delay, self._ack_timer_fired)
 
     def _ack_timer_fired(self) -> None:
         self.ack_timer = None
@@ -544,10 +548,9 @@ class Writer:
                 self.current_ack_users = frozenset()
                 self.current_batch.set_result(None)
                 self.current_batch = None
-        if self.acks and self.ack_timer is None:
+        if self.acks:
             # Acks taken during the last batch wait for a post, or for the delay.
-            delay = max(0.0, self.acks_since + ACK_DELAY_SECONDS - time.monotonic())
-            self.ack_timer = loop.call_later(delay, self._ack_timer_fired)
+            self._schedule_acks()
 
     async def _gather_posts(self) -> None:
         """Let requests that have already arrived add their posts before a batch starts.

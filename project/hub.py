@@ -24,7 +24,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from project.registry import Departure, LocalRegistry, RedisRegistry
+from project.registry import Departure, LocalRegistry, RedisRegistry, connection_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Hub:
         await self.registry.close()
 
     def new_connection_name(self) -> str:
-        return f"{self.proc_id}|{secrets.token_hex(8)}"
+        return connection_prefix(self.proc_id) + secrets.token_hex(8)
 
     def add_user_connection(self, user: str, consumer) -> None:
         self.user_connections.setdefault(user, set()).add(consumer)

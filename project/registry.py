@@ -25,6 +25,11 @@ from dataclasses import dataclass, field
 NOTIFICATIONS = "notifications"
 
 
+def connection_prefix(proc_id: str) -> str:
+    """How the names of a process's connections start: the registry tells processes apart by it."""
+    return proc_id + "|"
+
+
 @dataclass(frozen=True, slots=True)
 class RoomChange:
     """The result of a join or leave: was/is the user present, and who is.
@@ -224,7 +229,7 @@ local list, seen = users_of(KEYS[1])
 return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
 """  # KEYS: room hash, room version; ARGV: conn, version floor
 
-_COUNT_VALUE = """
+_NOTIFICATION_REACH = """
 local own = ARGV[2]
 local counts, elsewhere = {}, 0
 for i, key in ipairs(KEYS) do
@@ -347,7 +352,7 @@ class RedisRegistry:
                 "register": _REGISTER,
                 "room_join": _ROOM_JOIN,
                 "room_leave": _ROOM_LEAVE,
-                "count_value": _COUNT_VALUE,
+                "notification_reach": _NOTIFICATION_REACH,
                 "reap_room": _REAP_ROOM,
                 "reap_user": _REAP_USER,
                 "lock": _LOCK,
@@ -373,14 +378,14 @@ class RedisRegistry:
     async def notification_connections(self, users: list[str]) -> NotificationReach:
         """The users' ``/ws/notifications/`` connections, in one round trip.
 
-        A connection is this process's when its name starts with ``<proc_id>|``
-        (``Hub.new_connection_name``).
+        A connection is this process's when its name has this process's
+        :func:`connection_prefix`.
         """
         if not users:
             return NotificationReach([], elsewhere=False)
         keys = [self.key("user", user) for user in users]
-        *counts, elsewhere = await self.scripts["count_value"](
-            keys, [NOTIFICATIONS, self.proc_id + "|"]
+        *counts, elsewhere = await self.scripts["notification_reach"](
+            keys, [NOTIFICATIONS, connection_prefix(self.proc_id)]
         )
         return NotificationReach([int(n) for n in counts], elsewhere=bool(int(elsewhere)))
 
@@ -477,11 +482,12 @@ class RedisRegistry:
         departures = []
         users_key, rooms_key = self.key("proc", proc, "users"), self.key("proc", proc, "rooms")
         for user in await self.redis.smembers(users_key):
-            await self.scripts["reap_user"]([self.key("user", user)], [proc + "|"])
+            await self.scripts["reap_user"]([self.key("user", user)],
+                                            [connection_prefix(proc)])
         for room in await self.redis.smembers(rooms_key):
             keys = [self.key("room", room), self.key("room-version", room)]
             gone, users, version = await self.scripts["reap_room"](
-                keys, [proc + "|", _version_floor()]
+                keys, [connection_prefix(proc), _version_floor()]
             )
             departures += [Departure(room, user, list(users), int(version)) for user in gone]
         await self.redis.delete(users_key, rooms_key)
