@@ -60,9 +60,9 @@ EVENT_KIND = "notifications"
 #: user or for everyone: one layer message per batch instead of one per NOTE
 #: (with Redis, the receiving side's round trips are what falls behind first).
 FEED_GROUP = "notifications.feed"
-#: Acked ``(id, user)`` pairs per ``UPDATE``: two parameters each, under the 999 that
-#: SQLite builds before 3.32 allow per query.
-ACK_BATCH = 400
+#: Acked ``(id, user)`` pairs per ``UPDATE``: three parameters each, under the 999
+#: that SQLite builds before 3.32 allow per query.
+ACK_BATCH = 330
 #: Posts per transaction of the writer (two usernames each in one ``IN``: SQLite's cap).
 MAX_BATCH = 200
 #: How long an ack may wait for a post to share its transaction. Under load every
@@ -382,7 +382,10 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> in
     ``ACK_BATCH`` pairs marks only ids acknowledged by their own user. It is
     written as SQL (row values: SQLite 3.15+, PostgreSQL) because it runs with
     every batch, and building it through the ORM cost several times more CPU
-    than running it.
+    than running it. The plain ``id IN (...)`` beside the pairs is what SQLite's
+    planner needs to find the rows by primary key: with the pairs alone it
+    scanned every undelivered row (17 ms per batch with 200,000 queued, against
+    14 µs).
     """
     pairs = sorted({(note_id, user_id) for user_id, ids in acks.items() for note_id in ids})
     table = cursor.db.ops.quote_name(Notification._meta.db_table)
@@ -391,9 +394,10 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> in
     for start in range(0, len(pairs), ACK_BATCH):
         chunk = pairs[start : start + ACK_BATCH]
         cursor.execute(
-            f"UPDATE {table} SET delivered_at = %s WHERE delivered_at IS NULL"
+            f"UPDATE {table} SET delivered_at = %s WHERE id IN ({_placeholders(len(chunk))})"
+            " AND delivered_at IS NULL"
             f" AND (id, user_id) IN (VALUES {_placeholders(len(chunk), 2)})",
-            [moment, *(value for pair in chunk for value in pair)],
+            [moment, *(pair[0] for pair in chunk), *(value for pair in chunk for value in pair)],
         )
         marked += cursor.rowcount
     return marked

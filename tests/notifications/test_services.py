@@ -83,6 +83,39 @@ async def test_acknowledge_handles_more_ids_than_one_batch(amake_user, settings)
     assert await undelivered_ids(bob) == []
 
 
+def test_acknowledging_looks_its_rows_up_by_id(make_user):
+    """An ack's UPDATE looks its rows up by id instead of scanning the queue.
+
+    With the ``(id, user_id)`` pairs alone SQLite's planner scanned every
+    undelivered row of every user, once per batch of acks.
+    """
+    bob = make_user("bea")
+    stored = services.store_batch([services.Post(target="bea", data={"n": n}) for n in range(3)],
+                                  {})
+    statements = []
+
+    def capture(execute, sql, params, many, context):
+        statements.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
+        assert services.acknowledge(bob.pk, [stored[0].pk, stored[2].pk]) == 2
+    ((sql, params),) = [(sql, params) for sql, params in statements if sql.startswith("UPDATE")]
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            plan = " ".join(str(row) for row in cursor.fetchall())
+            assert "USING INTEGER PRIMARY KEY" in plan and "SCAN notifications" not in plan
+        else:
+            with transaction.atomic():
+                # The test table is tiny: without this any plan would be a scan.
+                cursor.execute("SET LOCAL enable_seqscan = off")
+                cursor.execute("EXPLAIN " + sql, params)
+                plan = " ".join(row[0] for row in cursor.fetchall())
+            assert "Index Cond: (id = ANY" in plan, plan
+    assert [row.pk for row in services.undelivered(bob.pk)] == [stored[1].pk]
+
+
 async def test_abroadcast_is_stored_delivered_and_never_queued(amake_user):
     """A broadcast is one delivered row without a user, in nobody's queue."""
     bob = await amake_user("bea")
