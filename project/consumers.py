@@ -26,6 +26,10 @@ from project.protocol import CloseCode, ErrorCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
+#: How long a close waits for a client that has stopped reading to take what is
+#: buffered before it (uvicorn's ``send`` waits for that); then the connection is dropped.
+CLOSE_WAIT_SECONDS = 10.0
+
 
 class ProtocolConsumer(AsyncWebsocketConsumer):
     """A consumer that keeps the contract's limits and auth rules."""
@@ -45,7 +49,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     _registered = False
     _joined = False
     _expiry: asyncio.TimerHandle | None = None
-    _direct: wire.DirectWriter | None = None
+    _direct: wire.DirectWriter | wire.TransportWriter | None = None
+    _closer: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send):
         """Run the consumer: each event from the server goes to :meth:`dispatch`.
@@ -154,11 +159,33 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         """The connection closed after :meth:`joined`."""
 
     async def close_with(self, code: CloseCode) -> None:
-        """Close with an application code; nothing more is sent or handled."""
+        """Close with an application code; nothing more is sent or handled.
+
+        Under uvicorn, when the client has left more unread than the transport's
+        high-water mark, uvicorn's ``send`` would wait for it to read: the close
+        then goes on in a task of its own, so that the caller (a room's fan-out,
+        the notification feed) serves the other connections meanwhile.
+        """
         if not self.closing:
             self.closing = True
             metrics.inc("realtime_closes_total", code=str(int(code)))
+            if getattr(self._direct, "paused", False):
+                self._closer = asyncio.get_running_loop().create_task(
+                    self._close_stalled(int(code))
+                )
+                return
             await self.close(code=int(code))
+
+    async def _close_stalled(self, code: int) -> None:
+        """Close once the client has read what is before the close frame, or drop it."""
+        try:
+            await asyncio.wait_for(self.close(code=code), CLOSE_WAIT_SECONDS)
+        except TimeoutError:
+            logger.info("dropped a %s connection that did not read its close", self.endpoint)
+            self._direct.abort()
+        except Exception:
+            logger.debug("a stalled %s connection went away before its close", self.endpoint,
+                         exc_info=True)
 
     async def revoke(self) -> None:
         """The user was deactivated or deleted: close as for an unknown user."""
@@ -196,7 +223,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
 
     def unsent_bytes(self) -> int:
         """Bytes sent to this client that it has not read yet (0 when unknown)."""
-        return buffered_bytes(self._transport)
+        if self._direct is not None:
+            return self._direct.unsent_bytes()
+        return wire.buffered_bytes(self._transport)
 
     # --- Incoming frames ----------------------------------------------------------------
 
@@ -258,17 +287,6 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.scope.get("token_expires_at") is not None:
             self.schedule_expiry(claims.expires_at)
         await self.send_frame(protocol.auth_ok(claims.expires_at))
-
-
-def buffered_bytes(transport) -> int:
-    """Bytes the transport holds that the peer has not taken yet (Twisted buffers
-    whatever a peer does not read, without limit)."""
-    if transport is None:
-        return 0
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
-        return 0
 
 
 def too_large(text: str | None, data: bytes | None, limit: int) -> bool:

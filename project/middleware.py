@@ -78,9 +78,9 @@ class WebSocketAuthStack:
     once, and the session is read only when no token is present.
 
     The server's own ``send`` goes into the scope as ``server_send``: under
-    daphne it reveals how much the peer has not read yet (see
+    daphne and uvicorn it reveals how much the peer has not read yet (see
     ``ProtocolConsumer.unsent_bytes``) and lets frames be written straight to
-    the socket (``project.wire``).
+    the transport (``project.wire``).
     """
 
     def __init__(self, inner) -> None:

@@ -1,4 +1,4 @@
-"""Frames encoded once and written straight to daphne's socket.
+"""Frames encoded once and written straight to the server's transport.
 
 Under daphne an ASGI ``websocket.send`` goes through ``handle_reply``, then
 autobahn, which frames the payload (and formats debug-log arguments even with
@@ -13,14 +13,36 @@ accounting are the same as before.
 
 :func:`direct_writer` offers this only where it is exactly what daphne would
 send: a plain TCP transport (daphne terminating TLS itself falls back), an
-autobahn connection without permessage-deflate. Under any other server the
+autobahn connection without permessage-deflate.
+
+Under uvicorn (its ``websockets-sansio`` implementation) the ASGI ``send``
+frames each payload through the websockets state machine, and it waits
+whenever the transport's buffer is over its high-water mark: one client that
+stops reading then holds up every coroutine that sends to it, a room's
+fan-out or the notification feed of the whole process. :class:`TransportWriter`
+writes the same frames to uvicorn's asyncio transport instead, which buffers
+what the peer has not taken, as Twisted does; the consumer's slow-reader bound
+(``WS_MAX_SEND_BUFFER_BYTES``, then 4010) is what limits that buffer, under
+both servers alike. Its frames are never compressed, even where permessage-deflate
+was negotiated: RFC 7692 lets a sender leave any message uncompressed (RSV1
+clear), and a receiver passes such a message through untouched.
+
+Under any other server (or uvicorn's other WebSocket implementations) the
 consumer keeps using the ASGI ``send``.
 """
 
 import errno
 import struct
 
-__all__ = ["DirectWriter", "binary_frame", "daphne_protocol", "direct_writer", "text_frame"]
+__all__ = [
+    "DirectWriter",
+    "TransportWriter",
+    "binary_frame",
+    "buffered_bytes",
+    "daphne_protocol",
+    "direct_writer",
+    "text_frame",
+]
 
 _TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
 
@@ -88,6 +110,10 @@ class DirectWriter:
         self._send(frame)
         return True
 
+    def unsent_bytes(self) -> int:
+        """Bytes written to this connection that the peer has not taken yet."""
+        return buffered_bytes(self.transport)
+
     def _send(self, frame: bytes) -> None:
         """Write to the socket; Twisted queues what it does not take, in order."""
         try:
@@ -105,6 +131,67 @@ class DirectWriter:
             self.transport.write(frame[sent:])
 
 
+class TransportWriter:
+    """Writes encoded frames to one uvicorn connection's asyncio transport.
+
+    The transport writes at once what the socket takes and buffers the rest in
+    order, without limit, and so does not need the fallback of
+    :class:`DirectWriter`. Its buffer is read back by :meth:`unsent_bytes`.
+    """
+
+    __slots__ = ("conn", "open_state", "protocol", "transport")
+
+    def __init__(self, protocol) -> None:
+        from websockets.protocol import State
+
+        self.protocol, self.conn, self.transport = protocol, protocol.conn, protocol.transport
+        self.open_state = State.OPEN
+
+    def _takes_frames(self) -> bool:
+        # uvicorn's own send refuses in the same cases: a close frame sent or
+        # received (websockets leaves OPEN), or the transport going away.
+        return (self.conn.state is self.open_state and not self.protocol.close_sent
+                and not self.transport.is_closing())
+
+    def write(self, frame: bytes) -> bool:
+        """Send ``frame``; ``False`` if the connection no longer takes frames."""
+        if not self._takes_frames():
+            return False
+        self.transport.write(frame)
+        return True
+
+    def write_if_idle(self, frame: bytes) -> bool:
+        """Send ``frame`` if nothing is buffered before it; ``False``: nothing was done."""
+        if self.transport.get_write_buffer_size() or not self._takes_frames():
+            return False
+        self.transport.write(frame)
+        return True
+
+    def unsent_bytes(self) -> int:
+        """Bytes written to this connection that the peer has not taken yet."""
+        return self.transport.get_write_buffer_size()
+
+    @property
+    def paused(self) -> bool:
+        """Whether uvicorn's own ``send`` would wait now (its buffer is past high water)."""
+        return not self.protocol.writable.is_set()
+
+    def abort(self) -> None:
+        """Drop the connection at once, with whatever is still buffered."""
+        self.transport.abort()
+
+
+def buffered_bytes(transport) -> int:
+    """Bytes a Twisted transport holds that the peer has not taken yet (Twisted
+    buffers whatever a peer does not read, without limit); 0 for anything else."""
+    if transport is None:
+        return 0
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return 0
+
+
 def daphne_protocol(send):
     """daphne's WebSocket protocol behind its ASGI ``send``, or ``None`` under another server.
 
@@ -114,12 +201,30 @@ def daphne_protocol(send):
     return args[0] if args else None
 
 
-def direct_writer(send) -> DirectWriter | None:
-    """A :class:`DirectWriter` for daphne's ``send``, or ``None`` where it does not apply.
+def uvicorn_protocol(send):
+    """uvicorn's ``websockets-sansio`` protocol behind its ASGI ``send``, or ``None``.
+
+    uvicorn hands the application the protocol's bound ``send`` method.
+    """
+    protocol = getattr(send, "__self__", None)
+    if not type(protocol).__module__.startswith("uvicorn."):
+        return None  # not uvicorn: do not import it
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:  # pragma: no cover - another uvicorn layout
+        return None
+    return protocol if isinstance(protocol, WebSocketsSansIOProtocol) else None
+
+
+def direct_writer(send) -> "DirectWriter | TransportWriter | None":
+    """A writer for the server's ``send``, or ``None`` where none applies.
 
     Call it once the connection is accepted: autobahn settles permessage-deflate
     only then.
     """
+    protocol = uvicorn_protocol(send)
+    if protocol is not None:
+        return TransportWriter(protocol) if protocol.transport is not None else None
     protocol = daphne_protocol(send)
     transport = getattr(protocol, "transport", None)
     if (transport is None or not hasattr(protocol, "STATE_OPEN")

@@ -27,6 +27,14 @@ from project import db, tokens
 from project.hub import close_hub
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: README, "Serving with uvicorn": the command that serves the project with uvicorn
+#: (a ``command`` for the ``daphne_server`` fixture).
+UVICORN = [
+    sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
+    "--port", "{port}", "--ws", "websockets-sansio", "--ws-max-size", "262144",
+    "--ws-ping-interval", "20", "--ws-ping-timeout", "30", "--lifespan", "off",
+]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

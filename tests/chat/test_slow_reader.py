@@ -9,13 +9,16 @@ import pytest
 import websockets
 from channels.db import database_sync_to_async
 
+from tests.conftest import UVICORN
+
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne]
 
 
+@pytest.mark.parametrize("command", [None, UVICORN], ids=["daphne", "uvicorn"])
 async def test_a_stalled_reader_is_dropped_and_the_room_goes_on(daphne_server, make_user,
-                                                               token_for):
+                                                               token_for, command):
     """Past WS_MAX_SEND_BUFFER_BYTES of unread frames the server closes it; others are served."""
-    server = daphne_server(WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
+    server = daphne_server(command=command, WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
     for name in ("stalled", "talker"):
         await database_sync_to_async(make_user)(name)
     url = f"{server.ws_url}/ws/chat/busy/?token="

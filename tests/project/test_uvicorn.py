@@ -1,29 +1,23 @@
 """The application served by uvicorn, the documented alternative to daphne (README).
 
-The contract does not depend on the server: the same consumers run on
-uvicorn's ASGI ``send`` instead of the frames written straight to daphne's
-socket. One server, started with the README's command, answers every case.
+The contract does not depend on the server: the same consumers write their
+frames to uvicorn's transport instead of daphne's socket (``project.wire``).
+One server, started with the README's command, answers every case.
 """
 
 import asyncio
 import json
-import sys
 
 import pytest
 from channels.db import database_sync_to_async
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import UVICORN
+
 pytest.importorskip("uvicorn")
 
 pytestmark = [pytest.mark.daphne]
-
-# README, "Performance": the command that serves the project with uvicorn.
-UVICORN = [
-    sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
-    "--port", "{port}", "--ws", "websockets-sansio", "--ws-max-size", "262144",
-    "--ws-ping-interval", "20", "--ws-ping-timeout", "30", "--lifespan", "off",
-]
 
 
 @pytest.fixture

@@ -1,16 +1,19 @@
-"""Frames encoded once and written straight to daphne's socket (``project.wire``).
+"""Frames encoded once and written straight to the server's transport (``project.wire``).
 
-The live behaviour (echo, rooms, the slow-reader close) is covered over a real
-daphne by the other tests; these pin the encoding to what daphne itself would
-send and the writer's choices when the socket cannot take a frame at once.
+The live behaviour (echo, rooms, the slow-reader close) is covered over real
+daphne and uvicorn processes by the other tests; these pin the encoding to what
+each server itself would send and the writers' choices when the socket cannot
+take a frame at once.
 """
 
+import asyncio
 import functools
 import socket
 
 import pytest
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.internet import tcp
+from websockets.protocol import State
 
 from project import wire
 
@@ -177,3 +180,97 @@ def test_frames_reach_a_real_socket_in_order_when_the_kernel_fills_up():
     assert received + b"".join(queued) == b"".join(frames)
     left.close()
     right.close()
+
+
+# --- uvicorn ------------------------------------------------------------------------
+
+
+class FakeAsyncioTransport:
+    """The parts of an asyncio transport the writer touches: it buffers what it is given."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.buffered = 0
+        self.closing = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.fixture
+def uvicorn_send():
+    """uvicorn's own ``send``: the bound method of an accepted websockets-sansio protocol."""
+    sansio = pytest.importorskip("uvicorn.protocols.websockets.websockets_sansio_impl")
+    from websockets.server import ServerProtocol
+
+    protocol = sansio.WebSocketsSansIOProtocol.__new__(sansio.WebSocketsSansIOProtocol)
+    protocol.transport = FakeAsyncioTransport()
+    protocol.conn = ServerProtocol()
+    protocol.conn.state = State.OPEN  # as after the handshake
+    protocol.close_sent = False
+    protocol.writable = asyncio.Event()
+    protocol.writable.set()
+    return protocol.send
+
+
+def test_uvicorn_sends_get_a_transport_writer(uvicorn_send):
+    w = wire.direct_writer(uvicorn_send)
+    assert isinstance(w, wire.TransportWriter)
+    assert w.write(wire.text_frame("hi"))
+    assert uvicorn_send.__self__.transport.written == [b"\x81\x02hi"]
+
+
+def test_the_transport_writer_sends_the_frames_websockets_would(uvicorn_send):
+    """Byte for byte what uvicorn's ``send`` writes for the same text (no extension)."""
+    from websockets.frames import Frame, Opcode
+
+    text = "é" * 70000
+    theirs = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+    assert wire.text_frame(text) == theirs
+
+
+def test_the_transport_writer_reads_the_buffer_and_takes_the_idle_path_only_when_empty(
+    uvicorn_send,
+):
+    w = wire.direct_writer(uvicorn_send)
+    transport = uvicorn_send.__self__.transport
+    assert w.write_if_idle(b"a") and w.unsent_bytes() == 0
+    transport.buffered = 10
+    assert w.unsent_bytes() == 10
+    assert not w.write_if_idle(b"b"), "bytes are waiting: the full path decides"
+    assert w.write(b"c"), "the transport keeps the order of what it buffers"
+    assert transport.written == [b"a", b"c"]
+
+
+@pytest.mark.parametrize("closing", ["close frame sent", "close frame received", "transport"])
+@pytest.mark.parametrize("method", ["write", "write_if_idle"])
+def test_a_closing_uvicorn_connection_takes_no_more_frames(uvicorn_send, closing, method):
+    protocol = uvicorn_send.__self__
+    if closing == "close frame sent":
+        protocol.close_sent = True
+    elif closing == "close frame received":
+        protocol.conn.state = State.CLOSING
+    else:
+        protocol.transport.closing = True
+    w = wire.direct_writer(uvicorn_send)
+    assert not getattr(w, method)(b"frame")
+    assert protocol.transport.written == []
+
+
+def test_the_transport_writer_says_when_uvicorns_send_would_wait(uvicorn_send):
+    """Over the high-water mark uvicorn's own send waits; the consumer closes in a task then."""
+    w = wire.direct_writer(uvicorn_send)
+    assert not w.paused
+    uvicorn_send.__self__.writable.clear()
+    assert w.paused
+    w.abort()
+    assert uvicorn_send.__self__.transport.aborted
