@@ -413,3 +413,46 @@ def _consumers_of(username: str) -> list:
 
     hub = _hubs[asyncio.get_running_loop()]
     return list(hub.user_connections.get(username, ()))
+
+
+class PausedWriter:
+    """A writer whose server's own ``send`` would wait (uvicorn over its high-water mark)."""
+
+    paused = True
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_close_that_would_wait_for_a_stalled_reader_goes_on_aside(monkeypatch):
+    """The caller (a room's fan-out, the notification feed) does not wait for the close;
+    a client that still takes nothing after CLOSE_WAIT_SECONDS is dropped."""
+    monkeypatch.setattr(consumers, "CLOSE_WAIT_SECONDS", 0.05)
+    consumer = consumers.EchoConsumer()
+    consumer._direct = PausedWriter()
+    closes = []
+
+    async def close_waiting_for_the_reader(code=None):
+        closes.append(code)
+        await asyncio.Event().wait()
+
+    consumer.close = close_waiting_for_the_reader
+    await asyncio.wait_for(consumer.close_with(consumers.CloseCode.SLOW_CONSUMER), 1)
+    assert consumer.closing
+    await asyncio.wait_for(consumer._closer, 1)
+    assert closes == [4010] and consumer._direct.aborted
+
+
+async def test_a_close_the_server_can_send_at_once_is_awaited():
+    consumer = consumers.EchoConsumer()
+    consumer._direct = PausedWriter()
+    consumer._direct.paused = False
+    closes = []
+
+    async def close(code=None):
+        closes.append(code)
+
+    consumer.close = close
+    await consumer.close_with(consumers.CloseCode.SLOW_CONSUMER)
+    assert closes == [4010] and consumer._closer is None and not consumer._direct.aborted
