@@ -11,6 +11,7 @@ Without it, the built-in client (``bench/wsclient.py``) measures the project alo
     .venv/bin/python bench/run.py                                   # in-memory layer
     .venv/bin/python bench/run.py --redis redis://127.0.0.1:6379/5 --layers core,pubsub
     .venv/bin/python bench/run.py --scenarios echo --uvicorn        # daphne and uvicorn
+    .venv/bin/python bench/run.py --scenarios notify --baseline HEAD~3  # A/B, same run
 
 Results: ``bench/out/<UTC stamp>/`` (every loadgen JSON line, results.json, summary.md).
 See bench/README.md.
@@ -18,6 +19,7 @@ See bench/README.md.
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -194,13 +196,16 @@ class Bench:
             return pid
         return None
 
-    def start_project(self, layer: str, kind: str = "daphne") -> Server:
+    def start_project(self, layer: str, kind: str = "daphne", root: Path = ROOT,
+                      label: str = "") -> Server:
+        """The project served by ``kind``, from ``root`` (a baseline's worktree, else this tree)."""
         env, port = self.project_env(layer), free_port()
-        if not self.args.database_url and kind != "daphne":
+        label = label or f"project-{kind}"
+        if not self.args.database_url and label != "project-daphne":
             # One SQLite file per server process: two processes writing one file stalled
             # fan-out runs for seconds (lock waits), which is a deployment question (use
             # PostgreSQL with several processes), not what a side-by-side run measures.
-            own = self.db.with_name(f"bench-{kind}.sqlite3")
+            own = self.db.with_name(f"bench-{label.removeprefix('project-')}.sqlite3")
             if not own.exists():
                 shutil.copyfile(self.db, own)
             env["SQLITE_PATH"] = str(own)
@@ -212,10 +217,25 @@ class Bench:
                    "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio", "--ws-max-size",
                    str(4 * 65536), "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
                    "--lifespan", "off", "--no-access-log", "--log-level", "warning"]
-        server = Server(f"project-{kind}", pinned(cmd, self.server_cpu), env, ROOT, port,
-                        self.out / f"project-{kind}-{layer}.log")
+        server = Server(label, pinned(cmd, self.server_cpu), env, root, port,
+                        self.out / f"{label}-{layer}.log")
         self.servers.append(server)
         return server
+
+    def baseline_tree(self) -> Path | None:
+        """A worktree of ``--baseline`` (removed at exit), to serve beside this tree."""
+        rev = self.args.baseline
+        if not rev:
+            return None
+        tree = self.out / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT,
+                       check=True, capture_output=True)
+        atexit.register(subprocess.run, ["git", "worktree", "remove", "--force", str(tree)],
+                        cwd=ROOT, capture_output=True)
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=tree,
+                                   capture_output=True, text=True).stdout.strip()
+        log(f"baseline {rev} ({described}) in {tree}")
+        return tree
 
     def start_seed(self) -> Server:
         port = free_port()
@@ -451,6 +471,8 @@ def main(argv=None) -> None:
     p.add_argument("--hold", type=float, default=10.0, help="seconds the idle connections stay")
     p.add_argument("--uvicorn", action="store_true", help="also serve the project with uvicorn")
     p.add_argument("--no-daphne", action="store_true", help="with --uvicorn: uvicorn only")
+    p.add_argument("--baseline", default="", metavar="REV",
+                   help="also serve git revision REV (label project-<server>-base): an A/B run")
     p.add_argument("--profile", default="", help="comma list of scenarios to profile (py-spy)")
     p.add_argument("--no-peer", action="store_true", help="project only, built-in client")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
@@ -480,6 +502,7 @@ def main(argv=None) -> None:
     log(f"output: {bench.out} (client: {'loadgen' if bench.peer else 'built-in'})")
     bench.prepare_database(max(args.conns if "connections" in names else 0, 1000))
     kinds = ([] if args.no_daphne else ["daphne"]) + (["uvicorn"] if args.uvicorn else [])
+    baseline = bench.baseline_tree()
     try:
         for layer in layers:
             todo = [n for n in names if layer == layers[0] or SCENARIOS[n][2]]
@@ -491,6 +514,9 @@ def main(argv=None) -> None:
                     bench.flush_redis()
                 seed = bench.start_seed() if bench.peer else None
                 projects = [bench.start_project(layer, k) for k in kinds]
+                if baseline is not None:
+                    projects += [bench.start_project(layer, k, baseline, f"project-{k}-base")
+                                 for k in kinds]
                 for name in steady:
                     bench.run_scenario(name, layer, projects, seed)
                 for name in [n for n in args.profile.split(",") if n in steady]:
