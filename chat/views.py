@@ -8,7 +8,6 @@ cookie, so no token ever appears in a page.
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.validators import RegexValidator
-from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
@@ -46,9 +45,15 @@ def lobby(request: HttpRequest) -> HttpResponse:
     form = OpenRoomForm(request.GET) if "room" in request.GET else OpenRoomForm()
     if form.is_bound and form.is_valid():
         return redirect("chat:room", room=form.cleaned_data["room"])
-    rooms = Room.objects.order_by(F("last_message_at").desc(nulls_last=True), "name")[
-        :LOBBY_ROOM_LIMIT
-    ]
+    # Rooms with messages, then any without: one ordering with NULLS LAST made
+    # PostgreSQL read and sort every room instead of walking the last_message_at index.
+    rooms = list(Room.objects.filter(last_message_at__isnull=False).order_by(
+        "-last_message_at", "name"
+    )[:LOBBY_ROOM_LIMIT])
+    if len(rooms) < LOBBY_ROOM_LIMIT:
+        rooms += Room.objects.filter(last_message_at__isnull=True).order_by("name")[
+            : LOBBY_ROOM_LIMIT - len(rooms)
+        ]
     status = 400 if form.is_bound else 200
     return render(request, "chat/lobby.html", {"form": form, "rooms": rooms}, status=status)
 
