@@ -31,7 +31,10 @@ class NotificationAdmin(admin.ModelAdmin):
     list_filter = [DeliveredFilter, "broadcast", "created_at"]
     # "data_text" is the JSON cast to text (see get_queryset), so any key or value matches.
     search_fields = ["user__username", "data_text"]
-    date_hierarchy = "created_at"
+    # No date_hierarchy, and no full count: both read the whole table on every page
+    # load (see chat.admin.MessageAdmin). The created_at filter runs no query.
+    show_full_result_count = False
+    ordering = ["-id"]
     raw_id_fields = ["user"]
     list_select_related = ["user"]
 

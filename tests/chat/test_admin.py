@@ -1,7 +1,9 @@
 """The admin pages a moderator uses for chat history."""
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from chat.models import Message, Room
 
@@ -48,3 +50,18 @@ def test_admin_deletes_selected_messages(staff_client):
 def test_admin_is_closed_to_anonymous_users():
     """Anonymous users are sent to the admin login."""
     assert Client().get("/admin/chat/message/").status_code == 302
+
+
+@pytest.mark.parametrize("path", ["/admin/chat/message/",
+                                  "/admin/notifications/notification/"])
+def test_big_lists_read_one_page_and_one_count(staff_client, path):
+    """No query over every day (date_hierarchy) or every room (a room filter), no second count:
+    at the sizes a chat reaches each was a scan of the whole table on every page load."""
+    with CaptureQueriesContext(connection) as queries:
+        assert staff_client.get(path).status_code == 200
+    table = "chat_message" if "chat" in path else "notifications_notification"
+    reads = [query["sql"] for query in queries if f'"{table}"' in query["sql"]]
+    assert len(reads) == 2, reads  # the page and its count
+    assert not any("DISTINCT" in sql for sql in reads)
+    assert not any(sql.startswith('SELECT "chat_room"') for sql in
+                   (query["sql"] for query in queries)), "the rooms were listed"
