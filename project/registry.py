@@ -68,6 +68,10 @@ class NotificationReach:
 #: A room's publication, ``(epoch, number)``: numbers rise by one per published
 #: batch; the epoch changes when Redis loses them (a restart) and numbering starts over.
 Publication = tuple[str, int]
+#: How long a room's last publication is kept after its last batch. Losing it only
+#: starts a new epoch (as after a Redis restart), which is safe once nothing of the
+#: room is in flight; without an expiry every room ever written to kept a key.
+PUBLICATION_TTL_SECONDS = 86400
 
 
 @dataclass(slots=True)
@@ -278,27 +282,30 @@ redis.call('DEL', KEYS[3])
 local last = redis.call('GET', KEYS[2])
 if not last then
   last = ARGV[3] .. ':0'
-  redis.call('SET', KEYS[2], last)
+  redis.call('SET', KEYS[2], last, 'EX', ARGV[4])
 end
 return last
-"""  # KEYS: room lock, room publication, room waiting; ARGV: token, ttl ms, a new epoch
+"""  # KEYS: room lock, room publication, room waiting; ARGV: token, ttl ms, a new epoch,
+#    the publication's ttl in seconds
 
 _KEEP = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('DEL', KEYS[1])
   return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
-"""  # KEYS: as _LOCK; ARGV: token, ttl ms, the turn's last publication or ''. 1: kept
+"""  # KEYS: as _LOCK; ARGV: token, ttl ms, the turn's last publication or '', the
+#    publication's ttl in seconds. 1: kept
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
 return redis.call('DEL', KEYS[1])
-"""  # KEYS: room lock, room publication; ARGV: token, the turn's last publication or ''
+"""  # KEYS: room lock, room publication; ARGV: token, the turn's last publication or '',
+#    the publication's ttl in seconds
 
 
 def _published(turn: RoomTurn) -> str:
@@ -420,7 +427,8 @@ class RedisRegistry:
         token, delay = secrets.token_hex(8), 0.001
         deadline = time.monotonic() + 10
         while (last := await self.scripts["lock"](
-                keys, [token, self.lock_ttl_ms, secrets.token_hex(4)])) is None:
+                keys, [token, self.lock_ttl_ms, secrets.token_hex(4),
+                       PUBLICATION_TTL_SECONDS])) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"room lock {room!r} not acquired in 10 s")
             await asyncio.sleep(delay)
@@ -428,14 +436,15 @@ class RedisRegistry:
 
         async def renew(turn: RoomTurn) -> bool:
             return bool(await self.scripts["keep"](
-                keys, [token, self.lock_ttl_ms, _published(turn)]))
+                keys, [token, self.lock_ttl_ms, _published(turn), PUBLICATION_TTL_SECONDS]))
 
         turn = RoomTurn(after=_publication(last), renew=renew)
         try:
             yield turn
         finally:
             if turn.held:
-                await self.scripts["unlock"](keys[:2], [token, _published(turn)])
+                await self.scripts["unlock"](keys[:2],
+                                             [token, _published(turn), PUBLICATION_TTL_SECONDS])
 
     async def room_publication(self, room: str) -> Publication | None:
         """The room's last publication (``None``: none yet)."""

@@ -5,7 +5,13 @@ import asyncio
 import pytest
 from django.conf import settings
 
-from project.registry import NOTIFICATIONS, LocalRegistry, NotificationReach, RedisRegistry
+from project.registry import (
+    NOTIFICATIONS,
+    PUBLICATION_TTL_SECONDS,
+    LocalRegistry,
+    NotificationReach,
+    RedisRegistry,
+)
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -81,6 +87,28 @@ async def test_room_turns_number_their_publications(redis_url):
         async with registry.room_lock("numbers") as second:
             assert second.after == (epoch, 2)
         assert await registry.room_publication("numbers") == (epoch, 2)
+    finally:
+        await registry.close()
+
+
+async def test_a_rooms_publication_expires_a_day_after_its_last_batch(redis_url):
+    """Every room written to leaves no key for ever: its publication expires, and a turn
+    after that starts a new epoch, as after a Redis restart."""
+    registry = RedisRegistry("expiry-proc", redis_url, settings.REDIS_PREFIX)
+    key = registry.key("published", "expiring")
+    try:
+        async with registry.room_lock("expiring") as turn:
+            turn.advance()
+            assert await turn.keep()
+            assert 0 < await registry.redis.ttl(key) <= PUBLICATION_TTL_SECONDS
+            turn.advance()
+        assert 0 < await registry.redis.ttl(key) <= PUBLICATION_TTL_SECONDS
+        (epoch, number) = await registry.room_publication("expiring")
+        assert number == 2
+        await registry.redis.delete(key)  # what the expiry does
+        async with registry.room_lock("expiring") as after:
+            assert after.after[1] == 0 and after.after[0] != epoch
+            assert 0 < await registry.redis.ttl(key) <= PUBLICATION_TTL_SECONDS
     finally:
         await registry.close()
 
