@@ -42,6 +42,7 @@ __all__ = [
     "daphne_protocol",
     "direct_writer",
     "text_frame",
+    "uvicorn_protocol",
 ]
 
 _TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
