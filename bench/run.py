@@ -201,7 +201,7 @@ class Bench:
         """The project served by ``kind``, from ``root`` (a baseline's worktree, else this tree)."""
         env, port = self.project_env(layer), free_port()
         label = label or f"project-{kind}"
-        if not self.args.database_url and label != "project-daphne":
+        if not self.args.database_url and (kind != "daphne" or root != ROOT):
             # One SQLite file per server process: two processes writing one file stalled
             # fan-out runs for seconds (lock waits), which is a deployment question (use
             # PostgreSQL with several processes), not what a side-by-side run measures.

@@ -169,7 +169,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if not self.closing:
             self.closing = True
             metrics.inc("realtime_closes_total", code=str(int(code)))
-            if getattr(self._direct, "paused", False):
+            if self._direct is not None and self._direct.paused:
                 self._closer = asyncio.get_running_loop().create_task(
                     self._close_stalled(int(code))
                 )

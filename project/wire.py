@@ -72,6 +72,9 @@ class DirectWriter:
 
     __slots__ = ("open_state", "protocol", "send", "transport")
 
+    #: Twisted buffers without waiting, so a close never waits on this writer.
+    paused = False
+
     def __init__(self, protocol, transport) -> None:
         self.protocol, self.transport = protocol, transport
         self.open_state = protocol.STATE_OPEN
