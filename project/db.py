@@ -14,12 +14,21 @@ stay open. A connection is dropped when a call fails and leaves it unusable,
 and checked before use after :data:`IDLE_CHECK_SECONDS` of quiet (a server or
 proxy may close idle connections), so a broken connection costs at most the
 call that found it broken. Work submitted from one event loop runs in order.
+
+On SQLite in WAL mode the committing connection also runs the checkpoints
+(``wal_autocheckpoint``): every thousand pages or so, one commit copies the
+log back into the database file and waits for two ``fdatasync`` calls, a few
+milliseconds during which every batch behind it waits, and with it every
+post and message of the process. The worker's connections leave that to a
+thread of its own (:data:`CHECKPOINT_SECONDS`), whose passive checkpoints
+run beside the writes: the worker never waits on the disk's flush.
 """
 
 import asyncio
 import atexit
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,25 +36,39 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 
-__all__ = ["IDLE_CHECK_SECONDS", "close", "hot_cursor", "run"]
+__all__ = ["CHECKPOINT_SECONDS", "IDLE_CHECK_SECONDS", "close", "hot_cursor", "run"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: After this long without work, connections are checked before the next call.
 IDLE_CHECK_SECONDS = 30.0
+#: How often the worker's SQLite write-ahead logs are checkpointed, off the worker.
+CHECKPOINT_SECONDS = 1.0
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _last_used = 0.0  # only read and written on the worker thread
+_worker = threading.local()
+#: The checkpointing threads, by database file.
+_checkpointers: dict[str, "Checkpointer"] = {}
 
 
 def _get_executor() -> ThreadPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-worker")
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-worker",
+                                           initializer=_mark_worker)
         return _executor
+
+
+def _mark_worker() -> None:
+    _worker.is_worker = True
 
 
 def _responds(connection) -> bool:
@@ -104,6 +127,10 @@ def close() -> None:
     global _executor
     with _lock:
         executor, _executor = _executor, None
+        checkpointers = list(_checkpointers.values())
+        _checkpointers.clear()
+    for checkpointer in checkpointers:
+        checkpointer.stop()
     if executor is None:
         return
     try:
@@ -111,6 +138,69 @@ def close() -> None:
     except RuntimeError:
         pass  # interpreter shutdown has already stopped the thread (and its connections)
     executor.shutdown()
+
+
+# --- SQLite checkpoints ---------------------------------------------------------------
+
+
+@receiver(connection_created)
+def _leave_checkpoints_to_a_thread(sender, connection, **kwargs) -> None:
+    """A worker's SQLite connection in WAL mode: no checkpoints at its commits."""
+    if connection.vendor != "sqlite" or not getattr(_worker, "is_worker", False):
+        return
+    database = connection.connection
+    if database.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        return  # in memory, or another journal: nothing to checkpoint
+    name = str(connection.settings_dict["NAME"])
+    with _lock:
+        checkpointer = _checkpointers.get(name)
+        if checkpointer is None or not checkpointer.is_alive():
+            checkpointer = _checkpointers[name] = Checkpointer(connection)
+            checkpointer.start()
+    database.execute("PRAGMA wal_autocheckpoint = 0")
+
+
+class Checkpointer(threading.Thread):
+    """Checkpoints one SQLite database every :data:`CHECKPOINT_SECONDS`, on its own connection.
+
+    Passive checkpoints: they copy what no reader still needs and wait for
+    nobody, so the writer goes on meanwhile. Once a checkpoint has copied the
+    whole log, the next write starts the log again from its beginning; the log
+    file then holds about a second of writes.
+    """
+
+    def __init__(self, connection) -> None:
+        super().__init__(name="db-checkpoint", daemon=True)
+        self.wrapper_class, self.alias = type(connection), connection.alias
+        self.settings_dict = dict(connection.settings_dict)
+        self.connection = None
+        self.stopping = threading.Event()
+        #: What the last checkpoint reported: ``(busy, frames in the log, frames copied)``.
+        self.last: tuple[int, int, int] | None = None
+
+    def run(self) -> None:
+        # The same settings, and a connection of this thread's own (Django ties a
+        # connection to the thread that made it).
+        self.connection = self.wrapper_class(self.settings_dict, self.alias)
+        try:
+            while not self.stopping.wait(CHECKPOINT_SECONDS):
+                self.checkpoint()
+        finally:
+            self.connection.close()
+
+    def checkpoint(self) -> None:
+        try:
+            self.connection.ensure_connection()
+            self.last = self.connection.connection.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchone()
+        except Exception:
+            logger.warning("a checkpoint of the SQLite database failed", exc_info=True)
+            self.connection.close()  # the next one reconnects
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
 
 
 atexit.register(close)

@@ -1,10 +1,12 @@
 """The database worker (``project.db``): one thread, connections kept, broken ones dropped."""
 
+import asyncio
 import threading
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.test.utils import CaptureQueriesContext
 
 from project import db
@@ -73,6 +75,71 @@ async def test_close_closes_the_connections_and_a_later_call_starts_again():
     with pytest.raises(Exception):  # noqa: B017 - sqlite3 and psycopg differ
         conn.cursor().execute("SELECT 1")
     assert await db.run(connection_state) != (thread, conn)
+
+
+# --- SQLite checkpoints ------------------------------------------------------------------
+
+
+@pytest.fixture
+def wal_database(tmp_path, monkeypatch):
+    """Settings of a SQLite file in WAL mode, as the project's; its checkpointer stopped after."""
+    monkeypatch.setattr(db, "CHECKPOINT_SECONDS", 0.05)
+    name = str(tmp_path / "wal.sqlite3")
+    yield connections.configure_settings({DEFAULT_DB_ALIAS: {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": name,
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+    }})[DEFAULT_DB_ALIAS]
+    checkpointer = db._checkpointers.pop(name, None)
+    if checkpointer is not None:
+        checkpointer.stop()
+
+
+def open_wal(settings_dict):
+    wrapper = SQLiteWrapper(settings_dict, alias="wal")
+    wrapper.ensure_connection()
+    return wrapper
+
+
+def autocheckpoint(wrapper) -> int:
+    return wrapper.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+
+async def test_the_workers_sqlite_commits_leave_checkpoints_to_a_thread_of_their_own(
+    wal_database,
+):
+    """No commit on the worker waits for a checkpoint's flush; another thread copies the log."""
+
+    def write_a_log():
+        wrapper = open_wal(wal_database)
+        wrapper.connection.execute("CREATE TABLE pages (blob BLOB)")
+        for _ in range(40):
+            wrapper.connection.execute("INSERT INTO pages VALUES (randomblob(4000))")
+        return wrapper, autocheckpoint(wrapper)
+
+    wrapper, worker_autocheckpoint = await db.run(write_a_log)
+    try:
+        assert worker_autocheckpoint == 0
+        checkpointer = db._checkpointers[wal_database["NAME"]]
+        assert checkpointer.is_alive() and checkpointer is not threading.current_thread()
+        for _ in range(100):
+            if checkpointer.last and checkpointer.last[1] >= 40:
+                break
+            await asyncio.sleep(0.05)
+        _busy, in_log, copied = checkpointer.last
+        assert in_log >= 40 and copied == in_log, "the whole log went into the database file"
+    finally:
+        await db.run(wrapper.close)
+
+
+def test_other_threads_keep_sqlites_own_checkpoints(wal_database):
+    """Request threads and management commands: SQLite's default, a checkpoint per 1000 pages."""
+    wrapper = open_wal(wal_database)
+    try:
+        assert autocheckpoint(wrapper) == 1000
+        assert wal_database["NAME"] not in db._checkpointers
+    finally:
+        wrapper.close()
 
 
 # --- hot_cursor ---------------------------------------------------------------------
