@@ -48,7 +48,7 @@ T = TypeVar("T")
 #: After this long without work, connections are checked before the next call.
 IDLE_CHECK_SECONDS = 30.0
 #: How often the worker's SQLite write-ahead logs are checkpointed, off the worker.
-CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_SECONDS = 0.2
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
