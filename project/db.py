@@ -48,6 +48,7 @@ T = TypeVar("T")
 #: After this long without work, connections are checked before the next call.
 IDLE_CHECK_SECONDS = 30.0
 #: How often the worker's SQLite write-ahead logs are checkpointed, off the worker.
+#: Once a second let the log grow to a second of writes, and rooms measured slower.
 CHECKPOINT_SECONDS = 0.2
 
 _lock = threading.Lock()
@@ -166,7 +167,9 @@ class Checkpointer(threading.Thread):
     Passive checkpoints: they copy what no reader still needs and wait for
     nobody, so the writer goes on meanwhile. Once a checkpoint has copied the
     whole log, the next write starts the log again from its beginning; the log
-    file then holds about a second of writes.
+    file then holds what is written in :data:`CHECKPOINT_SECONDS` (a busy
+    notification writer: about the thousand pages after which SQLite would
+    have checkpointed by itself).
     """
 
     def __init__(self, connection) -> None:
