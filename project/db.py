@@ -16,12 +16,16 @@ proxy may close idle connections), so a broken connection costs at most the
 call that found it broken. Work submitted from one event loop runs in order.
 
 On SQLite in WAL mode the committing connection also runs the checkpoints
-(``wal_autocheckpoint``): every thousand pages or so, one commit copies the
-log back into the database file and waits for two ``fdatasync`` calls, a few
+(``wal_autocheckpoint``): every thousand pages, one commit copies the log
+back into the database file and waits for two ``fdatasync`` calls, a few
 milliseconds during which every batch behind it waits, and with it every
-post and message of the process. The worker's connections leave that to a
-thread of its own (:data:`CHECKPOINT_SECONDS`), whose passive checkpoints
-run beside the writes: the worker never waits on the disk's flush.
+post and message of the process. So a thread of its own copies the log
+every :data:`CHECKPOINT_SECONDS`, beside the writes, and flushes it. The
+worker still checkpoints, but only every :data:`WORKER_CHECKPOINT_PAGES`,
+and by then there is little left for it to copy and flush: only a
+checkpoint between the writer's own transactions can start the log again
+from its beginning while writes never pause (a concurrent one always finds
+newer pages behind it), and without that the log would grow without bound.
 """
 
 import asyncio
@@ -39,7 +43,14 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
-__all__ = ["CHECKPOINT_SECONDS", "IDLE_CHECK_SECONDS", "close", "hot_cursor", "run"]
+__all__ = [
+    "CHECKPOINT_SECONDS",
+    "IDLE_CHECK_SECONDS",
+    "WORKER_CHECKPOINT_PAGES",
+    "close",
+    "hot_cursor",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +58,11 @@ T = TypeVar("T")
 
 #: After this long without work, connections are checked before the next call.
 IDLE_CHECK_SECONDS = 30.0
-#: How often the worker's SQLite write-ahead logs are checkpointed, off the worker.
-#: Once a second let the log grow to a second of writes, and rooms measured slower.
+#: How often the worker's SQLite write-ahead logs are copied back, off the worker.
 CHECKPOINT_SECONDS = 0.2
+#: The log size (pages) at which the worker checkpoints (and so restarts the log) itself:
+#: at most about 40 MB of log at the default 4 KiB pages.
+WORKER_CHECKPOINT_PAGES = 10_000
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
@@ -146,7 +159,7 @@ def close() -> None:
 
 @receiver(connection_created)
 def _leave_checkpoints_to_a_thread(sender, connection, **kwargs) -> None:
-    """A worker's SQLite connection in WAL mode: no checkpoints at its commits."""
+    """A worker's SQLite connection in WAL mode: checkpoints mostly done by another thread."""
     if connection.vendor != "sqlite" or not getattr(_worker, "is_worker", False):
         return
     database = connection.connection
@@ -158,18 +171,15 @@ def _leave_checkpoints_to_a_thread(sender, connection, **kwargs) -> None:
         if checkpointer is None or not checkpointer.is_alive():
             checkpointer = _checkpointers[name] = Checkpointer(connection)
             checkpointer.start()
-    database.execute("PRAGMA wal_autocheckpoint = 0")
+    database.execute(f"PRAGMA wal_autocheckpoint = {int(WORKER_CHECKPOINT_PAGES)}")
 
 
 class Checkpointer(threading.Thread):
     """Checkpoints one SQLite database every :data:`CHECKPOINT_SECONDS`, on its own connection.
 
     Passive checkpoints: they copy what no reader still needs and wait for
-    nobody, so the writer goes on meanwhile. Once a checkpoint has copied the
-    whole log, the next write starts the log again from its beginning; the log
-    file then holds what is written in :data:`CHECKPOINT_SECONDS` (a busy
-    notification writer: about the thousand pages after which SQLite would
-    have checkpointed by itself).
+    nobody, so the writer goes on meanwhile (and finds its own checkpoint, at
+    :data:`WORKER_CHECKPOINT_PAGES`, nearly done).
     """
 
     def __init__(self, connection) -> None:

@@ -1,6 +1,7 @@
 """The database worker (``project.db``): one thread, connections kept, broken ones dropped."""
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -119,7 +120,7 @@ async def test_the_workers_sqlite_commits_leave_checkpoints_to_a_thread_of_their
 
     wrapper, worker_autocheckpoint = await db.run(write_a_log)
     try:
-        assert worker_autocheckpoint == 0
+        assert worker_autocheckpoint == db.WORKER_CHECKPOINT_PAGES
         checkpointer = db._checkpointers[wal_database["NAME"]]
         assert checkpointer.is_alive() and checkpointer is not threading.current_thread()
         for _ in range(100):
@@ -128,6 +129,26 @@ async def test_the_workers_sqlite_commits_leave_checkpoints_to_a_thread_of_their
             await asyncio.sleep(0.05)
         _busy, in_log, copied = checkpointer.last
         assert in_log >= 40 and copied == in_log, "the whole log went into the database file"
+    finally:
+        await db.run(wrapper.close)
+
+
+async def test_the_log_starts_again_while_writes_never_pause(wal_database, monkeypatch):
+    """A checkpoint beside the writes always finds newer pages behind it; the worker's own,
+    between its transactions, lets the next write start the log from its beginning."""
+    monkeypatch.setattr(db, "CHECKPOINT_SECONDS", 0.01)
+    monkeypatch.setattr(db, "WORKER_CHECKPOINT_PAGES", 50)
+
+    def write_without_pause():
+        wrapper = open_wal(wal_database)
+        wrapper.connection.execute("CREATE TABLE pages (blob BLOB)")
+        for _ in range(1000):
+            wrapper.connection.execute("INSERT INTO pages VALUES (randomblob(3000))")
+        return wrapper, os.path.getsize(wal_database["NAME"] + "-wal") // 4096
+
+    wrapper, log_pages = await db.run(write_without_pause)
+    try:
+        assert log_pages < 200, "the log started again at its beginning"
     finally:
         await db.run(wrapper.close)
 
