@@ -40,6 +40,7 @@ bookkeeping (flow control, keep-alive, access log) as its ``send`` would.
 """
 
 import errno
+import functools
 import struct
 
 __all__ = [
@@ -252,16 +253,23 @@ def direct_writer(send) -> "DirectWriter | TransportWriter | None":
     return DirectWriter(protocol, transport)
 
 
+@functools.cache
+def _httptools_impl():
+    """uvicorn's ``httptools`` module, imported once (``None`` without httptools)."""
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError:  # pragma: no cover - uvicorn without httptools
+        return None
+    return httptools_impl
+
+
 def uvicorn_http_cycle(send):
     """uvicorn's ``httptools`` request cycle behind its ASGI ``send``, or ``None``."""
     cycle = getattr(send, "__self__", None)
     if not type(cycle).__module__.startswith("uvicorn."):
         return None  # not uvicorn: do not import it
-    try:
-        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-    except ImportError:  # pragma: no cover - uvicorn without httptools
-        return None
-    return cycle if type(cycle) is RequestResponseCycle else None
+    impl = _httptools_impl()
+    return cycle if impl is not None and type(cycle) is impl.RequestResponseCycle else None
 
 
 async def send_http_response(send, status: int, headers: list[tuple[bytes, bytes]],
@@ -281,15 +289,14 @@ async def send_http_response(send, status: int, headers: list[tuple[bytes, bytes
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return
-    from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
-
+    impl = _httptools_impl()
     if cycle.flow.write_paused and not cycle.disconnected:
         await cycle.flow.drain()
     if cycle.disconnected:
         return
-    content = [STATUS_LINE[status]]
+    content = [impl.STATUS_LINE[status]]
     for name, value in (*cycle.default_headers, *headers):
-        if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+        if impl.HEADER_RE.search(name) or impl.HEADER_VALUE_RE.search(value):
             raise RuntimeError("Invalid HTTP header.")
         content += (name.lower(), b": ", value, b"\r\n")
     content += (b"\r\n", body)
