@@ -286,8 +286,7 @@ def _statement(cursor, kind: str, count: int) -> str:
 
     Table and column names come from the models; the text depends only on
     the backend's quoting and the number of rows, so each shape is built once
-    (about a fifth of the writer's own Python per batch, with the rest of its
-    bookkeeping).
+    (building them took about a sixth of the writer's Python per batch).
     """
     conn = cursor.db
     key = (conn.vendor, kind, count)
