@@ -32,6 +32,7 @@ from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 
 from notifications import views
+from project import wire
 from project.api import (
     STATUS_OF,
     ApiError,
@@ -62,12 +63,7 @@ class NotifyEdge:
         if answer is None:
             return  # the client went away before its body arrived (Django: RequestAborted)
         status, body = answer
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": response_headers(len(body)),
-        })
-        await send({"type": "http.response.body", "body": body})
+        await wire.send_http_response(send, status, response_headers(len(body)), body)
 
     @staticmethod
     def route(scope) -> object:

@@ -29,9 +29,18 @@ clear), and a receiver passes such a message through untouched.
 
 Under any other server (or uvicorn's other WebSocket implementations) the
 consumer keeps using the ASGI ``send``.
+
+HTTP answers of a known length (the notification API's edge) go the same way
+under uvicorn's ``httptools`` implementation: its ASGI ``send`` writes the
+status line and headers at ``http.response.start`` and the body at
+``http.response.body``, each straight to the socket (uvloop writes at once),
+so every answer costs two system calls and two TCP segments.
+:func:`send_http_response` writes the same bytes in one, and keeps uvicorn's
+bookkeeping (flow control, keep-alive, access log) as its ``send`` would.
 """
 
 import errno
+import functools
 import struct
 
 __all__ = [
@@ -41,6 +50,7 @@ __all__ = [
     "buffered_bytes",
     "daphne_protocol",
     "direct_writer",
+    "send_http_response",
     "text_frame",
     "uvicorn_protocol",
 ]
@@ -241,3 +251,65 @@ def direct_writer(send) -> "DirectWriter | TransportWriter | None":
     if not isinstance(transport, Connection):
         return None
     return DirectWriter(protocol, transport)
+
+
+@functools.cache
+def _httptools_impl():
+    """uvicorn's ``httptools`` module, imported once (``None`` without httptools)."""
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError:  # pragma: no cover - uvicorn without httptools
+        return None
+    return httptools_impl
+
+
+def uvicorn_http_cycle(send):
+    """uvicorn's ``httptools`` request cycle behind its ASGI ``send``, or ``None``."""
+    cycle = getattr(send, "__self__", None)
+    if not type(cycle).__module__.startswith("uvicorn."):
+        return None  # not uvicorn: do not import it
+    impl = _httptools_impl()
+    return cycle if impl is not None and type(cycle) is impl.RequestResponseCycle else None
+
+
+async def send_http_response(send, status: int, headers: list[tuple[bytes, bytes]],
+                             body: bytes) -> None:
+    """Send a whole HTTP response; ``headers`` must hold its ``Content-Length``.
+
+    Under uvicorn's ``httptools`` implementation, for a keep-alive ``POST``
+    (what the edge answers), the status line, uvicorn's default headers
+    (``date``, ``server``), ``headers`` and ``body`` go out in one write, as its
+    two ``send`` calls would have written them. Anything else (another
+    server, a ``HEAD``, a connection uvicorn closes after the answer, an answer
+    already started) takes the two ASGI messages.
+    """
+    cycle = uvicorn_http_cycle(send)
+    if (cycle is None or cycle.response_started or not cycle.keep_alive
+            or cycle.scope["method"] != "POST" or status in (204, 304)):
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    impl = _httptools_impl()
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:
+        return
+    content = [impl.STATUS_LINE[status]]
+    for name, value in (*cycle.default_headers, *headers):
+        if impl.HEADER_RE.search(name) or impl.HEADER_VALUE_RE.search(value):
+            raise RuntimeError("Invalid HTTP header.")
+        content += (name.lower(), b": ", value, b"\r\n")
+    content += (b"\r\n", body)
+    cycle.response_started = cycle.response_complete = True
+    cycle.waiting_for_100_continue = False
+    cycle.chunked_encoding, cycle.expected_content_length = False, 0
+    if cycle.access_log:
+        from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+        scope = cycle.scope
+        cycle.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope),
+                                 scope["method"], get_path_with_query_string(scope),
+                                 scope["http_version"], status)
+    cycle.transport.write(b"".join(content))
+    cycle.message_event.set()
+    cycle.on_response()

@@ -57,7 +57,7 @@ async def test_the_contract_holds_under_uvicorn(uvicorn_server, make_user, token
 async def test_the_notification_api_answers_on_a_kept_alive_connection(
     uvicorn_server, make_user, token_for
 ):
-    """The edge's answers under uvicorn: whole, with uvicorn's headers; the next one follows."""
+    """The edge writes each answer in one piece; uvicorn then serves the next request."""
     server = uvicorn_server
     await database_sync_to_async(make_user)("boss", staff=True)
     await database_sync_to_async(make_user)("uvi")

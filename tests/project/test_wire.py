@@ -8,6 +8,7 @@ take a frame at once.
 
 import asyncio
 import functools
+import logging
 import socket
 
 import pytest
@@ -274,3 +275,99 @@ def test_the_transport_writer_says_when_uvicorns_send_would_wait(uvicorn_send):
     assert w.paused
     w.abort()
     assert uvicorn_send.__self__.transport.aborted
+
+
+# --- uvicorn HTTP answers ---------------------------------------------------------------
+
+
+class RecordingHttpTransport(FakeAsyncioTransport):
+    """Also what uvicorn's flow control calls."""
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closing = True
+
+
+def http_cycle(*, method="POST", keep_alive=True, access_log=False):
+    """uvicorn's own (httptools) request cycle, as it hands the application its ``send``."""
+    httptools_impl = pytest.importorskip("uvicorn.protocols.http.httptools_impl")
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    transport = RecordingHttpTransport()
+    responses = []
+    cycle = httptools_impl.RequestResponseCycle(
+        scope={"method": method, "path": "/api/notify/ann", "query_string": b"",
+               "http_version": "1.1", "client": ("127.0.0.1", 5000)},
+        transport=transport, flow=FlowControl(transport),
+        logger=logging.getLogger("uvicorn.error"),
+        access_logger=logging.getLogger("uvicorn.access"), access_log=access_log,
+        default_headers=[(b"date", b"Wed, 25 Nov 2026 16:00:00 GMT"), (b"Server", b"uvicorn")],
+        message_event=asyncio.Event(), expect_100_continue=False, keep_alive=keep_alive,
+        on_response=lambda: responses.append(True),
+    )
+    return cycle, transport, responses
+
+
+ANSWER = (202, [(b"content-type", b"application/json"), (b"content-length", b"18"),
+                (b"x-frame-options", b"DENY")], b'{"status": "sent"}')
+
+
+async def uvicorns_own_bytes(**kwargs) -> list[bytes]:
+    cycle, transport, _ = http_cycle(**kwargs)
+    status, headers, body = ANSWER
+    await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
+    await cycle.send({"type": "http.response.body", "body": body})
+    return transport.written
+
+
+async def test_an_http_answer_is_what_uvicorn_writes_in_one_write():
+    theirs = await uvicorns_own_bytes()
+    assert len(theirs) == 2, "uvicorn writes the head and the body apart"
+    cycle, transport, responses = http_cycle()
+    await wire.send_http_response(cycle.send, *ANSWER)
+    assert transport.written == [b"".join(theirs)]
+    assert cycle.response_complete and cycle.message_event.is_set()
+    assert responses == [True], "uvicorn goes on to the next request on the connection"
+
+
+async def test_the_access_log_line_is_uvicorns(caplog):
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
+    await uvicorns_own_bytes(access_log=True)
+    theirs = [record.getMessage() for record in caplog.records]
+    caplog.clear()
+    cycle, _, _ = http_cycle(access_log=True)
+    await wire.send_http_response(cycle.send, *ANSWER)
+    assert [record.getMessage() for record in caplog.records] == theirs
+    assert theirs == ['127.0.0.1:5000 - "POST /api/notify/ann HTTP/1.1" 202']
+
+
+@pytest.mark.parametrize("case", [{"keep_alive": False}, {"method": "HEAD"}])
+async def test_other_answers_take_uvicorns_own_send(case):
+    """uvicorn closes the connection after this answer, or leaves the body out."""
+    theirs = await uvicorns_own_bytes(**case)
+    cycle, transport, _ = http_cycle(**case)
+    await wire.send_http_response(cycle.send, *ANSWER)
+    assert transport.written == theirs
+
+
+async def test_nothing_is_written_to_a_client_that_went_away():
+    cycle, transport, responses = http_cycle()
+    cycle.disconnected = True
+    await wire.send_http_response(cycle.send, *ANSWER)
+    assert transport.written == [] and responses == []
+
+
+async def test_other_servers_get_the_two_asgi_messages():
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await wire.send_http_response(send, *ANSWER)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["headers"] == ANSWER[1] and sent[1]["body"] == ANSWER[2]
