@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Set up the project's virtual environment, then serve or test.
+"""Set up the project's virtual environment, then serve, test or run a command in it.
 
-    python3 dev.py serve   # venv + migrate + daphne on 127.0.0.1:8000 (SQLite, in-memory layer)
-    python3 dev.py test    # venv + ruff + the whole pytest suite (extra args go to pytest)
+    python3 dev.py serve [--port P]   # venv + migrate + daphne on http://127.0.0.1:8000
+    python3 dev.py test [PYTEST ARGS] # venv + ruff + the whole pytest suite
+    python3 dev.py manage COMMAND     # any manage.py command, with serve's defaults
+    python3 dev.py run SCRIPT [ARGS]  # a Python script (or - for stdin) in the venv
+    python3 dev.py lock [--upgrade]   # re-resolve requirements.lock from pyproject.toml
 
-Only python3 (3.11+) is needed. The environment lives in ``.venv`` and is
-reinstalled only when ``pyproject.toml`` changes, so a second run starts at once.
+Only python3 (3.11+) is needed. ``.venv`` is built from ``requirements.lock`` (exact
+versions and hashes) and rebuilt from scratch whenever the lock changes, so what runs
+is what the lock says and nothing else.
 """
 
 import hashlib
@@ -13,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import venv
 from pathlib import Path
 
@@ -22,23 +25,35 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".installed"
+LOCK = ROOT / "requirements.lock"
+
+#: The resolver that writes requirements.lock (README, "Dependencies"); pinned so that
+#: two engineers resolving the same pyproject.toml get the same lock.
+LOCK_TOOL = "uv==0.13.8"
+LOCK_COMMAND = [
+    "pip", "compile", "pyproject.toml", "--extra", "test", "--universal",
+    "--python-version", "3.11", "--generate-hashes", "--quiet",
+    "--custom-compile-command", "python3 dev.py lock", "--output-file", str(LOCK),
+]
+
+#: What ``serve`` and ``manage`` assume on a developer's machine (README, "Configuration").
+DEVELOPMENT_DEFAULTS = {"DEBUG": "true"}
 
 
 def ensure_venv() -> None:
-    """Create ``.venv`` and install the dependencies (with test extras) if needed."""
-    pyproject = (ROOT / "pyproject.toml").read_bytes()
-    digest = hashlib.sha256(pyproject).hexdigest()
+    """Build ``.venv`` from requirements.lock unless it was built from this very lock."""
+    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == digest and PYTHON.exists():
         return
-    if not PYTHON.exists():
-        print("dev.py: creating .venv", flush=True)
-        venv.create(VENV, with_pip=True)
-    meta = tomllib.loads(pyproject.decode())["project"]
-    requirements = meta["dependencies"] + meta["optional-dependencies"]["test"]
-    print("dev.py: installing dependencies", flush=True)
+    if VENV.exists():
+        # A new lock gets a new environment: packages the lock dropped must not linger.
+        print("dev.py: requirements.lock changed, rebuilding .venv", flush=True)
+        shutil.rmtree(VENV)
+    print("dev.py: creating .venv from requirements.lock", flush=True)
+    venv.create(VENV, with_pip=True)
     subprocess.run(
         [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         *requirements],
+         "--require-hashes", "--no-deps", "-r", str(LOCK)],
         check=True,
     )
     STAMP.write_text(digest)
@@ -75,22 +90,42 @@ def ensure_debian_packages() -> None:
                        check=False, env=env, stdout=subprocess.DEVNULL)
 
 
-def run(*args: str) -> int:
-    return subprocess.run([str(PYTHON), *args], cwd=ROOT).returncode
+def run(*args: str, env: dict[str, str] | None = None) -> int:
+    return subprocess.run([str(PYTHON), *args], cwd=ROOT, env=env).returncode
+
+
+def development_env() -> dict[str, str]:
+    return {**DEVELOPMENT_DEFAULTS, **os.environ}
+
+
+def lock(rest: list[str]) -> int:
+    """Resolve pyproject.toml into requirements.lock; ``--upgrade`` takes the newest allowed."""
+    ensure_venv()
+    if not (BIN / "uv").exists():
+        subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", LOCK_TOOL], check=True)
+    code = subprocess.run([str(BIN / "uv"), *LOCK_COMMAND, *rest], cwd=ROOT).returncode
+    if not code:
+        print("dev.py: requirements.lock written; now run `python3 dev.py test` and the "
+              "bench A/B (README, \"Dependencies\")")
+    return code
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"serve", "test", "manage"}:
+    if not argv or argv[0] not in {"serve", "test", "manage", "run", "lock"}:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
+    if command == "lock":
+        return lock(rest)
     ensure_venv()
+    if command == "run":
+        return run(*rest)
     if command == "manage":
-        return run("manage.py", *rest)
+        return run("manage.py", *rest, env=development_env())
     if command == "serve":
-        os.environ.setdefault("DEBUG", "true")
-        code = run("manage.py", "migrate", "--no-input", "-v", "0")
-        return code or run("manage.py", "serve", *rest)
+        env = development_env()
+        code = run("manage.py", "migrate", "--no-input", "-v", "0", env=env)
+        return code or run("manage.py", "serve", *rest, env=env)
     # test
     ensure_debian_packages()
     code = run("-m", "ruff", "check", ".")
