@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
         return lock(rest)
     ensure_venv()
     if command == "run":
-        return run(*rest)
+        return run(*rest, env=development_env())
     if command == "manage":
         return run("manage.py", *rest, env=development_env())
     if command == "serve":

@@ -80,6 +80,13 @@ def daphne_arguments(host: str, port: int) -> list[str]:
     return [*args, "project.asgi:application"]
 
 
+def browser_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds a server listening on ``host``."""
+    if host in {"", "0.0.0.0", "::"}:
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 class Command(BaseCommand):
     help = "Serve the project with daphne (HOST/PORT from settings unless given)."
 
@@ -88,8 +95,10 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=None)
 
     def handle(self, *args, host: str | None, port: int | None, **options) -> None:
-        argv = daphne_arguments(host or settings.SERVER_HOST, port or settings.SERVER_PORT)
+        host, port = host or settings.SERVER_HOST, port or settings.SERVER_PORT
+        argv = daphne_arguments(host, port)
         self.stdout.write(f"daphne {' '.join(argv)}")
+        self.stdout.write(f"Open {browser_url(host, port)} in a browser (Ctrl-C stops the server)")
         sys.stdout.flush()
         plain_autobahn_log_arguments()
         skip_twisted_form_parsing()
