@@ -3,8 +3,8 @@
 from django.http import HttpRequest, JsonResponse
 
 from chat import services
-from project import protocol
-from project.api import ApiError, api_view
+from realtime import protocol
+from realtime.api import ApiError, api_view
 
 
 @api_view("GET")

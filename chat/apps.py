@@ -8,7 +8,7 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat.services import announce_departures
-        from project.hub import departure_handlers
+        from realtime.hub import departure_handlers
 
         if announce_departures not in departure_handlers:
             departure_handlers.append(announce_departures)

@@ -4,9 +4,9 @@ import logging
 from urllib.parse import parse_qs
 
 from chat import services
-from project import protocol
-from project.consumers import ProtocolConsumer
-from project.protocol import (
+from realtime import protocol
+from realtime.consumers import ProtocolConsumer
+from realtime.protocol import (
     HISTORY_ON_JOIN,
     HISTORY_SINCE_MAX,
     Auth,

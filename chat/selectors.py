@@ -3,7 +3,7 @@
 from django.db.models import Q, QuerySet
 
 from chat.models import Message, Room
-from project import protocol
+from realtime import protocol
 
 
 def visible_messages(room_id: int, user) -> QuerySet[Message]:

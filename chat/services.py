@@ -33,10 +33,10 @@ from django.utils import timezone
 
 from chat import selectors
 from chat.models import Message, Room
-from project import db, metrics, protocol, wire
-from project.hub import Hub
-from project.protocol import ErrorCode, ProtocolError
-from project.registry import Departure, Publication, RoomTurn
+from realtime import db, metrics, protocol, wire
+from realtime.hub import Hub
+from realtime.protocol import ErrorCode, ProtocolError
+from realtime.registry import Departure, Publication, RoomTurn
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ import time
 from django.conf import settings
 
 from notifications import services
-from project import protocol
-from project.consumers import ProtocolConsumer
-from project.hub import Hub
-from project.protocol import Ack, Auth, ErrorCode, Ping
-from project.registry import NOTIFICATIONS
+from realtime import protocol
+from realtime.consumers import ProtocolConsumer
+from realtime.hub import Hub
+from realtime.protocol import Ack, Auth, ErrorCode, Ping
+from realtime.registry import NOTIFICATIONS
 
 logger = logging.getLogger(__name__)
 

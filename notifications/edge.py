@@ -7,7 +7,7 @@ request signals and the URL resolver: most of a millisecond of CPU before the
 view starts, for requests that need none of it (no session, no cookie, no
 CSRF: a Bearer token). :class:`NotifyEdge` answers those requests itself with
 the same checks, in the same order, with the same statuses and bodies
-(``project.api`` and :func:`notifications.views.post` are shared, not copied);
+(``realtime.api`` and :func:`notifications.views.post` are shared, not copied);
 everything else goes on to Django unchanged:
 
 * any other path or a request without ``Authorization`` (a session cookie
@@ -32,8 +32,8 @@ from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 
 from notifications import views
-from project import wire
-from project.api import (
+from realtime import wire
+from realtime.api import (
     STATUS_OF,
     ApiError,
     bearer_username,
@@ -41,7 +41,7 @@ from project.api import (
     check_method,
     parse_json_object,
 )
-from project.protocol import API_MAX_BODY_BYTES
+from realtime.protocol import API_MAX_BODY_BYTES
 
 NOTIFY = re.compile(r"/api/notify/([^/]+)")
 BROADCAST = "/api/broadcast"

@@ -17,7 +17,7 @@ Both return ``(id, status)``: ``"sent"`` when the user has an open
 ``/ws/notifications/`` connection on any process, else ``"queued"``.
 
 Inside the server the push goes through the process hub of the running loop
-(``project.hub``); elsewhere (a management command, a worker) it goes straight
+(``realtime.hub``); elsewhere (a management command, a worker) it goes straight
 to the channel layer, and a short-lived registry answers "is the user online".
 """
 
@@ -42,10 +42,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from notifications.models import Notification
-from project import db, metrics, protocol
-from project.api import NO_ACTIVE_USER, STAFF_ONLY
-from project.hub import Hub, get_hub, running_hub
-from project.registry import LocalRegistry, NotificationReach, RedisRegistry
+from realtime import db, metrics, protocol
+from realtime.api import NO_ACTIVE_USER, STAFF_ONLY
+from realtime.hub import Hub, get_hub, running_hub
+from realtime.registry import LocalRegistry, NotificationReach, RedisRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     :data:`AUTHORISED` for a post without data that passed its checks.
 
     This runs with every batch, so its statements are SQL, on a
-    :func:`project.db.hot_cursor`: through the ORM (model instances,
+    :func:`realtime.db.hot_cursor`: through the ORM (model instances,
     ``bulk_create``, a ``values()`` query) the same work cost about three
     times the CPU, when the database thread was half of the notify path's.
     """

@@ -17,7 +17,7 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 
 from notifications import services
-from project.api import ApiError, api_view, read_json_object
+from realtime.api import ApiError, api_view, read_json_object
 
 #: The methods both endpoints take (the edge checks the same).
 METHODS = ("POST",)

@@ -16,8 +16,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from notifications.edge import NotifyEdge  # noqa: E402
-from project.middleware import WebSocketAuthStack  # noqa: E402
 from project.routing import websocket_urlpatterns  # noqa: E402
+from realtime.middleware import WebSocketAuthStack  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

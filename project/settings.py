@@ -71,7 +71,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "project",
+    "realtime",
     "chat",
     "notifications",
 ]

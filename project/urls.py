@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from project import health, views
+from realtime import health, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),

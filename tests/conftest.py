@@ -24,8 +24,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 
-from project import db, tokens
-from project.hub import close_hub
+from realtime import db, tokens
+from realtime.hub import close_hub
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -406,6 +406,6 @@ async def test_one_failing_connection_does_not_disturb_another(alice, bob, monke
 
 def test_frames_are_compact_json():
     """Frames are one JSON object per text frame (sanity of the encoder)."""
-    from project import protocol
+    from realtime import protocol
 
     assert json.loads(protocol.PONG) == {"type": "pong"}

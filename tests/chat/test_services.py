@@ -9,8 +9,8 @@ from django.conf import settings
 
 from chat import services
 from chat.models import Message, Room
-from project.hub import get_hub
-from project.registry import RedisRegistry
+from realtime.hub import get_hub
+from realtime.registry import RedisRegistry
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 
 from notifications import consumers, services
 from project.asgi import application
-from project.hub import get_hub
+from realtime.hub import get_hub
 from tests.notifications.conftest import (
     PATH,
     assert_closed,
@@ -40,7 +40,7 @@ async def test_bad_token_closes_4002(amake_user, connect):
 
 async def test_expired_token_closes_4001(amake_user, connect):
     """A validly signed but expired token closes with 4001."""
-    from project import tokens
+    from realtime import tokens
 
     await amake_user("bea")
     token, _ = tokens.issue("bea", -10)

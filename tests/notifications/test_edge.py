@@ -14,9 +14,9 @@ from django.test import AsyncClient
 
 from notifications import edge
 from notifications.models import Notification
-from project import tokens
 from project.asgi import application
-from project.protocol import API_MAX_BODY_BYTES
+from realtime import tokens
+from realtime.protocol import API_MAX_BODY_BYTES
 from tests.notifications.conftest import receive
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,8 +11,8 @@ from django.db import connection, transaction
 
 from notifications import services
 from notifications.models import Notification
-from project import hub as hub_module
-from project.registry import NOTIFICATIONS
+from realtime import hub as hub_module
+from realtime.registry import NOTIFICATIONS
 from tests.notifications.conftest import receive, receive_notes
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -253,7 +253,7 @@ async def test_status_is_sent_only_while_connected(amake_user, connect):
 
 async def test_posts_are_counted_by_status(amake_user, connect):
     """realtime_notifications_total counts posts by status: queued, sent, broadcast."""
-    from project import metrics
+    from realtime import metrics
 
     bob = await amake_user("bea")
     before = {s: metrics.value("realtime_notifications_total", status=s)

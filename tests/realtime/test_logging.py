@@ -7,7 +7,7 @@ import time
 import pytest
 from django.test import AsyncClient
 
-from tests.project.support import close_code, communicator, forge, receive_json
+from tests.realtime.support import close_code, communicator, forge, receive_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

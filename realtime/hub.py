@@ -24,7 +24,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from project.registry import Departure, LocalRegistry, RedisRegistry, connection_prefix
+from realtime.registry import Departure, LocalRegistry, RedisRegistry, connection_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Hub:
         """Close connections of users who are no longer active (the signal's fallback)."""
         if not self.user_connections:
             return
-        from project.revocation import inactive_usernames
+        from realtime.revocation import inactive_usernames
 
         for username in await inactive_usernames(list(self.user_connections)):
             await self.revoke_local(username)

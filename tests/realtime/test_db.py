@@ -1,4 +1,4 @@
-"""The database worker (``project.db``): one thread, connections kept, broken ones dropped."""
+"""The database worker (``realtime.db``): one thread, connections kept, broken ones dropped."""
 
 import asyncio
 import os
@@ -10,7 +10,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.test.utils import CaptureQueriesContext
 
-from project import db
+from realtime import db
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,8 +9,8 @@ from django.contrib.auth import authenticate
 from django.core.cache import cache
 from django.http import HttpRequest, JsonResponse
 
-from project import protocol, tokens
-from project.api import ApiError, api_view, read_json_object
+from realtime import protocol, tokens
+from realtime.api import ApiError, api_view, read_json_object
 
 
 def _failure_keys(username: str, address: str) -> list[str]:

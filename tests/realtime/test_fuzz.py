@@ -1,6 +1,6 @@
 """Fuzzing the frame parsers and live consumers with Hypothesis.
 
-Whatever a client sends, ``project.protocol`` either returns one of its frame
+Whatever a client sends, ``realtime.protocol`` either returns one of its frame
 dataclasses, holding only values the contract allows, or raises ``ProtocolError``
 with a client error code; never another exception. Live consumers answer every
 frame with an echo, a pong, or an ``error`` frame with a contract code.
@@ -25,9 +25,9 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from project import protocol
 from project.asgi import application
-from project.protocol import (
+from realtime import protocol
+from realtime.protocol import (
     MAX_CONTENT_CHARS,
     MAX_ID,
     MAX_REF_CHARS,
@@ -294,7 +294,7 @@ def fuzz_user(make_user, token_for) -> str:
 async def test_live_json_endpoint_answers_every_frame_with_a_contract_frame(fuzz_user,
                                                                             frames_sent):
     """On a JSON endpoint each frame gets a pong, auth answer, or a client-code error."""
-    from tests.project.support import communicator
+    from tests.realtime.support import communicator
 
     RUNS["live JSON sequences"] += 1
     comm = communicator(f"/ws/test/?token={fuzz_user}")
@@ -331,7 +331,7 @@ async def test_live_json_endpoint_answers_every_frame_with_a_contract_frame(fuzz
                                             min_size=1, max_size=5)))
 def test_token_decoding_only_raises_token_errors(text):
     """tokens.decode of any string returns claims or raises ExpiredToken/InvalidToken."""
-    from project import tokens
+    from realtime import tokens
 
     RUNS["tokens.decode"] += 1
     try:
@@ -353,7 +353,7 @@ header_bytes = st.binary(max_size=120) | st.sampled_from(
 async def test_any_handshake_gets_a_contract_outcome(transactional_db, query, authorization,
                                                      origin, cookie):
     """Random query strings and headers end in a refusal or a 4001/4002/4003 close, no crash."""
-    from tests.project.support import authed_application
+    from tests.realtime.support import authed_application
 
     RUNS["handshakes"] += 1
     headers = [(name, value) for name, value in

@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
 from project.asgi import application
-from project.hub import get_hub
+from realtime.hub import get_hub
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,8 +11,8 @@ import asyncio
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from project import hub as hub_module
-from project.hub import PROBE, Hub
+from realtime import hub as hub_module
+from realtime.hub import PROBE, Hub
 
 
 class Recorder:

@@ -5,7 +5,7 @@ the auth outcomes (accept, then close 4001/4002/4003), the connection caps
 (4013), the message-size limit (4009), the per-connection token bucket
 (``rate_limited``, then 4008), token refresh with the ``auth`` frame and the
 close at token expiry. Subclasses implement :meth:`joined`, :meth:`left` and
-:meth:`receive_frame`; a :class:`~project.protocol.ProtocolError` raised there
+:meth:`receive_frame`; a :class:`~realtime.protocol.ProtocolError` raised there
 becomes an ``error`` frame and the connection stays open.
 """
 
@@ -19,10 +19,10 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from project import metrics, protocol, tokens, wire
-from project.hub import Hub, get_hub
-from project.middleware import get_active_user
-from project.protocol import CloseCode, ErrorCode, ProtocolError
+from realtime import metrics, protocol, tokens, wire
+from realtime.hub import Hub, get_hub
+from realtime.middleware import get_active_user
+from realtime.protocol import CloseCode, ErrorCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await self.close_with(CloseCode.INVALID_CREDENTIALS)
 
     async def send_frame(self, text: str, encoded: bytes | None = None) -> None:
-        """Send one text frame; ``encoded`` is its :func:`~project.wire.text_frame`
+        """Send one text frame; ``encoded`` is its :func:`~realtime.wire.text_frame`
         when the caller already has it (one encoding for a room's members)."""
         if self.closing:
             return

@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from project import tokens
+from realtime import tokens
 from tests.conftest import ROOT, database_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,7 +88,7 @@ async def test_printed_token_opens_a_websocket(make_user):
     """The printed token authenticates a WebSocket as its user."""
     from channels.db import database_sync_to_async
 
-    from tests.project.support import communicator, receive_json
+    from tests.realtime.support import communicator, receive_json
 
     token = await database_sync_to_async(issue)("wsuser", "--create")
     comm = communicator(f"/ws/test/?token={token}")

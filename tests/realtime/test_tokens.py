@@ -1,4 +1,4 @@
-"""``project.tokens``: HS256 only, required claims, expired versus invalid."""
+"""``realtime.tokens``: HS256 only, required claims, expired versus invalid."""
 
 import time
 from datetime import UTC, datetime, timedelta
@@ -7,8 +7,8 @@ import jwt
 import pytest
 from django.test import override_settings
 
-from project import tokens
-from tests.project.support import forge, raw_token, unsigned
+from realtime import tokens
+from tests.realtime.support import forge, raw_token, unsigned
 
 # HS512 with the test secret is signed on purpose: it must be refused, weak key or not.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")

@@ -14,7 +14,7 @@ from django.test import Client
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.project.support import forge, raw_token, unsigned
+from tests.realtime.support import forge, raw_token, unsigned
 
 pytestmark = [
     pytest.mark.daphne,

@@ -3,7 +3,7 @@
 import pytest
 from django.test import override_settings
 
-from project.management.commands.serve import (
+from realtime.management.commands.serve import (
     HARD_CEILING_WITHOUT_LIMIT,
     daphne_arguments,
     plain_autobahn_log_arguments,

@@ -1,17 +1,17 @@
 from django.apps import AppConfig
 
 
-class ProjectConfig(AppConfig):
-    """The project's own pieces: management commands and user revocation."""
+class RealtimeConfig(AppConfig):
+    """The engine: management commands and user revocation."""
 
-    name = "project"
+    name = "realtime"
     verbose_name = "Real-time service"
 
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
-        from project import revocation
+        from realtime import revocation
 
         user_model = get_user_model()
         post_save.connect(revocation.on_user_saved, sender=user_model,

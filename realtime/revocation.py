@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 async def arevoke_user(username: str) -> None:
     """Close every connection of ``username`` on every process."""
-    from project.hub import CONTROL_GROUP
+    from realtime.hub import CONTROL_GROUP
 
     await get_channel_layer().group_send(
         CONTROL_GROUP,

@@ -21,8 +21,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
-from project import db, tokens
-from project.protocol import CloseCode
+from realtime import db, tokens
+from realtime.protocol import CloseCode
 
 
 def origin_allowed(value: bytes) -> bool:
@@ -80,7 +80,7 @@ class WebSocketAuthStack:
     The server's own ``send`` goes into the scope as ``server_send``: under
     daphne and uvicorn it reveals how much the peer has not read yet (see
     ``ProtocolConsumer.unsent_bytes``) and lets frames be written straight to
-    the transport (``project.wire``).
+    the transport (``realtime.wire``).
     """
 
     def __init__(self, inner) -> None:

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from django.conf import settings
 
-from project.registry import (
+from realtime.registry import (
     NOTIFICATIONS,
     PUBLICATION_TTL_SECONDS,
     LocalRegistry,

@@ -2,7 +2,7 @@
 
 No endpoint of the routing needs a user yet when the foundation is tested, so the
 auth and limit tests run against ``AuthedConsumer``: a minimal
-:class:`~project.consumers.ProtocolConsumer` behind the project's own
+:class:`~realtime.consumers.ProtocolConsumer` behind the project's own
 ``WebSocketAuthStack``. On join it sends ``{"type": "hello", "user_id": U}`` so a
 test can see who was authenticated; it answers ``ping`` and handles ``auth``.
 """
@@ -19,10 +19,10 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.urls import re_path
 
-from project import protocol
-from project.consumers import ProtocolConsumer
-from project.middleware import WebSocketAuthStack
-from project.protocol import Ack, Auth, Ping
+from realtime import protocol
+from realtime.consumers import ProtocolConsumer
+from realtime.middleware import WebSocketAuthStack
+from realtime.protocol import Ack, Auth, Ping
 
 TEST_PATH = "/ws/test/"
 

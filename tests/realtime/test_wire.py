@@ -1,4 +1,4 @@
-"""Frames encoded once and written straight to the server's transport (``project.wire``).
+"""Frames encoded once and written straight to the server's transport (``realtime.wire``).
 
 The live behaviour (echo, rooms, the slow-reader close) is covered over real
 daphne and uvicorn processes by the other tests; these pin the encoding to what
@@ -16,7 +16,7 @@ from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.internet import tcp
 from websockets.protocol import State
 
-from project import wire
+from realtime import wire
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])

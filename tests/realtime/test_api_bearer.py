@@ -1,4 +1,4 @@
-"""``project.api.bearer_username``: the Bearer check every API edge shares.
+"""``realtime.api.bearer_username``: the Bearer check every API edge shares.
 
 A token that passed once is remembered, but never beyond what decoding it
 again would say: its expiry is checked on every use, and a changed
@@ -7,7 +7,7 @@ again would say: its expiry is checked on every use, and a changed
 
 import pytest
 
-from project import api, tokens
+from realtime import api, tokens
 
 
 def refused(header: str) -> tuple[str, str]:

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from django.test import AsyncClient
 
-from project import health
+from realtime import health
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

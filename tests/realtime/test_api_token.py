@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from django.test import Client, override_settings
 
-from project import tokens, views
+from realtime import tokens, views
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -194,7 +194,7 @@ async def test_issued_token_opens_a_websocket(alice):
     """The token from /api/token authenticates a WebSocket."""
     from django.test import AsyncClient
 
-    from tests.project.support import communicator, receive_json
+    from tests.realtime.support import communicator, receive_json
 
     response = await AsyncClient(REMOTE_ADDR="10.255.0.1").post(
         "/api/token", {"username": alice, "password": PASSWORD},

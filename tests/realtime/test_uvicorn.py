@@ -1,7 +1,7 @@
 """The application served by uvicorn, the documented alternative to daphne (README).
 
 The contract does not depend on the server: the same consumers write their
-frames to uvicorn's transport instead of daphne's socket (``project.wire``).
+frames to uvicorn's transport instead of daphne's socket (``realtime.wire``).
 One server, started with the README's command, answers every case.
 """
 

@@ -1,7 +1,7 @@
 """Limits of every endpoint (PROTOCOL.md "Errors and limits") and token refresh/expiry.
 
 Run under WebsocketCommunicator: echo for the limits that need no user, the test
-endpoint of ``tests.project.support`` for the ones that do.
+endpoint of ``tests.realtime.support`` for the ones that do.
 """
 
 import asyncio
@@ -15,9 +15,9 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from project import consumers
 from project.asgi import application
-from tests.project.support import close_code, communicator, forge, receive_json
+from realtime import consumers
+from tests.realtime.support import close_code, communicator, forge, receive_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -409,7 +409,7 @@ async def test_session_connection_does_not_expire(users):
 
 
 def _consumers_of(username: str) -> list:
-    from project.hub import _hubs
+    from realtime.hub import _hubs
 
     hub = _hubs[asyncio.get_running_loop()]
     return list(hub.user_connections.get(username, ()))

@@ -1,6 +1,6 @@
 """WebSocket identity (PROTOCOL.md "Identity"): credentials, their order, the outcomes.
 
-Run under WebsocketCommunicator against ``tests.project.support.AuthedConsumer``, a
+Run under WebsocketCommunicator against ``tests.realtime.support.AuthedConsumer``, a
 minimal endpoint that needs a user, behind the project's ``WebSocketAuthStack``.
 """
 
@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from tests.project.support import (
+from tests.realtime.support import (
     close_code,
     communicator,
     forge,

@@ -17,9 +17,9 @@ from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from project import tokens
-from project.middleware import get_active_user
-from project.protocol import API_MAX_BODY_BYTES, storable
+from realtime import tokens
+from realtime.middleware import get_active_user
+from realtime.protocol import API_MAX_BODY_BYTES, storable
 
 STATUS_OF = {
     "unauthorized": 401,

@@ -5,7 +5,7 @@ process out of rotation on ``/healthz`` 503, so the check covers what every
 request needs (the database, and the channel layer that carries messages
 between processes) and is bounded in time: a hung dependency answers 503
 instead of a hung probe. ``/metrics`` shows this process's own counters
-(see ``project.metrics``); scrape every process.
+(see ``realtime.metrics``); scrape every process.
 """
 
 import asyncio
@@ -21,8 +21,8 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from project import metrics
-from project.api import ApiError, authenticate
+from realtime import metrics
+from realtime.api import ApiError, authenticate
 
 logger = logging.getLogger(__name__)
 
