@@ -14,7 +14,7 @@ from realtime.registry import (
 )
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
 async def registry(request):
     if request.param == "local":
         found = LocalRegistry("count-proc")
