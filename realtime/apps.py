@@ -12,9 +12,12 @@ class RealtimeConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
 
         from realtime import revocation
+        from realtime.hub import sweep_handlers
 
         user_model = get_user_model()
         post_save.connect(revocation.on_user_saved, sender=user_model,
                           dispatch_uid="realtime-revoke-save")
         post_delete.connect(revocation.on_user_deleted, sender=user_model,
                             dispatch_uid="realtime-revoke-delete")
+        if revocation.sweep not in sweep_handlers:
+            sweep_handlers.append(revocation.sweep)

@@ -1,31 +1,22 @@
-"""Database work off the event loop, on one thread that keeps its connections.
+"""Database work off the event loop: one worker thread that keeps its connections.
 
-channels' ``database_sync_to_async`` closes the thread's connection before and
-after every call, as ``CONN_MAX_AGE=0`` asks. That setting is the right one for
-Django's HTTP side under ASGI, where each request gets a thread of its own that
-nothing would close later; but it makes the hot paths of the WebSocket side pay
-a new connection per call. On SQLite that is opening three files, the PRAGMAs,
-registering Django's SQL functions, then a WAL checkpoint and unlink at close:
-measured at about 15% of the CPU of a busy room, plus hundreds of syscalls per
-second (bench/RESULTS.md).
+Every database call made from the event loop goes through this module:
 
-:func:`run` hands a function to one long-lived worker thread whose connections
-stay open. A connection is dropped when a call fails and leaves it unusable,
-and checked before use after :data:`IDLE_CHECK_SECONDS` of quiet (a server or
-proxy may close idle connections), so a broken connection costs at most the
-call that found it broken. Work submitted from one event loop runs in order.
+* :func:`run` hands a function to one long-lived worker thread whose
+  connections stay open (channels' ``database_sync_to_async`` opens and closes
+  one per call, which the WebSocket hot paths cannot afford). A connection is
+  dropped when a call leaves it unusable, and checked after
+  :data:`IDLE_CHECK_SECONDS` of quiet. Work from one event loop runs in order.
+* :func:`run_blocking` is for the rare call that may hold a thread for long
+  (a password hash): it runs in channels' thread pool, so it never delays
+  the worker's queue.
 
-On SQLite in WAL mode the committing connection also runs the checkpoints
-(``wal_autocheckpoint``): every thousand pages, one commit copies the log
-back into the database file and waits for two ``fdatasync`` calls, a few
-milliseconds during which every batch behind it waits, and with it every
-post and message of the process. So a thread of its own copies the log
-every :data:`CHECKPOINT_SECONDS`, beside the writes, and flushes it. The
-worker still checkpoints, but only every :data:`WORKER_CHECKPOINT_PAGES`,
-and by then there is little left for it to copy and flush: only a
-checkpoint between the writer's own transactions can start the log again
-from its beginning while writes never pause (a concurrent one always finds
-newer pages behind it), and without that the log would grow without bound.
+On SQLite a thread of its own copies the write-ahead log back every
+:data:`CHECKPOINT_SECONDS`, so that no commit of the worker waits for a
+checkpoint's flushes; the worker itself checkpoints only every
+:data:`WORKER_CHECKPOINT_PAGES`, which restarts the log (only a checkpoint
+between its own transactions can, while writes never pause). The
+measurements behind both are in bench/RESULTS.md.
 """
 
 import asyncio
@@ -39,6 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from channels.db import database_sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
@@ -51,6 +43,7 @@ __all__ = [
     "hot_cursor",
     "hot_transaction",
     "run",
+    "run_blocking",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +123,11 @@ async def run(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await loop.run_in_executor(
         _get_executor(), functools.partial(_call, func, args, kwargs)
     )
+
+
+async def run_blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` in a thread of its own, for work that may take long."""
+    return await database_sync_to_async(func)(*args, **kwargs)
 
 
 def _close_connections() -> None:

@@ -14,14 +14,13 @@ import logging
 import os
 import time
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from realtime import metrics
+from realtime import db, metrics
 from realtime.api import ApiError, authenticate
 
 logger = logging.getLogger(__name__)
@@ -31,8 +30,7 @@ CHECK_TIMEOUT = 2.0
 PROCESS_STARTED = time.time()
 
 
-@database_sync_to_async
-def check_database() -> None:
+def query_database() -> None:
     """One trivial query: the database accepts connections and answers."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -47,6 +45,11 @@ async def check_channel_layer() -> None:
     message = await layer.receive(channel)
     if message.get("type") != "health.check":
         raise RuntimeError(f"unexpected message on the health channel: {message!r}")
+
+
+async def check_database() -> None:
+    """The database worker, as every WebSocket path uses it, gets an answer."""
+    await db.run(query_database)
 
 
 CHECKS = {"database": check_database, "channel_layer": check_channel_layer}

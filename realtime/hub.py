@@ -48,6 +48,9 @@ class Listener(Protocol):
 
 DepartureHandler = Callable[["Hub", list[Departure]], Awaitable[None]]
 departure_handlers: list[DepartureHandler] = []
+#: Run every ``REVOCATION_SWEEP_SECONDS`` by each hub (apps register them in ``ready()``).
+SweepHandler = Callable[["Hub"], Awaitable[None]]
+sweep_handlers: list[SweepHandler] = []
 
 
 class Hub:
@@ -135,15 +138,6 @@ class Hub:
         for consumer in list(self.user_connections.get(username, ())):
             logger.info("closing a connection of a deactivated or deleted user")
             await consumer.revoke()
-
-    async def sweep_revoked(self) -> None:
-        """Close connections of users who are no longer active (the signal's fallback)."""
-        if not self.user_connections:
-            return
-        from realtime.revocation import inactive_usernames
-
-        for username in await inactive_usernames(list(self.user_connections)):
-            await self.revoke_local(username)
 
     # --- Groups -------------------------------------------------------------------
 
@@ -277,7 +271,8 @@ class Hub:
             try:
                 if time.monotonic() - last_sweep >= settings.REVOCATION_SWEEP_SECONDS:
                     last_sweep = time.monotonic()
-                    await self.sweep_revoked()
+                    for sweep in sweep_handlers:
+                        await sweep(self)
                 await self.recover()
                 departures = await self.registry.reap(self.dead_after_seconds)
                 if departures:

@@ -10,18 +10,18 @@ reach it (a change made by another process on the in-memory layer).
 import logging
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.db import transaction
+
+from realtime import db
+from realtime.hub import CONTROL_GROUP, Hub
 
 logger = logging.getLogger(__name__)
 
 
 async def arevoke_user(username: str) -> None:
     """Close every connection of ``username`` on every process."""
-    from realtime.hub import CONTROL_GROUP
-
     await get_channel_layer().group_send(
         CONTROL_GROUP,
         {"type": "hub.event", "group": CONTROL_GROUP, "kind": "revoke", "user": username},
@@ -36,7 +36,6 @@ def revoke_user(username: str) -> None:
         logger.exception("could not publish a revocation; the sweep will close it")
 
 
-@database_sync_to_async
 def inactive_usernames(usernames: list[str]) -> list[str]:
     """Those of ``usernames`` that are missing or inactive."""
     active = set(
@@ -45,6 +44,15 @@ def inactive_usernames(usernames: list[str]) -> list[str]:
         .values_list("username", flat=True)
     )
     return [name for name in usernames if name not in active]
+
+
+async def sweep(hub: Hub) -> None:
+    """Close this process's connections of users who are no longer active (the
+    fallback of the ``revoke`` event; run by the hub's maintenance)."""
+    if not hub.user_connections:
+        return
+    for username in await db.run(inactive_usernames, list(hub.user_connections)):
+        await hub.revoke_local(username)
 
 
 def on_user_saved(sender, instance, created: bool, **kwargs) -> None:

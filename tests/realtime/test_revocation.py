@@ -10,6 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
 from project.asgi import application
+from realtime import revocation
 from realtime.hub import get_hub
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,7 +64,7 @@ async def test_sweep_closes_users_deactivated_without_the_signal(make_user, toke
     tab = await connected(token_for("dave"))
     await get_user_model().objects.filter(username="dave").aupdate(is_active=False)
     assert await tab.receive_nothing(timeout=0.3)
-    await (await get_hub()).sweep_revoked()
+    await revocation.sweep(await get_hub())
     assert await tab.receive_output(timeout=5) == {"type": "websocket.close", "code": 4002}
     await tab.disconnect()
 
