@@ -178,7 +178,7 @@ elif REDIS_URL:
                 }],
                 "prefix": REDIS_PREFIX + ":layer",
                 # One channel per process carries every event of that process (see
-                # project/hub.py), so its buffer must hold a burst of a busy server.
+                # realtime/hub.py), so its buffer must hold a burst of a busy server.
                 "capacity": 10000,
                 "expiry": 60,
                 # Memberships are refreshed by each process every few minutes; a

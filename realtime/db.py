@@ -287,9 +287,9 @@ def hot_cursor(alias: str = DEFAULT_DB_ALIAS) -> Iterator[Any]:
 def hot_transaction(cursor) -> Iterator[None]:
     """A transaction around statements of a :func:`hot_cursor` that runs with every batch.
 
-    ``transaction.atomic()`` adds about 30 µs of Python to its ``BEGIN`` and
-    ``COMMIT`` (two autocommit switches, savepoint bookkeeping), a tenth of the
-    notification writer's database thread per batch. With the driver's own
+    ``transaction.atomic()`` adds Python to its ``BEGIN`` and ``COMMIT`` (two
+    autocommit switches, savepoint bookkeeping) that the notification writer
+    would pay per batch (bench/RESULTS.md). With the driver's own
     cursor on a connection in autocommit mode (no ``atomic`` block around it)
     this sends ``BEGIN`` (SQLite: with the configured ``transaction_mode``)
     and ``COMMIT`` itself, and ``ROLLBACK`` on any error; a connection that
