@@ -38,6 +38,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "bench"
+#: The reference app's and loadgen's own environment (``--setup``): apart from the project's
+#: locked .venv, so that installing them never changes what the project runs on.
+BENCH_VENV = ROOT / "bench" / ".venv"
+BENCH_PYTHON = BENCH_VENV / "bin" / "python"
 PEER_MODULES = ("picows", "uvloop", "orjson", "psutil", "fastapi", "uvicorn")
 SECRET = "bench-jwt-secret-not-for-production"
 USER_PREFIX, STAFF = "bench_u", "bench_staff"
@@ -95,8 +99,11 @@ def pinned(cmd: list[str], cpu: str | None) -> list[str]:
 
 
 def peer_available() -> bool:
-    return (SHARED / "loadgen.py").exists() and all(
-        importlib.util.find_spec(m) for m in PEER_MODULES)
+    if not (SHARED / "loadgen.py").exists() or not BENCH_PYTHON.exists():
+        return False
+    probe = ("import importlib.util, sys; "
+             "sys.exit(not all(map(importlib.util.find_spec, sys.argv[1:])))")
+    return subprocess.run([str(BENCH_PYTHON), "-c", probe, *PEER_MODULES]).returncode == 0
 
 
 class Server:
@@ -239,7 +246,7 @@ class Bench:
 
     def start_seed(self) -> Server:
         port = free_port()
-        cmd = [sys.executable, "-m", "uvicorn", "peer_seed.app:app", "--host", "127.0.0.1",
+        cmd = [str(BENCH_PYTHON), "-m", "uvicorn", "peer_seed.app:app", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", "--no-access-log"]
         server = Server("seed", pinned(cmd, self.server_cpu), dict(os.environ), SHARED, port,
                         self.out / "seed.log")
@@ -275,7 +282,7 @@ class Bench:
         args = self.args
         runs = 1 if name == "connections" else args.runs
         aux = self.redis_pid() if layer != "memory" else None
-        cmd = [sys.executable, str(SHARED / "loadgen.py"), kind, *extra,
+        cmd = [str(BENCH_PYTHON), str(SHARED / "loadgen.py"), kind, *extra,
                "--duration", str(args.duration), "--runs", str(runs), "--jwt-secret", SECRET]
         if self.client_cpu:
             cmd += ["--client-cpus", self.client_cpu]
@@ -342,7 +349,7 @@ class Bench:
 
     def profile(self, name: str, layer: str, project: Server) -> None:
         """py-spy on the project while loadgen (or the built-in client) drives ``name``."""
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        py_spy = shutil.which("py-spy") or str(BENCH_PYTHON.with_name("py-spy"))
         if not Path(py_spy).exists():
             log("py-spy not found: pip install py-spy")
             return
@@ -387,9 +394,15 @@ class Bench:
     def machine(self) -> dict:
         versions = {}
         for dist in ("django", "channels", "channels-redis", "daphne", "twisted", "autobahn",
-                     "redis", "uvicorn", "websockets", "picows", "fastapi"):
+                     "redis", "uvicorn", "websockets"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 versions[dist] = importlib.metadata.version(dist)
+        if self.peer:  # the reference's and the client's, from their own environment
+            for dist in ("picows", "fastapi", "uvicorn"):
+                versions[f"bench {dist}"] = subprocess.run(
+                    [str(BENCH_PYTHON), "-c", "import sys, importlib.metadata as m; "
+                     "print(m.version(sys.argv[1]))", dist],
+                    capture_output=True, text=True).stdout.strip()
         free = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout
         git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                              capture_output=True, text=True).stdout.strip()
@@ -450,11 +463,14 @@ def render(data: dict) -> str:
 
 
 def setup() -> None:
-    """Install the reference app's and loadgen's requirements into this interpreter's env."""
+    """Install the reference app's and loadgen's requirements into bench/.venv."""
     req = SHARED / "requirements.txt"
     if not req.exists():
         raise SystemExit(f"{req} is missing: the built-in client needs nothing more")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-r", str(req), "py-spy"], check=True)
+    if not BENCH_PYTHON.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+    subprocess.run([str(BENCH_PYTHON), "-m", "pip", "install", "--quiet", "-r", str(req),
+                    "py-spy"], check=True)
 
 
 def main(argv=None) -> None:
@@ -477,7 +493,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-peer", action="store_true", help="project only, built-in client")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
     p.add_argument("--setup", action="store_true",
-                   help="pip install ../shared/bench/requirements.txt and py-spy, then exit")
+                   help="install the reference's requirements and py-spy in bench/.venv")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = p.parse_args(argv)
     if args.setup:
