@@ -149,6 +149,7 @@ class ChatClient:
         self.unconfirmed: dict[str, str] = {}  # ref -> content, until our copy comes back
         self.closing = False
         self.connections = 0
+        self.heard = False  # the current connection got a frame (a refused one gets none)
         self._refs = 0
 
     def say(self, line: str) -> None:
@@ -218,6 +219,7 @@ class ChatClient:
 
     async def _session(self, ws: ClientConnection) -> None:
         """Print what arrives and send what is typed, until the input ends."""
+        self.heard = False
         reader = asyncio.create_task(self._read(ws))
         try:
             while True:
@@ -249,15 +251,21 @@ class ChatClient:
                 await reader
 
     async def _drain(self, reader: asyncio.Task) -> None:
-        """Before leaving, wait (a little) for our own messages to come back."""
+        """Before leaving, wait (a little) for the server's first frame and for our own
+        messages to come back; a refusal (4001-4003) in the meantime is raised."""
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
-        while self.unconfirmed and not reader.done():
+        while (self.unconfirmed or not self.heard) and not reader.done():
             if asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.05)
+        closed = reader.exception() if reader.done() else None
+        code = closed.rcvd.code if isinstance(closed, ConnectionClosed) and closed.rcvd else None
+        if code in AUTH_FAILURES:
+            raise closed
 
     async def _read(self, ws: ClientConnection) -> None:
         async for text in ws:
+            self.heard = True
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 self.show(json.loads(text))
         raise ConnectionClosed(ws.close_rcvd, ws.close_sent)

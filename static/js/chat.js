@@ -228,10 +228,12 @@
     return added;
   }
 
+  /* The start of the room shows exactly when a history said nothing is older, even
+     when the page holds no message (an empty room). */
   function updateEarlier() {
     earlierButton.hidden = !olderExist;
     earlierButton.disabled = false;
-    historyStart.hidden = olderExist || ids.length === 0;
+    historyStart.hidden = olderExist;
   }
 
   function requestHistory(before, limit, purpose, floor) {

@@ -380,6 +380,43 @@ async def test_load_earlier_pages_back_to_the_start(long_room, live, open_page):
     await expect(contents(alice).first).to_have_text("old message 0")
 
 
+async def test_start_of_an_empty_room_is_shown_to_everyone(live, open_page):
+    """Everyone who opens an empty room sees "This is the start of the room.", before and
+    after a first message."""
+    alice = await open_page(live, "alice", "/chat/empty-start/")
+    bob = await open_page(live, "bob", "/chat/empty-start/")
+    for page in (alice, bob):
+        await wait_live(page)
+        await expect(page.locator("#history-start")).to_be_visible()
+        await expect(page.locator("#load-earlier")).to_be_hidden()
+    await say(alice, "first words")
+    await shown_once(bob, "first words")
+    carol = await open_page(live, "carol", "/chat/empty-start/")
+    await wait_live(carol)
+    for page in (alice, bob, carol):
+        await expect(page.locator("#history-start")).to_be_visible()
+
+
+async def test_open_notification_panel_leaves_the_connection_status_uncovered(live, open_page):
+    """With the notification panel open, the room's connection status is still visible, on
+    top at its centre and both ends, at desktop widths."""
+    alice = await open_page(live, "alice", "/chat/panel-open/")
+    await wait_live(alice)
+    await alice.click("#notif-toggle")
+    await expect(alice.locator("#notif-panel")).to_be_visible()
+    status = alice.locator("#conn-state")
+    for width in (1100, 1280, 800):
+        await alice.set_viewport_size({"width": width, "height": 720})
+        await expect(status).to_be_visible()
+        on_top = await status.evaluate("""s => {
+            const r = s.getBoundingClientRect(), y = r.top + r.height / 2;
+            return [r.left + 2, r.left + r.width / 2, r.right - 2].map(
+                x => s.contains(document.elementFromPoint(x, y)));
+        }""")
+        assert on_top == [True, True, True], (width, on_top)
+    await expect(alice.locator("#notif-panel")).to_be_visible()
+
+
 async def test_notification_posted_through_the_api_appears_and_is_acked(
         live, open_page, token_for):
     """POST /api/notify/<user> shows a toast and the badge; the page acks it."""

@@ -157,6 +157,20 @@ async def test_program_stops_on_a_refused_token(live):
 
 
 @pytest.mark.daphne
+async def test_program_stops_on_a_refused_token_with_stdin_already_closed(live):
+    """With stdin at its end from the start, a refused token still exits 2, not 0."""
+    for _ in range(3):  # the end of input and the server's close race: try it a few times
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(SCRIPT), "--url", live.ws_url, "--token", "not-a-jwt", "cli",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 2, stderr.decode()
+        assert "4002" in stderr.decode()
+
+
+@pytest.mark.daphne
 async def test_client_recovers_across_a_server_restart(live, daphne_server, token_for,
                                                       monkeypatch):
     """daphne dies and comes back on its port: the client resumes with ?since=, no gap, no dupes."""

@@ -1,10 +1,12 @@
 """The HTML pages: login, lobby, room, and their static files under daphne."""
 
+import logging
 import re
 import urllib.request
 from datetime import timedelta
 
 import pytest
+from django.contrib.staticfiles import finders
 from django.test import Client
 from django.utils import timezone
 
@@ -111,6 +113,21 @@ def test_room_page_renders_for_a_valid_name(client_alice):
 def test_room_page_404_for_an_invalid_name(client_alice, path):
     """A name the WebSocket route would refuse has no page either."""
     assert client_alice.get(path).status_code == 404
+
+
+def test_favicon_ico_leads_to_the_icon_without_a_warning(caplog):
+    """GET /favicon.ico, which browsers ask for anyway, redirects to the SVG icon and logs
+    no "Not Found" warning."""
+    logger = logging.getLogger("django.request")  # "django" does not propagate to caplog
+    logger.addHandler(caplog.handler)
+    try:
+        response = Client().get("/favicon.ico")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert response.status_code == 301
+    assert response["Location"] == "/static/favicon.svg"
+    assert finders.find("favicon.svg")
+    assert [record.getMessage() for record in caplog.records] == []
 
 
 @pytest.mark.daphne

@@ -1,5 +1,7 @@
 """The Notification admin: list, search by username and data text, delivered filter."""
 
+import re
+
 import pytest
 from django.test import Client
 from django.utils import timezone
@@ -54,3 +56,11 @@ def test_str_says_target_and_state(make_user):
     moment = timezone.now()
     assert str(Notification(pk=5, data={}, broadcast=True, delivered_at=moment)) == (
         "#5 broadcast (delivered)")
+
+
+def test_changelist_shows_data_as_json(admin_client_, make_user):
+    """The data column is the JSON (double quotes, escaped by the admin), not a Python repr."""
+    Notification.objects.create(user=make_user("bea"), data={"text": "hi <b>", "ok": True})
+    page = admin_client_.get(URL).content.decode()
+    cells = re.findall(r'<td class="field-short_data">(.*?)</td>', page)
+    assert cells == ["{&quot;text&quot;: &quot;hi &lt;b&gt;&quot;, &quot;ok&quot;: true}"]
