@@ -3,20 +3,18 @@
 import logging
 from urllib.parse import parse_qs
 
+from chat import protocol as chat_protocol
 from chat import services
-from realtime import protocol
-from realtime.consumers import ProtocolConsumer
-from realtime.protocol import (
+from chat.protocol import (
     HISTORY_ON_JOIN,
     HISTORY_SINCE_MAX,
-    Auth,
-    ErrorCode,
     HistoryRequest,
-    Ping,
-    ProtocolError,
     SendMessage,
     SendPrivate,
 )
+from realtime import protocol
+from realtime.consumers import ProtocolConsumer
+from realtime.protocol import Auth, ErrorCode, Ping, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +62,7 @@ class ChatConsumer(ProtocolConsumer):
             return
         if items:
             self.last_id = items[-1]["id"]
-        await self.send_frame(protocol.history(self.room, items, truncated))
+        await self.send_frame(chat_protocol.history(self.room, items, truncated))
         await services.announce_join(self.local, self)
         self.announced = True
         await services.go_live(self)
@@ -73,7 +71,7 @@ class ChatConsumer(ProtocolConsumer):
         await services.leave(self.hub, self.room, self, announced=self.announced)
 
     async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        frame = protocol.parse_chat_frame(text, data)
+        frame = chat_protocol.parse_chat_frame(text, data)
         if isinstance(frame, Ping):
             await self.send_frame(protocol.PONG)
         elif isinstance(frame, SendMessage):
@@ -98,4 +96,4 @@ class ChatConsumer(ProtocolConsumer):
         items, truncated = await services.history(
             self.room, self.user, before=request.before, limit=request.limit)
         await self.send_frame(
-            protocol.history(self.room, items, truncated, before=request.before))
+            chat_protocol.history(self.room, items, truncated, before=request.before))

@@ -31,6 +31,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from chat import protocol as chat_protocol
 from chat import selectors
 from chat.models import Message, Room
 from realtime import db, metrics, protocol, wire
@@ -215,7 +216,7 @@ async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
 async def announce_join(local: LocalRoom, member: Member) -> None:
     """Register presence; tell the room if the user is new there, else only the member."""
     change = await local.hub.registry.room_join(local.name, member.conn, member.username)
-    frame = protocol.presence(
+    frame = chat_protocol.presence(
         "user_joined", member.username, change.users, protocol.now_timestamp()
     )
     member.presence_version = change.version
@@ -248,7 +249,7 @@ async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None
         return
     change = await hub.registry.room_leave(room, member.conn)
     if not change.user_present:
-        frame = protocol.presence(
+        frame = chat_protocol.presence(
             "user_left", member.username, change.users, protocol.now_timestamp()
         )
         await hub.publish(
@@ -260,7 +261,7 @@ async def announce_departures(hub: Hub, departures: list[Departure]) -> None:
     """``user_left`` for the users of a dead process (see ``Hub`` maintenance)."""
     moment = protocol.now_timestamp()
     for departure in departures:
-        frame = protocol.presence("user_left", departure.user, departure.users, moment)
+        frame = chat_protocol.presence("user_left", departure.user, departure.users, moment)
         await hub.publish(room_group(departure.room),
                           {"kind": "presence", "frame": frame, "version": departure.version})
 
@@ -446,16 +447,16 @@ def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:
     username = outgoing.sender.username
     if outgoing.recipient is None:
         item = {"id": message.pk, "frame": protocol.encode(
-            protocol.message_item(message.pk, room, username, outgoing.content, moment))}
+            chat_protocol.message_item(message.pk, room, username, outgoing.content, moment))}
         if outgoing.ref is not None:
             item["origin"] = outgoing.origin
-            item["frame_ref"] = protocol.encode(protocol.message_item(
+            item["frame_ref"] = protocol.encode(chat_protocol.message_item(
                 message.pk, room, username, outgoing.content, moment, outgoing.ref))
         return item
     return {
         "id": message.pk,
         "to": [username, outgoing.recipient],
-        "frame": protocol.encode(protocol.private_item(
+        "frame": protocol.encode(chat_protocol.private_item(
             message.pk, room, username, outgoing.recipient, outgoing.content, moment)),
     }
 
