@@ -31,13 +31,13 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from chat import presence, selectors
 from chat import protocol as chat_protocol
-from chat import selectors
 from chat.models import Message, Room
+from chat.presence import Departure, Publication, RoomTurn
 from realtime import db, metrics, protocol, wire
 from realtime.hub import Hub
 from realtime.protocol import ErrorCode, ProtocolError
-from realtime.registry import Departure, Publication, RoomTurn
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
     await hub.subscribe(local.group, local)
     if local.seen is None:
         # What was published before the subscription is for history, not for here.
-        published = await hub.registry.room_publication(room)
+        published = await presence.of(hub.registry).room_publication(room)
         if published is not None:
             local.note_publication(published)
     return local
@@ -215,7 +215,8 @@ async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
 
 async def announce_join(local: LocalRoom, member: Member) -> None:
     """Register presence; tell the room if the user is new there, else only the member."""
-    change = await local.hub.registry.room_join(local.name, member.conn, member.username)
+    change = await presence.of(local.hub.registry).room_join(
+        local.name, member.conn, member.username)
     frame = chat_protocol.presence(
         "user_joined", member.username, change.users, protocol.now_timestamp()
     )
@@ -247,7 +248,7 @@ async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None
             await hub.unsubscribe(local.group, local)
     if not announced:
         return
-    change = await hub.registry.room_leave(room, member.conn)
+    change = await presence.of(hub.registry).room_leave(room, member.conn)
     if not change.user_present:
         frame = chat_protocol.presence(
             "user_left", member.username, change.users, protocol.now_timestamp()
@@ -300,7 +301,7 @@ class RoomSequencer:
         local = self.local
         while self.queue:
             try:
-                async with local.hub.registry.room_lock(local.name) as turn:
+                async with presence.of(local.hub.registry).room_lock(local.name) as turn:
                     await self.take_turn(turn)
             except Exception:
                 # No lock (Redis is down): what waits now cannot be stored in order.
@@ -505,7 +506,7 @@ async def private_send(*, local: LocalRoom, user, target: str, content: str) -> 
     """Store a private message to ``target``, who must be in the room; returns its id."""
     if target == user.username:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "'target' must be another user")
-    if not await local.hub.registry.room_has_user(local.name, target):
+    if not await presence.of(local.hub.registry).room_has_user(local.name, target):
         raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"{target!r} is not in this room")
     return await local.sequencer.submit(Outgoing(sender=user, content=content, recipient=target))
 

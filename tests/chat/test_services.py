@@ -7,7 +7,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chat import services
+from chat import presence, services
 from chat.models import Message, Room
 from realtime.hub import get_hub
 from realtime.registry import RedisRegistry
@@ -92,7 +92,7 @@ async def another_process_publishes(redis_url: str, room: str):
     """Take a turn in ``room`` as another process would: its publication is now the last."""
     other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
     try:
-        async with other.room_lock(room) as turn:
+        async with presence.of(other).room_lock(room) as turn:
             turn.advance()
         return turn.after
     finally:
@@ -155,7 +155,7 @@ async def test_a_batch_that_never_arrives_sends_through_the_layer(make_user, red
     await wait_for(lambda: member.frames)
     await asyncio.sleep(0.2)
     assert [json.loads(frame)["id"] for frame in member.frames] == [mine]
-    assert await hub.registry.room_publication("lost") == (number[0], number[1] + 1)
+    assert await presence.of(hub.registry).room_publication("lost") == (number[0], number[1] + 1)
     await services.leave(hub, "lost", member, announced=False)
 
 
