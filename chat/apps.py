@@ -8,7 +8,7 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat import presence
-        from chat.services import announce_departures
+        from chat.fanout import announce_departures
         from realtime import registry
         from realtime.hub import departure_handlers
 

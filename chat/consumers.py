@@ -3,8 +3,8 @@
 import logging
 from urllib.parse import parse_qs
 
+from chat import fanout, services
 from chat import protocol as chat_protocol
-from chat import services
 from chat.protocol import (
     HISTORY_ON_JOIN,
     HISTORY_SINCE_MAX,
@@ -23,7 +23,7 @@ class ChatConsumer(ProtocolConsumer):
     """A member of one room; the logic lives in :mod:`chat.services`."""
 
     endpoint = "chat"
-    local: services.LocalRoom | None = None
+    local: fanout.LocalRoom | None = None
     announced = False
     last_id = 0
     presence_version = 0
@@ -46,7 +46,7 @@ class ChatConsumer(ProtocolConsumer):
         return self.user.username
 
     async def joined(self) -> None:
-        self.local = await services.join(self.hub, self.room, self)
+        self.local = await fanout.join(self.hub, self.room, self)
         try:
             if self.since is None:
                 items, truncated = await services.history(
@@ -63,12 +63,12 @@ class ChatConsumer(ProtocolConsumer):
         if items:
             self.last_id = items[-1]["id"]
         await self.send_frame(chat_protocol.history(self.room, items, truncated))
-        await services.announce_join(self.local, self)
+        await fanout.announce_join(self.local, self)
         self.announced = True
-        await services.go_live(self)
+        await fanout.go_live(self)
 
     async def left(self) -> None:
-        await services.leave(self.hub, self.room, self, announced=self.announced)
+        await fanout.leave(self.hub, self.room, self, announced=self.announced)
 
     async def receive_frame(self, text: str | None, data: bytes | None) -> None:
         frame = chat_protocol.parse_chat_frame(text, data)
