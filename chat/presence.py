@@ -246,7 +246,7 @@ class RedisPresence(Extension):
     lock_ttl_ms = 5000
 
     def __init__(self, registry: RedisRegistry) -> None:
-        self.registry, self.proc_id = registry, registry.proc_id
+        self.proc_id = registry.proc_id
         self.redis, self.key = registry.redis, registry.key
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_room_conns: dict[tuple[str, str], str] = {}
