@@ -3,20 +3,18 @@
 import logging
 from urllib.parse import parse_qs
 
-from chat import services
-from realtime import protocol
-from realtime.consumers import ProtocolConsumer
-from realtime.protocol import (
+from chat import fanout, services
+from chat import protocol as chat_protocol
+from chat.protocol import (
     HISTORY_ON_JOIN,
     HISTORY_SINCE_MAX,
-    Auth,
-    ErrorCode,
     HistoryRequest,
-    Ping,
-    ProtocolError,
     SendMessage,
     SendPrivate,
 )
+from realtime import protocol
+from realtime.consumers import ProtocolConsumer
+from realtime.protocol import Auth, ErrorCode, Ping, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +23,7 @@ class ChatConsumer(ProtocolConsumer):
     """A member of one room; the logic lives in :mod:`chat.services`."""
 
     endpoint = "chat"
-    local: services.LocalRoom | None = None
+    local: fanout.LocalRoom | None = None
     announced = False
     last_id = 0
     presence_version = 0
@@ -48,7 +46,7 @@ class ChatConsumer(ProtocolConsumer):
         return self.user.username
 
     async def joined(self) -> None:
-        self.local = await services.join(self.hub, self.room, self)
+        self.local = await fanout.join(self.hub, self.room, self)
         try:
             if self.since is None:
                 items, truncated = await services.history(
@@ -64,16 +62,16 @@ class ChatConsumer(ProtocolConsumer):
             return
         if items:
             self.last_id = items[-1]["id"]
-        await self.send_frame(protocol.history(self.room, items, truncated))
-        await services.announce_join(self.local, self)
+        await self.send_frame(chat_protocol.history(self.room, items, truncated))
+        await fanout.announce_join(self.local, self)
         self.announced = True
-        await services.go_live(self)
+        await fanout.go_live(self)
 
     async def left(self) -> None:
-        await services.leave(self.hub, self.room, self, announced=self.announced)
+        await fanout.leave(self.hub, self.room, self, announced=self.announced)
 
     async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        frame = protocol.parse_chat_frame(text, data)
+        frame = chat_protocol.parse_chat_frame(text, data)
         if isinstance(frame, Ping):
             await self.send_frame(protocol.PONG)
         elif isinstance(frame, SendMessage):
@@ -98,4 +96,4 @@ class ChatConsumer(ProtocolConsumer):
         items, truncated = await services.history(
             self.room, self.user, before=request.before, limit=request.limit)
         await self.send_frame(
-            protocol.history(self.room, items, truncated, before=request.before))
+            chat_protocol.history(self.room, items, truncated, before=request.before))

@@ -24,7 +24,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from realtime.registry import Departure, LocalRegistry, RedisRegistry, connection_prefix
+from realtime.registry import LocalRegistry, RedisRegistry, connection_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Listener(Protocol):
     async def hub_event(self, event: dict) -> None: ...
 
 
-DepartureHandler = Callable[["Hub", list[Departure]], Awaitable[None]]
+DepartureHandler = Callable[["Hub", list], Awaitable[None]]
 departure_handlers: list[DepartureHandler] = []
 #: Run every ``REVOCATION_SWEEP_SECONDS`` by each hub (apps register them in ``ready()``).
 SweepHandler = Callable[["Hub"], Awaitable[None]]

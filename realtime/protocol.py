@@ -1,9 +1,10 @@
-"""The wire contract of ``../shared/PROTOCOL.md``: close codes, error codes, frames.
+"""What every endpoint of ``../shared/PROTOCOL.md`` shares: close codes, error
+codes, encoding, the ``ping``/``auth``/``error`` frames and the parsing helpers.
 
-Every frame the server sends is built here, and every frame a client sends is
-parsed and validated here, so consumers only dispatch on the parsed result.
-Parsing raises :class:`ProtocolError`, which the consumer turns into an
-``error`` frame; it never closes a connection by itself.
+Each app builds and parses its own frames with these (``chat.protocol``,
+``notifications``), so consumers only dispatch on the parsed result. Parsing
+raises :class:`ProtocolError`, which the consumer turns into an ``error``
+frame; it never closes a connection by itself.
 """
 
 import json
@@ -52,18 +53,10 @@ class ProtocolError(Exception):
 
 
 # Fixed limits of the contract (the configurable ones live in settings).
-ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
-MAX_CONTENT_CHARS = 4000
-MAX_REF_CHARS = 64
-HISTORY_ON_JOIN = 50
-HISTORY_SINCE_MAX = 1000
-HISTORY_PAGE_DEFAULT = 50
-HISTORY_PAGE_MAX = 100
 API_MAX_BODY_BYTES = 65536
 # Ids are stored as 64-bit integers; larger cursors mean "beyond every id".
 MAX_ID = 2**63 - 1
 
-_ROOM_RE = re.compile(ROOM_PATTERN)
 _DECIMAL_RE = re.compile(r"[0-9]+")
 
 
@@ -98,10 +91,6 @@ def error(code: ErrorCode, message: str) -> str:
 # --- Parsing helpers -------------------------------------------------------------
 
 
-def is_room_name(name: str) -> bool:
-    return bool(_ROOM_RE.fullmatch(name))
-
-
 def parse_cursor(value: str) -> int:
     """A query cursor: a plain decimal integer >= 0 (``ValueError`` otherwise)."""
     if not _DECIMAL_RE.fullmatch(value):
@@ -109,10 +98,11 @@ def parse_cursor(value: str) -> int:
     return min(int(value), MAX_ID)
 
 
-def parse_limit(value: str) -> int:
+def parse_limit(value: str, maximum: int) -> int:
+    """A query page size: a plain decimal integer from 1 to ``maximum``."""
     limit = parse_cursor(value)
-    if not 1 <= limit <= HISTORY_PAGE_MAX:
-        raise ValueError(f"limit must be 1..{HISTORY_PAGE_MAX}")
+    if not 1 <= limit <= maximum:
+        raise ValueError(f"limit must be 1..{maximum}")
     return limit
 
 
@@ -138,11 +128,13 @@ def load_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
     return frame
 
 
-def _invalid(message: str) -> ProtocolError:
+def invalid(message: str) -> ProtocolError:
+    """The error of a frame whose fields break the contract."""
     return ProtocolError(ErrorCode.INVALID_MESSAGE, message)
 
 
-def _positive_int(value: Any) -> bool:
+def positive_int(value: Any) -> bool:
+    """Whether a JSON value is an integer above 0 (``true`` is not)."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -161,19 +153,6 @@ def storable(text: str) -> bool:
     return True
 
 
-def _content(frame: dict[str, Any]) -> str:
-    content = frame.get("content")
-    if not isinstance(content, str):
-        raise _invalid("'content' must be a string")
-    if not storable(content):
-        raise _invalid("'content' must not contain NUL characters or lone surrogates")
-    if not 1 <= len(content) <= MAX_CONTENT_CHARS:
-        raise _invalid(f"'content' must be 1 to {MAX_CONTENT_CHARS} characters")
-    if content.isspace():
-        raise _invalid("'content' must not be only spaces")
-    return content
-
-
 # --- Client frames -----------------------------------------------------------------
 
 
@@ -188,83 +167,33 @@ class Auth:
 
 
 @dataclass(frozen=True, slots=True)
-class SendMessage:
-    content: str
-    ref: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SendPrivate:
-    target: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRequest:
-    before: int | None
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
 class Ack:
     ids: tuple[int, ...]
 
 
-def _parse_auth(frame: dict[str, Any]) -> Auth:
+def parse_auth(frame: dict[str, Any]) -> Auth:
     token = frame.get("token")
     if not isinstance(token, str):
-        raise _invalid("'token' must be a string")
+        raise invalid("'token' must be a string")
     return Auth(token)
-
-
-def _parse_message(frame: dict[str, Any]) -> SendMessage:
-    ref = frame.get("ref")
-    if ref is not None and not (
-        isinstance(ref, str) and 1 <= len(ref) <= MAX_REF_CHARS and storable(ref)
-    ):
-        raise _invalid(f"'ref' must be a string of 1 to {MAX_REF_CHARS} characters")
-    return SendMessage(_content(frame), ref)
-
-
-def _parse_private(frame: dict[str, Any]) -> SendPrivate:
-    target = frame.get("target")
-    if not isinstance(target, str) or not target or not storable(target):
-        raise _invalid("'target' must be a non-empty string")
-    return SendPrivate(target, _content(frame))
-
-
-def _parse_history(frame: dict[str, Any]) -> HistoryRequest:
-    before = frame.get("before")
-    if before is not None and not _positive_int(before):
-        raise _invalid("'before' must be a positive integer or null")
-    limit = frame.get("limit", HISTORY_PAGE_DEFAULT)
-    if not (_positive_int(limit) and limit <= HISTORY_PAGE_MAX):
-        raise _invalid(f"'limit' must be an integer from 1 to {HISTORY_PAGE_MAX}")
-    return HistoryRequest(None if before is None else min(before, MAX_ID), limit)
 
 
 def _parse_ack(frame: dict[str, Any]) -> Ack:
     ids = frame.get("ids")
-    if not isinstance(ids, list) or not all(_positive_int(i) for i in ids):
-        raise _invalid("'ids' must be a list of positive integers")
+    if not isinstance(ids, list) or not all(positive_int(i) for i in ids):
+        raise invalid("'ids' must be a list of positive integers")
     return Ack(tuple(i for i in ids if i <= MAX_ID))
 
 
-_CHAT_PARSERS = {
-    "ping": lambda frame: Ping(),
-    "auth": _parse_auth,
-    "message": _parse_message,
-    "private": _parse_private,
-    "history": _parse_history,
-}
 _NOTIFICATION_PARSERS = {
     "ping": lambda frame: Ping(),
-    "auth": _parse_auth,
+    "auth": parse_auth,
     "ack": _parse_ack,
 }
 
 
-def _parse(parsers: dict, text: str | None, data: bytes | None) -> Any:
+def parse_frame(parsers: dict, text: str | None, data: bytes | None) -> Any:
+    """Load a client frame and hand it to the parser of its ``type``."""
     frame = load_frame(text, data)
     parser = parsers.get(frame["type"])
     if parser is None:
@@ -272,16 +201,9 @@ def _parse(parsers: dict, text: str | None, data: bytes | None) -> Any:
     return parser(frame)
 
 
-def parse_chat_frame(
-    text: str | None, data: bytes | None
-) -> Ping | Auth | SendMessage | SendPrivate | HistoryRequest:
-    """Parse a client frame of ``/ws/chat/<room>/``."""
-    return _parse(_CHAT_PARSERS, text, data)
-
-
 def parse_notification_frame(text: str | None, data: bytes | None) -> Ping | Auth | Ack:
     """Parse a client frame of ``/ws/notifications/``."""
-    return _parse(_NOTIFICATION_PARSERS, text, data)
+    return parse_frame(_NOTIFICATION_PARSERS, text, data)
 
 
 # --- Server frames -------------------------------------------------------------------
@@ -289,35 +211,3 @@ def parse_notification_frame(text: str | None, data: bytes | None) -> Ping | Aut
 
 def auth_ok(expires_at: datetime) -> str:
     return encode({"type": "auth_ok", "expires_at": timestamp(expires_at)})
-
-
-def presence(kind: str, user_id: str, users: list[str], moment: str) -> str:
-    """``user_joined`` or ``user_left``."""
-    return encode({"type": kind, "user_id": user_id, "users": users, "timestamp": moment})
-
-
-def history(room: str, messages: list[dict], truncated: bool, **extra: Any) -> str:
-    """A ``history`` frame; ``extra`` carries ``before`` for paging answers."""
-    frame = {"type": "history", "room": room, **extra}
-    frame["messages"] = messages
-    frame["truncated"] = truncated
-    return encode(frame)
-
-
-def message_item(
-    id: int, room: str, user_id: str, content: str, moment: str, ref: str | None = None
-) -> dict[str, Any]:
-    """MSG as a dict (for history lists); ``ref`` only in the sender's own copy."""
-    item = {"type": "message", "id": id, "room": room, "user_id": user_id,
-            "content": content, "timestamp": moment}
-    if ref is not None:
-        item["ref"] = ref
-    return item
-
-
-def private_item(
-    id: int, room: str, sender: str, recipient: str, content: str, moment: str
-) -> dict[str, Any]:
-    """PRIV as a dict."""
-    return {"type": "private", "id": id, "room": room, "from": sender, "to": recipient,
-            "content": content, "timestamp": moment}

@@ -1,9 +1,10 @@
 """Fuzzing the frame parsers and live consumers with Hypothesis.
 
-Whatever a client sends, ``realtime.protocol`` either returns one of its frame
-dataclasses, holding only values the contract allows, or raises ``ProtocolError``
-with a client error code; never another exception. Live consumers answer every
-frame with an echo, a pong, or an ``error`` frame with a contract code.
+Whatever a client sends, the parsers (``chat.protocol``, ``realtime.protocol``)
+either return one of their frame dataclasses, holding only values the contract
+allows, or raise ``ProtocolError`` with a client error code; never another
+exception. Live consumers answer every frame with an echo, a pong, or an
+``error`` frame with a contract code.
 
 Examples per run (``max_examples``): 600 + 600 + 300 + 300 for the parsers,
 200 frame sequences (1 to 8 frames each) for live echo, 150 (1 to 6 frames) for
@@ -25,20 +26,23 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chat import protocol as chat_protocol
+from chat.protocol import (
+    MAX_CONTENT_CHARS,
+    MAX_REF_CHARS,
+    HistoryRequest,
+    SendMessage,
+    SendPrivate,
+)
 from project.asgi import application
 from realtime import protocol
 from realtime.protocol import (
-    MAX_CONTENT_CHARS,
     MAX_ID,
-    MAX_REF_CHARS,
     Ack,
     Auth,
     ErrorCode,
-    HistoryRequest,
     Ping,
     ProtocolError,
-    SendMessage,
-    SendPrivate,
 )
 
 # FUZZ_SCALE=10 runs ten times as many examples (for a deeper look, not for CI).
@@ -149,7 +153,7 @@ def check_parsed(frame) -> None:
     elif isinstance(frame, HistoryRequest):
         assert frame.before is None or (type(frame.before) is int
                                         and 1 <= frame.before <= MAX_ID)
-        assert type(frame.limit) is int and 1 <= frame.limit <= protocol.HISTORY_PAGE_MAX
+        assert type(frame.limit) is int and 1 <= frame.limit <= chat_protocol.HISTORY_PAGE_MAX
     elif isinstance(frame, Ack):
         assert all(type(i) is int and 1 <= i <= MAX_ID for i in frame.ids)
     else:
@@ -179,7 +183,7 @@ FUZZ = settings(max_examples=600 * SCALE, deadline=None)
 def test_chat_parser_never_raises_anything_else(text):
     """parse_chat_frame returns a valid chat frame or raises ProtocolError with a client code."""
     RUNS["parse_chat_frame"] += 1
-    frame = parse_or_error(protocol.parse_chat_frame, text, None)
+    frame = parse_or_error(chat_protocol.parse_chat_frame, text, None)
     assert not isinstance(frame, Ack)
 
 
@@ -210,7 +214,7 @@ def test_load_frame_gives_a_dict_with_a_string_type_or_protocol_error(text):
 def test_binary_frames_are_invalid_message_on_json_endpoints(data):
     """A binary frame on a JSON endpoint is invalid_message, whatever it holds."""
     RUNS["binary"] += 1
-    for parser in (protocol.parse_chat_frame, protocol.parse_notification_frame):
+    for parser in (chat_protocol.parse_chat_frame, protocol.parse_notification_frame):
         with pytest.raises(ProtocolError) as info:
             parser(None, data)
         assert info.value.code == ErrorCode.INVALID_MESSAGE
@@ -233,12 +237,12 @@ def test_known_tricky_frames():
     }
     for text, code in cases.items():
         with pytest.raises(ProtocolError) as info:
-            protocol.parse_chat_frame(text, None)
+            chat_protocol.parse_chat_frame(text, None)
         assert info.value.code == code, text[:60]
     with pytest.raises(ProtocolError) as info:
         protocol.parse_notification_frame('{"type":"ack","ids":[1,true]}', None)
     assert info.value.code == ErrorCode.INVALID_MESSAGE
-    assert protocol.parse_chat_frame('{"type":"history","before":' + "9" * 30 + "}",
+    assert chat_protocol.parse_chat_frame('{"type":"history","before":' + "9" * 30 + "}",
                                      None) == HistoryRequest(MAX_ID, 50)
     assert protocol.parse_notification_frame('{"type":"ack","ids":[' + "9" * 30 + ",3]}",
                                              None) == Ack((3,))

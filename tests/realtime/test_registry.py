@@ -1,13 +1,15 @@
-"""The registries: connection counts, a join/leave storm, room turns and their lock."""
+"""The registries: connection counts; through chat's extension, a join/leave storm,
+room turns and their lock, and what a dead process or a Redis restart leaves."""
 
 import asyncio
 
 import pytest
 from django.conf import settings
 
+from chat import presence
+from chat.presence import PUBLICATION_TTL_SECONDS, Departure
 from realtime.registry import (
     NOTIFICATIONS,
-    PUBLICATION_TTL_SECONDS,
     LocalRegistry,
     NotificationReach,
     RedisRegistry,
@@ -61,32 +63,33 @@ async def test_connections_of_other_processes_are_elsewhere(redis_url):
 async def test_a_storm_of_joins_and_leaves_loses_no_update(redis_url):
     """500 concurrent joins then leaves all take effect: callers wait for a pooled connection."""
     registry = RedisRegistry("storm-proc", redis_url, settings.REDIS_PREFIX)
+    rooms = presence.of(registry)
     try:
         conns = [f"storm-proc|{i}" for i in range(500)]
-        await asyncio.gather(*(registry.room_join("storm", c, f"u{i % 50}")
+        await asyncio.gather(*(rooms.room_join("storm", c, f"u{i % 50}")
                                for i, c in enumerate(conns)))
-        assert len((await registry.room_join("storm", "storm-proc|x", "zz")).users) == 51
-        changes = await asyncio.gather(*(registry.room_leave("storm", c) for c in conns))
+        assert len((await rooms.room_join("storm", "storm-proc|x", "zz")).users) == 51
+        changes = await asyncio.gather(*(rooms.room_leave("storm", c) for c in conns))
         assert sum(not change.user_present for change in changes) == 50
-        assert (await registry.room_leave("storm", "storm-proc|x")).users == []
+        assert (await rooms.room_leave("storm", "storm-proc|x")).users == []
     finally:
         await registry.close()
-
 
 
 async def test_room_turns_number_their_publications(redis_url):
     """Each turn starts after the room's last publication; one without any records none."""
     registry = RedisRegistry("turns-proc", redis_url, settings.REDIS_PREFIX)
+    rooms = presence.of(registry)
     try:
-        async with registry.room_lock("numbers") as first:
+        async with rooms.room_lock("numbers") as first:
             assert first.after[1] == 0
             epoch = first.after[0]
             first.advance()
             first.advance()
-        assert await registry.room_publication("numbers") == (epoch, 2)
-        async with registry.room_lock("numbers") as second:
+        assert await rooms.room_publication("numbers") == (epoch, 2)
+        async with rooms.room_lock("numbers") as second:
             assert second.after == (epoch, 2)
-        assert await registry.room_publication("numbers") == (epoch, 2)
+        assert await rooms.room_publication("numbers") == (epoch, 2)
     finally:
         await registry.close()
 
@@ -95,18 +98,19 @@ async def test_a_rooms_publication_expires_a_day_after_its_last_batch(redis_url)
     """Every room written to leaves no key for ever: its publication expires, and a turn
     after that starts a new epoch, as after a Redis restart."""
     registry = RedisRegistry("expiry-proc", redis_url, settings.REDIS_PREFIX)
+    rooms = presence.of(registry)
     key = registry.key("published", "expiring")
     try:
-        async with registry.room_lock("expiring") as turn:
+        async with rooms.room_lock("expiring") as turn:
             turn.advance()
             assert await turn.keep()
             assert 0 < await registry.redis.ttl(key) <= PUBLICATION_TTL_SECONDS
             turn.advance()
         assert 0 < await registry.redis.ttl(key) <= PUBLICATION_TTL_SECONDS
-        (epoch, number) = await registry.room_publication("expiring")
+        (epoch, number) = await rooms.room_publication("expiring")
         assert number == 2
         await registry.redis.delete(key)  # what the expiry does
-        async with registry.room_lock("expiring") as after:
+        async with rooms.room_lock("expiring") as after:
             assert after.after[1] == 0 and after.after[0] != epoch
             assert 0 < await registry.redis.ttl(key) <= PUBLICATION_TTL_SECONDS
     finally:
@@ -118,13 +122,13 @@ async def test_a_held_room_lock_goes_to_a_process_that_waits(redis_url):
     holder = RedisRegistry("holder-proc", redis_url, settings.REDIS_PREFIX)
     other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
     try:
-        async with holder.room_lock("shared") as turn:
+        async with presence.of(holder).room_lock("shared") as turn:
             assert await turn.keep()
             turn.advance()
             assert await turn.keep()
 
             async def take():
-                async with other.room_lock("shared") as theirs:
+                async with presence.of(other).room_lock("shared") as theirs:
                     return theirs.after
 
             waiting = asyncio.create_task(take())
@@ -137,3 +141,54 @@ async def test_a_held_room_lock_goes_to_a_process_that_waits(redis_url):
     finally:
         await holder.close()
         await other.close()
+
+
+async def test_a_dead_process_is_reaped_with_its_rooms(redis_url):
+    """A survivor drops a silent process's connections and room memberships, once, and
+    reports who left which room for its departure handlers."""
+    dead = RedisRegistry("dead-proc", redis_url, settings.REDIS_PREFIX)
+    survivor = RedisRegistry("live-proc", redis_url, settings.REDIS_PREFIX)
+    try:
+        await dead.heartbeat()
+        await dead.register("ann", "dead-proc|1", "chat", 0)
+        await presence.of(dead).room_join("lobby", "dead-proc|1", "ann")
+        await presence.of(survivor).room_join("lobby", "live-proc|1", "bob")
+        await dead.redis.zadd(dead.key("procs"), {"dead-proc": 0})  # what mark_dead does
+        departures = await survivor.reap(dead_after=60)
+        assert [(d.room, d.user, d.users) for d in departures] == [("lobby", "ann", ["bob"])]
+        assert all(isinstance(d, Departure) for d in departures)
+        assert await survivor.redis.hlen(survivor.key("user", "ann")) == 0
+        assert not await presence.of(survivor).room_has_user("lobby", "ann")
+        assert await survivor.reap(dead_after=60) == []
+    finally:
+        await dead.close()
+        await survivor.close()
+
+
+async def test_a_restore_puts_back_connections_and_room_memberships(redis_url):
+    """After Redis lost its data, a restore writes back this process's connections and
+    the rooms its connections are in."""
+    registry = RedisRegistry("restore-proc", redis_url, settings.REDIS_PREFIX)
+    rooms = presence.of(registry)
+    try:
+        await registry.register("ann", "restore-proc|1", NOTIFICATIONS, 0)
+        await rooms.room_join("lobby", "restore-proc|2", "ann")
+        await registry.redis.delete(registry.key("user", "ann"), registry.key("room", "lobby"),
+                                    registry.key("proc", "restore-proc", "rooms"))
+        assert not await rooms.room_has_user("lobby", "ann")
+        await registry.restore()
+        assert (await registry.notification_connections(["ann"])).counts == [1]
+        assert await rooms.room_has_user("lobby", "ann")
+        assert await registry.redis.smembers(
+            registry.key("proc", "restore-proc", "rooms")) == {"lobby"}
+    finally:
+        await registry.close()
+
+
+async def test_every_registry_carries_chats_presence(registry):
+    """Chat's extension is built with each registry, local or Redis, and closes with it."""
+    rooms = presence.of(registry)
+    change = await rooms.room_join("lobby", "count-proc|1", "ann")
+    assert change.users == ["ann"] and not change.user_present
+    assert await rooms.room_has_user("lobby", "ann")
+    assert not (await rooms.room_leave("lobby", "count-proc|1")).user_present
