@@ -205,11 +205,6 @@ class HistoryRequest:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    ids: tuple[int, ...]
-
-
 def _parse_auth(frame: dict[str, Any]) -> Auth:
     token = frame.get("token")
     if not isinstance(token, str):
@@ -243,13 +238,6 @@ def _parse_history(frame: dict[str, Any]) -> HistoryRequest:
     return HistoryRequest(None if before is None else min(before, MAX_ID), limit)
 
 
-def _parse_ack(frame: dict[str, Any]) -> Ack:
-    ids = frame.get("ids")
-    if not isinstance(ids, list) or not all(_positive_int(i) for i in ids):
-        raise _invalid("'ids' must be a list of positive integers")
-    return Ack(tuple(i for i in ids if i <= MAX_ID))
-
-
 _CHAT_PARSERS = {
     "ping": lambda frame: Ping(),
     "auth": _parse_auth,
@@ -257,14 +245,15 @@ _CHAT_PARSERS = {
     "private": _parse_private,
     "history": _parse_history,
 }
-_NOTIFICATION_PARSERS = {
+#: The parsers of the frames every endpoint takes, for an endpoint's own table.
+COMMON_PARSERS = {
     "ping": lambda frame: Ping(),
     "auth": _parse_auth,
-    "ack": _parse_ack,
 }
 
 
-def _parse(parsers: dict, text: str | None, data: bytes | None) -> Any:
+def parse(parsers: dict, text: str | None, data: bytes | None) -> Any:
+    """Parse a client frame with an endpoint's parsers (frame ``type`` -> parser)."""
     frame = load_frame(text, data)
     parser = parsers.get(frame["type"])
     if parser is None:
@@ -276,12 +265,7 @@ def parse_chat_frame(
     text: str | None, data: bytes | None
 ) -> Ping | Auth | SendMessage | SendPrivate | HistoryRequest:
     """Parse a client frame of ``/ws/chat/<room>/``."""
-    return _parse(_CHAT_PARSERS, text, data)
-
-
-def parse_notification_frame(text: str | None, data: bytes | None) -> Ping | Auth | Ack:
-    """Parse a client frame of ``/ws/notifications/``."""
-    return _parse(_NOTIFICATION_PARSERS, text, data)
+    return parse(_CHAT_PARSERS, text, data)
 
 
 # --- Server frames -------------------------------------------------------------------

@@ -22,8 +22,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-NOTIFICATIONS = "notifications"
-
 
 def connection_prefix(proc_id: str) -> str:
     """How the names of a process's connections start: the registry tells processes apart by it."""
@@ -54,8 +52,8 @@ class Departure:
 
 
 @dataclass(frozen=True, slots=True)
-class NotificationReach:
-    """Where some users' ``/ws/notifications/`` connections are.
+class Reach:
+    """Where some users' connections on one endpoint are.
 
     ``counts`` holds each user's open connections (every process), in the order
     asked; ``elsewhere`` says whether any of them is on another process.
@@ -135,10 +133,10 @@ class LocalRegistry:
             if not conns:
                 del self.user_conns[user]
 
-    async def notification_connections(self, users: list[str]) -> NotificationReach:
-        counts = [sum(1 for e in self.user_conns.get(user, {}).values() if e == NOTIFICATIONS)
+    async def connections_on(self, endpoint: str, users: list[str]) -> Reach:
+        counts = [sum(1 for e in self.user_conns.get(user, {}).values() if e == endpoint)
                   for user in users]
-        return NotificationReach(counts, elsewhere=False)
+        return Reach(counts, elsewhere=False)
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         members = self.room_conns[room]
@@ -233,7 +231,7 @@ local list, seen = users_of(KEYS[1])
 return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
 """  # KEYS: room hash, room version; ARGV: conn, version floor
 
-_NOTIFICATION_REACH = """
+_REACH = """
 local own = ARGV[2]
 local counts, elsewhere = {}, 0
 for i, key in ipairs(KEYS) do
@@ -359,7 +357,7 @@ class RedisRegistry:
                 "register": _REGISTER,
                 "room_join": _ROOM_JOIN,
                 "room_leave": _ROOM_LEAVE,
-                "notification_reach": _NOTIFICATION_REACH,
+                "reach": _REACH,
                 "reap_room": _REAP_ROOM,
                 "reap_user": _REAP_USER,
                 "lock": _LOCK,
@@ -382,19 +380,19 @@ class RedisRegistry:
         self.own_conns.pop(conn, None)
         await self.redis.hdel(self.key("user", user), conn)
 
-    async def notification_connections(self, users: list[str]) -> NotificationReach:
-        """The users' ``/ws/notifications/`` connections, in one round trip.
+    async def connections_on(self, endpoint: str, users: list[str]) -> Reach:
+        """The users' connections on ``endpoint``, in one round trip.
 
         A connection is this process's when its name has this process's
         :func:`connection_prefix`.
         """
         if not users:
-            return NotificationReach([], elsewhere=False)
+            return Reach([], elsewhere=False)
         keys = [self.key("user", user) for user in users]
-        *counts, elsewhere = await self.scripts["notification_reach"](
-            keys, [NOTIFICATIONS, connection_prefix(self.proc_id)]
+        *counts, elsewhere = await self.scripts["reach"](
+            keys, [endpoint, connection_prefix(self.proc_id)]
         )
-        return NotificationReach([int(n) for n in counts], elsewhere=bool(int(elsewhere)))
+        return Reach([int(n) for n in counts], elsewhere=bool(int(elsewhere)))
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),

@@ -5,11 +5,11 @@ import asyncio
 import pytest
 from django.conf import settings
 
+from notifications.protocol import NOTIFICATIONS
 from realtime.registry import (
-    NOTIFICATIONS,
     PUBLICATION_TTL_SECONDS,
     LocalRegistry,
-    NotificationReach,
+    Reach,
     RedisRegistry,
 )
 
@@ -31,11 +31,11 @@ async def test_notification_connections_are_counted_per_user_in_one_call(registr
     await registry.register("ann", "count-proc|2", NOTIFICATIONS, 0)
     await registry.register("bob", "count-proc|3", "chat", 0)
     await registry.register("cyd", "count-proc|4", NOTIFICATIONS, 0)
-    reach = await registry.notification_connections(["bob", "ann", "nobody", "cyd"])
-    assert reach == NotificationReach([0, 2, 0, 1], elsewhere=False)
-    assert await registry.notification_connections([]) == NotificationReach([], elsewhere=False)
+    reach = await registry.connections_on(NOTIFICATIONS, ["bob", "ann", "nobody", "cyd"])
+    assert reach == Reach([0, 2, 0, 1], elsewhere=False)
+    assert await registry.connections_on(NOTIFICATIONS, []) == Reach([], elsewhere=False)
     await registry.unregister("ann", "count-proc|1")
-    assert (await registry.notification_connections(["ann"])).counts == [1]
+    assert (await registry.connections_on(NOTIFICATIONS, ["ann"])).counts == [1]
 
 
 async def test_connections_of_other_processes_are_elsewhere(redis_url):
@@ -45,14 +45,14 @@ async def test_connections_of_other_processes_are_elsewhere(redis_url):
     try:
         await mine.register("ann", "mine-proc|1", NOTIFICATIONS, 0)
         await theirs.register("bob", "theirs-proc|1", "chat", 0)
-        assert await mine.notification_connections(["ann", "bob"]) == NotificationReach(
+        assert await mine.connections_on(NOTIFICATIONS, ["ann", "bob"]) == Reach(
             [1, 0], elsewhere=False), "another process's chat connection does not count"
         await theirs.register("bob", "theirs-proc|2", NOTIFICATIONS, 0)
-        assert await mine.notification_connections(["ann", "bob"]) == NotificationReach(
+        assert await mine.connections_on(NOTIFICATIONS, ["ann", "bob"]) == Reach(
             [1, 1], elsewhere=True)
-        assert await mine.notification_connections(["ann"]) == NotificationReach(
+        assert await mine.connections_on(NOTIFICATIONS, ["ann"]) == Reach(
             [1], elsewhere=False)
-        assert (await theirs.notification_connections(["ann"])).elsewhere
+        assert (await theirs.connections_on(NOTIFICATIONS, ["ann"])).elsewhere
     finally:
         await mine.close()
         await theirs.close()
