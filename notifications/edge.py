@@ -3,10 +3,10 @@
 ``POST /api/notify/<user_id>`` and ``POST /api/broadcast`` are what services
 call at volume. Through Django each request costs a thread-sensitive context
 (a new thread), a thread hop for every ``MiddlewareMixin`` middleware, the
-request signals and the URL resolver: most of a millisecond of CPU before the
-view starts, for requests that need none of it (no session, no cookie, no
-CSRF: a Bearer token). :class:`NotifyEdge` answers those requests itself with
-the same checks, in the same order, with the same statuses and bodies
+request signals and the URL resolver before the view starts, for requests
+that need none of it (no session, no cookie, no CSRF: a Bearer token).
+:class:`NotifyEdge` answers those requests itself with the same checks, in
+the same order, with the same statuses and bodies
 (``realtime.api`` and :func:`notifications.views.post` are shared, not copied);
 everything else goes on to Django unchanged:
 

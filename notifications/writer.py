@@ -192,9 +192,9 @@ class Writer:
 
         A request whose bytes came in with the one that woke the writer is
         still one or two loop turns from :meth:`submit`. Waiting those turns
-        (as long as posts keep coming, at most ``GATHER_TURNS``) costs no
-        measurable latency and makes each transaction carry more posts: fewer
-        commits and thread hops per notification.
+        (as long as posts keep coming, at most ``GATHER_TURNS``) makes each
+        transaction carry more posts: fewer commits and thread hops per
+        notification, for a few loop turns of latency.
         """
         for _ in range(GATHER_TURNS):
             waiting = len(self.posts)
