@@ -380,7 +380,6 @@ async def close_hub() -> None:
         await hub.close()
 
 
-
 # --- For code with or without a hub on its loop (views, commands, workers) ----------
 
 
