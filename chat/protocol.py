@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from realtime.protocol import (
+    COMMON_PARSERS,
     MAX_ID,
     Auth,
     Ping,
     encode,
     invalid,
-    parse_auth,
-    parse_frame,
+    parse,
     positive_int,
     storable,
 )
@@ -99,8 +99,7 @@ def _parse_history(frame: dict[str, Any]) -> HistoryRequest:
 
 
 _CHAT_PARSERS = {
-    "ping": lambda frame: Ping(),
-    "auth": parse_auth,
+    **COMMON_PARSERS,
     "message": _parse_message,
     "private": _parse_private,
     "history": _parse_history,
@@ -111,7 +110,7 @@ def parse_chat_frame(
     text: str | None, data: bytes | None
 ) -> Ping | Auth | SendMessage | SendPrivate | HistoryRequest:
     """Parse a client frame of ``/ws/chat/<room>/``."""
-    return parse_frame(_CHAT_PARSERS, text, data)
+    return parse(_CHAT_PARSERS, text, data)
 
 
 # --- Server frames -------------------------------------------------------------------

@@ -19,12 +19,12 @@ import time
 
 from django.conf import settings
 
-from notifications import services
+from notifications import writer
+from notifications.protocol import EVENT_KIND, FEED_GROUP, NOTIFICATIONS, Ack, parse_frame
 from realtime import protocol
 from realtime.consumers import ProtocolConsumer
 from realtime.hub import Hub
-from realtime.protocol import Ack, Auth, ErrorCode, Ping
-from realtime.registry import NOTIFICATIONS
+from realtime.protocol import Auth, ErrorCode, Ping
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Feed:
 
     async def hub_event(self, event: dict) -> None:
         """Hand each NOTE, serialised once by the publisher, to the connections it is for."""
-        if event.get("kind") != services.EVENT_KIND:
+        if event.get("kind") != EVENT_KIND:
             return
         for item in event["items"]:
             user = item["user"]
@@ -115,11 +115,11 @@ class NotificationConsumer(ProtocolConsumer):
     async def joined(self) -> None:
         """Join the feeds, send the queue, then the held-back live NOTEs."""
         self._held = []
-        self._groups = (services.FEED_GROUP,)
+        self._groups = (FEED_GROUP,)
         try:
             for group in self._groups:
                 await attach(self.hub, group, self)
-            queue = await services.aundelivered_frames(self.user.pk)
+            queue = await writer.aundelivered_frames(self.user.pk)
         except Exception:
             logger.exception("could not start a notifications connection")
             await self.send_frame(
@@ -173,7 +173,7 @@ class NotificationConsumer(ProtocolConsumer):
         for group in self._groups:
             await detach(self.hub, group, self)
         if self._groups:
-            await services.flush_acks(self.user.pk)
+            await writer.flush_acks(self.user.pk)
 
     async def deliver(self, note_id: int, frame: str) -> None:
         """A live NOTE from a feed: held back while connecting, else sent."""
@@ -184,7 +184,7 @@ class NotificationConsumer(ProtocolConsumer):
 
     async def receive_frame(self, text: str | None, data: bytes | None) -> None:
         """``ping`` -> ``pong``; ``auth`` refreshes the token; ``ack`` marks delivered."""
-        frame = protocol.parse_notification_frame(text, data)
+        frame = parse_frame(text, data)
         if isinstance(frame, Ping):
             await self.send_frame(protocol.PONG)
         elif isinstance(frame, Auth):
@@ -192,4 +192,4 @@ class NotificationConsumer(ProtocolConsumer):
         elif isinstance(frame, Ack):
             # Coalesced with the other acks of this process (one UPDATE per batch);
             # written before this connection's disconnect completes.
-            services.acknowledge_later(self.user.pk, frame.ids)
+            writer.acknowledge_later(self.user.pk, frame.ids)

@@ -24,7 +24,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from realtime.registry import LocalRegistry, RedisRegistry, connection_prefix
+from realtime.registry import LocalRegistry, Reach, RedisRegistry, connection_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -373,3 +373,34 @@ async def close_hub() -> None:
     hub = _hubs.pop(asyncio.get_running_loop(), None)
     if hub is not None:
         await hub.close()
+
+
+# --- For code with or without a hub on its loop (views, commands, workers) ----------
+
+
+async def publish(group: str, event: dict, *, here_first: bool = False,
+                  elsewhere: bool = True) -> None:
+    """:meth:`Hub.publish` through this loop's hub; without one, straight to the layer."""
+    hub = running_hub()
+    if hub is not None:
+        await hub.publish(group, event, here_first=here_first, elsewhere=elsewhere)
+    else:  # no listener here: the layer message every hub receives
+        await get_channel_layer().group_send(group, {"type": "hub.event", "group": group, **event})
+
+
+async def connections_on(endpoint: str, users: list[str]) -> Reach:
+    """The users' connections on ``endpoint`` (every process), via this loop's hub if any.
+
+    Else a short-lived registry answers; without Redis it is empty, which is right:
+    no server is reachable through the in-memory layer from a process without a hub.
+    """
+    hub = running_hub()
+    if hub is not None:
+        return await hub.registry.connections_on(endpoint, users)
+    name = "outside-" + secrets.token_hex(6)
+    registry = (RedisRegistry(name, settings.REDIS_URL, settings.REDIS_PREFIX)
+                if settings.REDIS_URL else LocalRegistry(name))
+    try:
+        return await registry.connections_on(endpoint, users)
+    finally:
+        await registry.close()

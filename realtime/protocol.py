@@ -166,11 +166,6 @@ class Auth:
     token: str
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    ids: tuple[int, ...]
-
-
 def parse_auth(frame: dict[str, Any]) -> Auth:
     token = frame.get("token")
     if not isinstance(token, str):
@@ -178,32 +173,20 @@ def parse_auth(frame: dict[str, Any]) -> Auth:
     return Auth(token)
 
 
-def _parse_ack(frame: dict[str, Any]) -> Ack:
-    ids = frame.get("ids")
-    if not isinstance(ids, list) or not all(positive_int(i) for i in ids):
-        raise invalid("'ids' must be a list of positive integers")
-    return Ack(tuple(i for i in ids if i <= MAX_ID))
-
-
-_NOTIFICATION_PARSERS = {
+#: The parsers of the frames every endpoint takes, for an endpoint's own table.
+COMMON_PARSERS = {
     "ping": lambda frame: Ping(),
     "auth": parse_auth,
-    "ack": _parse_ack,
 }
 
 
-def parse_frame(parsers: dict, text: str | None, data: bytes | None) -> Any:
+def parse(parsers: dict, text: str | None, data: bytes | None) -> Any:
     """Load a client frame and hand it to the parser of its ``type``."""
     frame = load_frame(text, data)
     parser = parsers.get(frame["type"])
     if parser is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame['type']!r}")
     return parser(frame)
-
-
-def parse_notification_frame(text: str | None, data: bytes | None) -> Ping | Auth | Ack:
-    """Parse a client frame of ``/ws/notifications/``."""
-    return parse_frame(_NOTIFICATION_PARSERS, text, data)
 
 
 # --- Server frames -------------------------------------------------------------------

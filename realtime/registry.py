@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-NOTIFICATIONS = "notifications"
-
 
 def connection_prefix(proc_id: str) -> str:
     """How the names of a process's connections start: the registry tells processes apart by it."""
@@ -32,8 +30,8 @@ def connection_prefix(proc_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class NotificationReach:
-    """Where some users' ``/ws/notifications/`` connections are.
+class Reach:
+    """Where some users' connections on one endpoint are.
 
     ``counts`` holds each user's open connections (every process), in the order
     asked; ``elsewhere`` says whether any of them is on another process.
@@ -85,10 +83,10 @@ class LocalRegistry:
             if not conns:
                 del self.user_conns[user]
 
-    async def notification_connections(self, users: list[str]) -> NotificationReach:
-        counts = [sum(1 for e in self.user_conns.get(user, {}).values() if e == NOTIFICATIONS)
+    async def connections_on(self, endpoint: str, users: list[str]) -> Reach:
+        counts = [sum(1 for e in self.user_conns.get(user, {}).values() if e == endpoint)
                   for user in users]
-        return NotificationReach(counts, elsewhere=False)
+        return Reach(counts, elsewhere=False)
 
     async def heartbeat(self) -> bool:
         """Nothing to do: this process cannot die without its registry."""
@@ -118,7 +116,7 @@ redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 """  # KEYS: user hash, proc users set; ARGV: conn, endpoint, limit, user
 
-_NOTIFICATION_REACH = """
+_REACH = """
 local own = ARGV[2]
 local counts, elsewhere = {}, 0
 for i, key in ipairs(KEYS) do
@@ -171,7 +169,7 @@ class RedisRegistry:
             name: self.redis.register_script(source)
             for name, source in {
                 "register": _REGISTER,
-                "notification_reach": _NOTIFICATION_REACH,
+                "reach": _REACH,
                 "reap_user": _REAP_USER,
             }.items()
         }
@@ -192,19 +190,19 @@ class RedisRegistry:
         self.own_conns.pop(conn, None)
         await self.redis.hdel(self.key("user", user), conn)
 
-    async def notification_connections(self, users: list[str]) -> NotificationReach:
-        """The users' ``/ws/notifications/`` connections, in one round trip.
+    async def connections_on(self, endpoint: str, users: list[str]) -> Reach:
+        """The users' connections on ``endpoint``, in one round trip.
 
         A connection is this process's when its name has this process's
         :func:`connection_prefix`.
         """
         if not users:
-            return NotificationReach([], elsewhere=False)
+            return Reach([], elsewhere=False)
         keys = [self.key("user", user) for user in users]
-        *counts, elsewhere = await self.scripts["notification_reach"](
-            keys, [NOTIFICATIONS, connection_prefix(self.proc_id)]
+        *counts, elsewhere = await self.scripts["reach"](
+            keys, [endpoint, connection_prefix(self.proc_id)]
         )
-        return NotificationReach([int(n) for n in counts], elsewhere=bool(int(elsewhere)))
+        return Reach([int(n) for n in counts], elsewhere=bool(int(elsewhere)))
 
     async def heartbeat(self) -> bool:
         """Beat; true when this process was missing (Redis restarted, or we were reaped)."""

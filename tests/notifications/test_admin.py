@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from notifications import services
+from notifications import api
 from notifications.models import Notification
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -36,7 +36,7 @@ def test_admin_lists_searches_and_filters(admin_client_, make_user):
     queued = Notification.objects.create(user=bob, data={"text": "invoice ready"})
     delivered = Notification.objects.create(user=carol, data={"text": "welcome"},
                                             delivered_at=timezone.now())
-    broadcast_id, _ = services.broadcast({"text": "maintenance"})
+    broadcast_id, _ = api.broadcast({"text": "maintenance"})
     assert listed(admin_client_) == {queued.pk, delivered.pk, broadcast_id}
     assert listed(admin_client_, "?q=invoice") == {queued.pk}
     assert listed(admin_client_, "?q=cyd") == {delivered.pk}

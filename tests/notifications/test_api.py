@@ -185,12 +185,12 @@ async def test_body_of_65537_bytes_is_413(staff, token_for, path):
 
 async def test_notify_still_stores_when_the_hub_cannot_start(staff, token_for, monkeypatch):
     """If this process's hub cannot start, the post is still stored and answered 202 queued."""
-    from notifications import services
+    from notifications import views
 
     async def broken_hub():
         raise ConnectionError("redis down")
 
-    monkeypatch.setattr(services, "get_hub", broken_hub)
+    monkeypatch.setattr(views, "get_hub", broken_hub)
     response = await post("/api/notify/bea", {"x": 1}, token_for("boss"))
     assert response.status_code == 202
     assert response.json()["status"] == "queued"

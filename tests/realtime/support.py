@@ -19,10 +19,11 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.urls import re_path
 
+from notifications.protocol import Ack, parse_frame
 from realtime import protocol
 from realtime.consumers import ProtocolConsumer
 from realtime.middleware import WebSocketAuthStack
-from realtime.protocol import Ack, Auth, Ping
+from realtime.protocol import Auth, Ping
 
 TEST_PATH = "/ws/test/"
 
@@ -37,7 +38,7 @@ class AuthedConsumer(ProtocolConsumer):
         await self.send_frame(protocol.encode({"type": "hello", "user_id": self.user.username}))
 
     async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        frame = protocol.parse_notification_frame(text, data)
+        frame = parse_frame(text, data)
         if isinstance(frame, Ping):
             await self.send_frame(protocol.PONG)
         elif isinstance(frame, Auth):

@@ -34,11 +34,12 @@ from chat.protocol import (
     SendMessage,
     SendPrivate,
 )
+from notifications.protocol import Ack
+from notifications.protocol import parse_frame as parse_notification_frame
 from project.asgi import application
 from realtime import protocol
 from realtime.protocol import (
     MAX_ID,
-    Ack,
     Auth,
     ErrorCode,
     Ping,
@@ -192,7 +193,7 @@ def test_chat_parser_never_raises_anything_else(text):
 def test_notification_parser_never_raises_anything_else(text):
     """parse_notification_frame returns ping/auth/ack or raises ProtocolError with a client code."""
     RUNS["parse_notification_frame"] += 1
-    frame = parse_or_error(protocol.parse_notification_frame, text, None)
+    frame = parse_or_error(parse_notification_frame, text, None)
     assert frame is None or isinstance(frame, Ping | Auth | Ack)
 
 
@@ -214,7 +215,7 @@ def test_load_frame_gives_a_dict_with_a_string_type_or_protocol_error(text):
 def test_binary_frames_are_invalid_message_on_json_endpoints(data):
     """A binary frame on a JSON endpoint is invalid_message, whatever it holds."""
     RUNS["binary"] += 1
-    for parser in (chat_protocol.parse_chat_frame, protocol.parse_notification_frame):
+    for parser in (chat_protocol.parse_chat_frame, parse_notification_frame):
         with pytest.raises(ProtocolError) as info:
             parser(None, data)
         assert info.value.code == ErrorCode.INVALID_MESSAGE
@@ -240,11 +241,11 @@ def test_known_tricky_frames():
             chat_protocol.parse_chat_frame(text, None)
         assert info.value.code == code, text[:60]
     with pytest.raises(ProtocolError) as info:
-        protocol.parse_notification_frame('{"type":"ack","ids":[1,true]}', None)
+        parse_notification_frame('{"type":"ack","ids":[1,true]}', None)
     assert info.value.code == ErrorCode.INVALID_MESSAGE
     assert chat_protocol.parse_chat_frame('{"type":"history","before":' + "9" * 30 + "}",
                                      None) == HistoryRequest(MAX_ID, 50)
-    assert protocol.parse_notification_frame('{"type":"ack","ids":[' + "9" * 30 + ",3]}",
+    assert parse_notification_frame('{"type":"ack","ids":[' + "9" * 30 + ",3]}",
                                              None) == Ack((3,))
     assert not math.isnan(0.0)
 
@@ -310,7 +311,7 @@ async def test_live_json_endpoint_answers_every_frame_with_a_contract_frame(fuzz
     for text in frames_sent:
         await comm.send_input({"type": "websocket.receive", "text": text})
         try:
-            frame = protocol.parse_notification_frame(text, None)
+            frame = parse_notification_frame(text, None)
         except ProtocolError:
             frame = None
         expected_answers += 0 if isinstance(frame, Ack) else 1

@@ -8,10 +8,10 @@ from django.conf import settings
 
 from chat import presence
 from chat.presence import PUBLICATION_TTL_SECONDS, Departure
+from notifications.protocol import NOTIFICATIONS
 from realtime.registry import (
-    NOTIFICATIONS,
     LocalRegistry,
-    NotificationReach,
+    Reach,
     RedisRegistry,
 )
 
@@ -33,11 +33,11 @@ async def test_notification_connections_are_counted_per_user_in_one_call(registr
     await registry.register("ann", "count-proc|2", NOTIFICATIONS, 0)
     await registry.register("bob", "count-proc|3", "chat", 0)
     await registry.register("cyd", "count-proc|4", NOTIFICATIONS, 0)
-    reach = await registry.notification_connections(["bob", "ann", "nobody", "cyd"])
-    assert reach == NotificationReach([0, 2, 0, 1], elsewhere=False)
-    assert await registry.notification_connections([]) == NotificationReach([], elsewhere=False)
+    reach = await registry.connections_on(NOTIFICATIONS, ["bob", "ann", "nobody", "cyd"])
+    assert reach == Reach([0, 2, 0, 1], elsewhere=False)
+    assert await registry.connections_on(NOTIFICATIONS, []) == Reach([], elsewhere=False)
     await registry.unregister("ann", "count-proc|1")
-    assert (await registry.notification_connections(["ann"])).counts == [1]
+    assert (await registry.connections_on(NOTIFICATIONS, ["ann"])).counts == [1]
 
 
 async def test_connections_of_other_processes_are_elsewhere(redis_url):
@@ -47,14 +47,14 @@ async def test_connections_of_other_processes_are_elsewhere(redis_url):
     try:
         await mine.register("ann", "mine-proc|1", NOTIFICATIONS, 0)
         await theirs.register("bob", "theirs-proc|1", "chat", 0)
-        assert await mine.notification_connections(["ann", "bob"]) == NotificationReach(
+        assert await mine.connections_on(NOTIFICATIONS, ["ann", "bob"]) == Reach(
             [1, 0], elsewhere=False), "another process's chat connection does not count"
         await theirs.register("bob", "theirs-proc|2", NOTIFICATIONS, 0)
-        assert await mine.notification_connections(["ann", "bob"]) == NotificationReach(
+        assert await mine.connections_on(NOTIFICATIONS, ["ann", "bob"]) == Reach(
             [1, 1], elsewhere=True)
-        assert await mine.notification_connections(["ann"]) == NotificationReach(
+        assert await mine.connections_on(NOTIFICATIONS, ["ann"]) == Reach(
             [1], elsewhere=False)
-        assert (await theirs.notification_connections(["ann"])).elsewhere
+        assert (await theirs.connections_on(NOTIFICATIONS, ["ann"])).elsewhere
     finally:
         await mine.close()
         await theirs.close()
@@ -177,7 +177,7 @@ async def test_a_restore_puts_back_connections_and_room_memberships(redis_url):
                                     registry.key("proc", "restore-proc", "rooms"))
         assert not await rooms.room_has_user("lobby", "ann")
         await registry.restore()
-        assert (await registry.notification_connections(["ann"])).counts == [1]
+        assert (await registry.connections_on(NOTIFICATIONS, ["ann"])).counts == [1]
         assert await rooms.room_has_user("lobby", "ann")
         assert await registry.redis.smembers(
             registry.key("proc", "restore-proc", "rooms")) == {"lobby"}
