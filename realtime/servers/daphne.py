@@ -6,8 +6,11 @@ so it is on only for the versions in :data:`TESTED` (see :mod:`realtime.servers`
 
 import errno
 import functools
+import logging
 
 from realtime.servers.asgi import AsgiWriter
+
+logger = logging.getLogger(__name__)
 
 #: Package -> (lowest tested version, first untested version).
 TESTED = {"daphne": ("4.2.3", "4.3"), "twisted": ("26.10", "26.11"),
@@ -51,11 +54,21 @@ def writer_for(send):
     """
     protocol = send.args[0]
     transport = protocol.transport
-    if transport is None or not is_tcp(transport):
+    if transport is None:
+        return None
+    if not is_tcp(transport):
+        _warn_untracked(type(transport).__name__)
         return None
     if protocol._perMessageCompress is None:
         return DirectWriter(protocol, transport, send)
     return AsgiWriter(send, backlog=functools.partial(buffered_bytes, transport))
+
+
+@functools.cache  # once per kind of transport
+def _warn_untracked(kind: str) -> None:
+    logger.warning("daphne serves WebSockets over %s, not plain TCP (daphne terminating TLS?): "
+                   "the slow-reader bound cannot see Twisted's buffer there, only a proxy's "
+                   "or daphne's ping timeout limits it", kind)
 
 
 def buffered_bytes(transport) -> int:

@@ -151,13 +151,16 @@ async def test_compressed_connections_are_left_to_autobahn(daphne_send):
     assert writer.unsent_bytes() == 7
 
 
-async def test_other_transports_and_servers_keep_the_asgi_send(daphne_send):
+async def test_other_transports_and_servers_keep_the_asgi_send(daphne_send, caplog):
+    """And daphne over a transport whose buffer the bound cannot read says so."""
     async def asgi_send(message):  # uvicorn, the test communicator, ...
         pass
 
     assert isinstance(servers.writer_for(asgi_send), servers.AsgiWriter)
     daphne_send.args[0].transport = FakeTransport()  # e.g. daphne terminating TLS itself
+    daphne_adapter._warn_untracked.cache_clear()  # warned once per process otherwise
     assert isinstance(servers.writer_for(daphne_send), servers.AsgiWriter)
+    assert "daphne serves WebSockets over FakeTransport, not plain TCP" in caplog.text
 
 
 class IdleReactor:
