@@ -34,7 +34,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import NoReverseMatch, get_resolver
 
 from notifications import urls, views
-from realtime import wire
+from realtime import servers
 from realtime.api import (
     STATUS_OF,
     ApiError,
@@ -63,7 +63,7 @@ class NotifyEdge:
         if answer is None:
             return  # the client went away before its body arrived (Django: RequestAborted)
         status, body = answer
-        await wire.send_http_response(send, status, response_headers(len(body)), body)
+        await servers.send_http_response(send, status, response_headers(len(body)), body)
 
     @staticmethod
     def route(scope) -> object:

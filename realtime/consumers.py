@@ -19,7 +19,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime import metrics, protocol, tokens, wire
+from realtime import metrics, protocol, servers, tokens, wire
 from realtime.hub import Hub, get_hub
 from realtime.middleware import get_active_user
 from realtime.protocol import CloseCode, ErrorCode, ProtocolError
@@ -49,7 +49,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     _registered = False
     _joined = False
     _expiry: asyncio.TimerHandle | None = None
-    _direct: wire.DirectWriter | wire.TransportWriter | None = None
+    _direct = None  # the connection's writer (realtime.servers), set at the accept
+    _takes_frames = False  # whether it takes encoded text frames (else ASGI messages)
     _closer: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send):
@@ -88,7 +89,6 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     async def websocket_connect(self, message) -> None:
         # Resolved once: send_frame runs per frame per member of a room.
         self._send = self.scope.get("server_send") or self.base_send
-        self._transport = getattr(wire.daphne_protocol(self._send), "transport", None)
         self._send_buffer_limit = settings.WS_MAX_SEND_BUFFER_BYTES
         self._frames_out = metrics.counter("realtime_frames_out_total", endpoint=self.endpoint)
         self._frames_in = metrics.counter("realtime_frames_in_total", endpoint=self.endpoint)
@@ -101,7 +101,10 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self.conn = self.hub.new_connection_name()
         self.user = self.scope.get("user")
         await self.accept()
-        self._direct = wire.direct_writer(self._send)
+        self._direct = servers.writer_for(self._send)
+        # Every other message (the close) keeps its place behind the queued frames.
+        self.base_send = self._send = self._direct.asgi_send
+        self._takes_frames = self._direct.takes_frames
         auth_error = self.scope.get("auth_error") if self.requires_user else None
         if auth_error is not None:
             logger.info("closed %s connection: auth failure %s", self.endpoint, auth_error.name)
@@ -202,7 +205,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.close_with(CloseCode.SLOW_CONSUMER)
             return
         self._frames_out.value += 1
-        if self._direct is not None:
+        if self._takes_frames:
             self._direct.write(encoded or wire.text_frame(text))
         else:
             await self._send({"type": "websocket.send", "text": text})
@@ -222,10 +225,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         return True
 
     def unsent_bytes(self) -> int:
-        """Bytes sent to this client that it has not read yet (0 when unknown)."""
-        if self._direct is not None:
-            return self._direct.unsent_bytes()
-        return wire.buffered_bytes(self._transport)
+        """Bytes sent to this client that it has not read yet."""
+        return self._direct.unsent_bytes() if self._direct is not None else 0
 
     # --- Incoming frames ----------------------------------------------------------------
 

@@ -3,12 +3,8 @@
 import pytest
 from django.test import override_settings
 
-from realtime.management.commands.serve import (
-    HARD_CEILING_WITHOUT_LIMIT,
-    daphne_arguments,
-    plain_autobahn_log_arguments,
-    skip_twisted_form_parsing,
-)
+from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphne_arguments
+from realtime.servers.daphne import plain_autobahn_log_arguments, skip_twisted_form_parsing
 
 
 def option(args: list[str], name: str) -> str:

@@ -1,4 +1,5 @@
-"""Frames encoded once and written straight to the server's transport (``realtime.wire``).
+"""Frames encoded once (``realtime.wire``) and written by the server adapters
+(``realtime.servers``) straight to the server's transport.
 
 The live behaviour (echo, rooms, the slow-reader close) is covered over real
 daphne and uvicorn processes by the other tests; these pin the encoding to what
@@ -13,10 +14,13 @@ import socket
 
 import pytest
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from daphne.server import Server
 from twisted.internet import tcp
 from websockets.protocol import State
 
-from realtime import wire
+from realtime import servers, wire
+from realtime.servers import daphne as daphne_adapter
+from realtime.servers import uvicorn as uvicorn_adapter
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -70,8 +74,8 @@ class FakeProtocol:
         self.state = WebSocketProtocol.STATE_OPEN
 
 
-def writer(transport) -> wire.DirectWriter:
-    return wire.DirectWriter(FakeProtocol(transport), transport)
+def writer(transport) -> daphne_adapter.DirectWriter:
+    return daphne_adapter.DirectWriter(FakeProtocol(transport), transport)
 
 
 def test_a_frame_goes_to_the_socket_at_once():
@@ -128,27 +132,35 @@ def daphne_send():
     """A send shaped like daphne's: ``partial(handle_reply, protocol)`` on a TCP transport."""
     left, right = socket.socketpair()
     transport = tcp.Connection(left, None, reactor=object())
-    yield functools.partial(lambda protocol, message: None, FakeProtocol(transport))
+    server = Server.__new__(Server)
+    yield functools.partial(server.handle_reply, FakeProtocol(transport))
     left.close()
     right.close()
 
 
-def test_daphne_sends_on_plain_tcp_get_a_direct_writer(daphne_send):
-    assert isinstance(wire.direct_writer(daphne_send), wire.DirectWriter)
+async def test_daphne_sends_on_plain_tcp_get_a_direct_writer(daphne_send):
+    assert isinstance(servers.writer_for(daphne_send), daphne_adapter.DirectWriter)
 
 
-def test_compressed_connections_are_left_to_autobahn(daphne_send):
+async def test_compressed_connections_are_left_to_autobahn(daphne_send):
+    """autobahn frames them; Twisted's buffer still counts for the slow-reader bound."""
     daphne_send.args[0]._perMessageCompress = object()
-    assert wire.direct_writer(daphne_send) is None
+    writer = servers.writer_for(daphne_send)
+    assert isinstance(writer, servers.AsgiWriter)
+    daphne_send.args[0].transport._tempDataLen = 7
+    assert writer.unsent_bytes() == 7
 
 
-def test_other_transports_and_servers_keep_the_asgi_send(daphne_send):
+async def test_other_transports_and_servers_keep_the_asgi_send(daphne_send, caplog):
+    """And daphne over a transport whose buffer the bound cannot read says so."""
     async def asgi_send(message):  # uvicorn, the test communicator, ...
         pass
 
-    assert wire.direct_writer(asgi_send) is None
+    assert isinstance(servers.writer_for(asgi_send), servers.AsgiWriter)
     daphne_send.args[0].transport = FakeTransport()  # e.g. daphne terminating TLS itself
-    assert wire.direct_writer(daphne_send) is None
+    daphne_adapter._warn_untracked.cache_clear()  # warned once per process otherwise
+    assert isinstance(servers.writer_for(daphne_send), servers.AsgiWriter)
+    assert "daphne serves WebSockets over FakeTransport, not plain TCP" in caplog.text
 
 
 class IdleReactor:
@@ -165,7 +177,7 @@ def test_frames_reach_a_real_socket_in_order_when_the_kernel_fills_up():
     right.setblocking(False)
     transport = tcp.Connection(left, None, reactor=IdleReactor())
     transport.connected = True
-    w = wire.DirectWriter(FakeProtocol(transport), transport)
+    w = daphne_adapter.DirectWriter(FakeProtocol(transport), transport)
     frames = [wire.text_frame(f"{i:06d}" * 2000) for i in range(200)]
     for frame in frames:
         assert w.write(frame)
@@ -223,9 +235,9 @@ def uvicorn_send():
     return protocol.send
 
 
-def test_uvicorn_sends_get_a_transport_writer(uvicorn_send):
-    w = wire.direct_writer(uvicorn_send)
-    assert isinstance(w, wire.TransportWriter)
+async def test_uvicorn_sends_get_a_transport_writer(uvicorn_send):
+    w = servers.writer_for(uvicorn_send)
+    assert isinstance(w, uvicorn_adapter.TransportWriter)
     assert w.write(wire.text_frame("hi"))
     assert uvicorn_send.__self__.transport.written == [b"\x81\x02hi"]
 
@@ -239,10 +251,10 @@ def test_the_transport_writer_sends_the_frames_websockets_would(uvicorn_send):
     assert wire.text_frame(text) == theirs
 
 
-def test_the_transport_writer_reads_the_buffer_and_takes_the_idle_path_only_when_empty(
+async def test_the_transport_writer_reads_the_buffer_and_takes_the_idle_path_only_when_empty(
     uvicorn_send,
 ):
-    w = wire.direct_writer(uvicorn_send)
+    w = servers.writer_for(uvicorn_send)
     transport = uvicorn_send.__self__.transport
     assert w.write_if_idle(b"a") and w.unsent_bytes() == 0
     transport.buffered = 10
@@ -254,7 +266,7 @@ def test_the_transport_writer_reads_the_buffer_and_takes_the_idle_path_only_when
 
 @pytest.mark.parametrize("closing", ["close frame sent", "close frame received", "transport"])
 @pytest.mark.parametrize("method", ["write", "write_if_idle"])
-def test_a_closing_uvicorn_connection_takes_no_more_frames(uvicorn_send, closing, method):
+async def test_a_closing_uvicorn_connection_takes_no_more_frames(uvicorn_send, closing, method):
     protocol = uvicorn_send.__self__
     if closing == "close frame sent":
         protocol.close_sent = True
@@ -262,14 +274,14 @@ def test_a_closing_uvicorn_connection_takes_no_more_frames(uvicorn_send, closing
         protocol.conn.state = State.CLOSING
     else:
         protocol.transport.closing = True
-    w = wire.direct_writer(uvicorn_send)
+    w = servers.writer_for(uvicorn_send)
     assert not getattr(w, method)(b"frame")
     assert protocol.transport.written == []
 
 
-def test_the_transport_writer_says_when_uvicorns_send_would_wait(uvicorn_send):
+async def test_the_transport_writer_says_when_uvicorns_send_would_wait(uvicorn_send):
     """Over the high-water mark uvicorn's own send waits; the consumer closes in a task then."""
-    w = wire.direct_writer(uvicorn_send)
+    w = servers.writer_for(uvicorn_send)
     assert not w.paused
     uvicorn_send.__self__.writable.clear()
     assert w.paused
@@ -330,7 +342,7 @@ async def test_an_http_answer_is_what_uvicorn_writes_in_one_write():
     theirs = await uvicorns_own_bytes()
     assert len(theirs) == 2, "uvicorn writes the head and the body apart"
     cycle, transport, responses = http_cycle()
-    await wire.send_http_response(cycle.send, *ANSWER)
+    await servers.send_http_response(cycle.send, *ANSWER)
     assert transport.written == [b"".join(theirs)]
     assert cycle.response_complete and cycle.message_event.is_set()
     assert responses == [True], "uvicorn goes on to the next request on the connection"
@@ -342,7 +354,7 @@ async def test_the_access_log_line_is_uvicorns(caplog):
     theirs = [record.getMessage() for record in caplog.records]
     caplog.clear()
     cycle, _, _ = http_cycle(access_log=True)
-    await wire.send_http_response(cycle.send, *ANSWER)
+    await servers.send_http_response(cycle.send, *ANSWER)
     assert [record.getMessage() for record in caplog.records] == theirs
     assert theirs == ['127.0.0.1:5000 - "POST /api/notify/ann HTTP/1.1" 202']
 
@@ -352,14 +364,14 @@ async def test_other_answers_take_uvicorns_own_send(case):
     """uvicorn closes the connection after this answer, or leaves the body out."""
     theirs = await uvicorns_own_bytes(**case)
     cycle, transport, _ = http_cycle(**case)
-    await wire.send_http_response(cycle.send, *ANSWER)
+    await servers.send_http_response(cycle.send, *ANSWER)
     assert transport.written == theirs
 
 
 async def test_nothing_is_written_to_a_client_that_went_away():
     cycle, transport, responses = http_cycle()
     cycle.disconnected = True
-    await wire.send_http_response(cycle.send, *ANSWER)
+    await servers.send_http_response(cycle.send, *ANSWER)
     assert transport.written == [] and responses == []
 
 
@@ -369,6 +381,6 @@ async def test_other_servers_get_the_two_asgi_messages():
     async def send(message):
         sent.append(message)
 
-    await wire.send_http_response(send, *ANSWER)
+    await servers.send_http_response(send, *ANSWER)
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["headers"] == ANSWER[1] and sent[1]["body"] == ANSWER[2]

@@ -3,7 +3,8 @@
 The options come from settings (see README, "Running daphne"): the message-size
 ceiling sits at 4x ``WS_MAX_MESSAGE_BYTES`` (the application closes with 4009
 above 1x; daphne drops the connection above 4x before buffering more), pings
-find dead peers, and the handshake and close timeouts are short.
+find dead peers, and the handshake and close timeouts are short. The daphne
+adapter's start-up patches (:mod:`realtime.servers.daphne`) apply first.
 """
 
 import sys
@@ -12,50 +13,9 @@ from daphne.cli import CommandLineInterface
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from realtime import servers
+
 HARD_CEILING_WITHOUT_LIMIT = 16 * 1024 * 1024
-
-
-def plain_autobahn_log_arguments() -> None:
-    """Stop autobahn from colouring its debug-log arguments.
-
-    autobahn builds the arguments of its ``log.debug`` calls on every frame,
-    even with debug logging off, and colours them with ``click.style`` whenever
-    click is importable (uvicorn, among others, brings it): about 5% of daphne's
-    CPU for echo and fan-out in bench/RESULTS.md. Colour is all this changes.
-    """
-    import autobahn.util
-
-    autobahn.util._HAS_CLICK = False
-
-
-def skip_twisted_form_parsing() -> None:
-    """Stop Twisted from parsing POST bodies into form arguments that daphne never reads.
-
-    Twisted's ``Request`` parses every url-encoded or multipart POST into
-    ``request.args`` (the ``Content-Type`` through the ``email`` package first),
-    and daphne hands the application the raw body instead: about 8% of
-    daphne's CPU per JSON POST of the notification API (bench/RESULTS.md), and
-    memory for large multipart uploads. Twisted's own switch for that is its
-    ``parsePOSTFormSubmission`` argument (Twisted 24.7+); on an older Twisted
-    this does nothing.
-    """
-    import inspect
-
-    from daphne.http_protocol import WebRequest
-    from twisted.web import http
-
-    original = WebRequest.__init__
-    if getattr(original, "skips_form_parsing", False):
-        return
-    if "parsePOSTFormSubmission" not in inspect.signature(http.Request.__init__).parameters:
-        return
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("parsePOSTFormSubmission", False)
-        original(self, *args, **kwargs)
-
-    __init__.skips_form_parsing = True
-    WebRequest.__init__ = __init__
 
 
 def daphne_arguments(host: str, port: int) -> list[str]:
@@ -100,6 +60,5 @@ class Command(BaseCommand):
         self.stdout.write(f"daphne {' '.join(argv)}")
         self.stdout.write(f"Open {browser_url(host, port)} in a browser (Ctrl-C stops the server)")
         sys.stdout.flush()
-        plain_autobahn_log_arguments()
-        skip_twisted_form_parsing()
+        servers.prepare_daphne()  # logs which fast paths are on, then patches daphne
         CommandLineInterface().run(argv)
