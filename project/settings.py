@@ -211,6 +211,12 @@ JWT_TTL = env_int("JWT_TTL", 3600, minimum=1)
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5, minimum=1)
 LOGIN_FAILURE_WINDOW = 300
 
+# Every password check (API, login page, admin) goes through the login throttle;
+# ModelBackend never checks a password here, it only keeps older sessions valid.
+AUTHENTICATION_BACKENDS = [
+    "realtime.auth.ThrottledModelBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

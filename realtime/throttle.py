@@ -36,8 +36,6 @@ LOCK_WAIT_SECONDS = LOCK_SECONDS + 1
 PENDING_SECONDS = 60
 
 MESSAGE = "too many failed logins; try again in 5 minutes"
-#: What a refused attempt returns instead of a user.
-REFUSED = object()
 
 
 def keys_for(username: str, address: str | None) -> list[str]:

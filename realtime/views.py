@@ -5,6 +5,7 @@ from django.http import HttpRequest, JsonResponse
 
 from realtime import db, protocol, throttle, tokens
 from realtime.api import ApiError, api_view, read_json_object
+from realtime.auth import is_throttled
 
 
 @api_view("POST", auth=False)
@@ -15,27 +16,14 @@ async def token(request: HttpRequest) -> JsonResponse:
     if not isinstance(username, str) or not isinstance(password, str):
         raise ApiError("invalid_body", "'username' and 'password' must be strings")
     # A password hash holds a thread for a while: not the database worker's.
-    user = await db.run_blocking(_check_password, request, username, password)
-    if user is throttle.REFUSED:
+    # Every password check is throttled (realtime.auth.ThrottledModelBackend).
+    user = await db.run_blocking(authenticate, request, username=username, password=password)
+    if user is None and is_throttled(request):
         raise ApiError("throttled", throttle.MESSAGE)
     if user is None:
         raise ApiError("unauthorized", "bad username or password")
     jwt, expires_at = tokens.issue(user.get_username())
     return JsonResponse({"token": jwt, "expires_at": protocol.timestamp(expires_at)})
-
-
-def _check_password(request: HttpRequest, username: str, password: str):
-    """The user, ``None`` for bad credentials, or ``throttle.REFUSED``."""
-    keys = throttle.keys_for(username, request.META.get("REMOTE_ADDR"))
-    reservation = throttle.reserve(keys)
-    if reservation is None:
-        return throttle.REFUSED
-    user = None
-    try:
-        user = authenticate(request, username=username, password=password)
-    finally:
-        throttle.settle(keys, reservation, failed=user is None)
-    return user
 
 
 @api_view("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", auth=False)
