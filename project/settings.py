@@ -248,6 +248,10 @@ HUB_DEAD_AFTER_SECONDS = env_int("HUB_DEAD_AFTER_SECONDS", 30, minimum=2)
 # each process also re-checks its users this often, for changes made where the
 # signal cannot reach it (another process on the in-memory layer, raw SQL).
 REVOCATION_SWEEP_SECONDS = env_int("REVOCATION_SWEEP_SECONDS", 60, minimum=1)
+# Logging out closes that session's WebSockets at once (a signal); each process
+# also checks the sessions of its session-cookie WebSockets this often, which
+# closes them within this (plus a query) after an expiry or a flush.
+SESSION_SWEEP_SECONDS = env_int("SESSION_SWEEP_SECONDS", 2, minimum=1)
 
 # --- Server (used by `manage.py serve`) ---------------------------------------
 
