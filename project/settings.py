@@ -84,7 +84,16 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "realtime.csp.ContentSecurityPolicyMiddleware",
 ]
+# Sent as a header on every HTML response (the pages and the admin, which needs no
+# more: its scripts and styles are files under /static/). templates/base.html has
+# the same policy in a <meta> tag, which cannot hold frame-ancestors.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 
 ROOT_URLCONF = "project.urls"
 ASGI_APPLICATION = "project.asgi.application"
