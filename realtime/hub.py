@@ -51,6 +51,9 @@ departure_handlers: list[DepartureHandler] = []
 #: Run every ``REVOCATION_SWEEP_SECONDS`` by each hub (apps register them in ``ready()``).
 SweepHandler = Callable[["Hub"], Awaitable[None]]
 sweep_handlers: list[SweepHandler] = []
+#: Run by each hub once started; a task one returns is cancelled when the hub closes.
+StartHandler = Callable[["Hub"], Awaitable[asyncio.Task | None]]
+start_handlers: list[StartHandler] = []
 
 
 class Hub:
@@ -94,6 +97,9 @@ class Hub:
         await self.subscribe(CONTROL_GROUP, self)
         self._tasks.append(
             asyncio.create_task(self._maintenance_loop(), name="hub-maintenance"))
+        for handler in start_handlers:
+            if task := await handler(self):
+                self._tasks.append(task)
         # On a normal exit (daphne stops on SIGTERM) the survivors should reap this
         # process at their next beat, not after HUB_DEAD_AFTER_SECONDS.
         atexit.register(self.registry.mark_dead)

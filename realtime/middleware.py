@@ -4,8 +4,8 @@
 non-empty ``?token=``, then ``Authorization: Bearer``, then the Django session.
 The first present one decides; a bad token is not skipped for the next source.
 :class:`WebSocketAuthStack` never closes anything after the origin check: it
-puts ``user``, ``auth_error`` (a ``CloseCode`` or ``None``) and
-``token_expires_at`` on the scope, and consumers that need a user accept and
+puts ``user``, ``auth_error`` (a ``CloseCode`` or ``None``), ``token_expires_at``
+and ``session_key`` on the scope, and consumers that need a user accept and
 close with that code.
 """
 
@@ -93,33 +93,39 @@ class WebSocketAuthStack:
         if not all(origin_allowed(value) for value in origins):
             return await WebsocketDenier()(scope, receive, send)
         scope = dict(scope, server_send=send)
-        scope["user"], scope["auth_error"], scope["token_expires_at"] = await authenticate(scope)
+        (scope["user"], scope["auth_error"], scope["token_expires_at"],
+         scope["session_key"]) = await authenticate(scope)
         return await self.inner(scope, receive, send)
 
 
-async def authenticate(scope) -> tuple[object, CloseCode | None, datetime | None]:
-    """``(user, close code or None, token expiry or None)`` for a WebSocket scope."""
+async def authenticate(scope) -> tuple[object, CloseCode | None, datetime | None, str | None]:
+    """``(user, close code or None, token expiry or None, session key or None)``
+    for a WebSocket scope.
+
+    The session key is set only when the session cookie authenticated the user:
+    such a connection lasts as long as its session (``realtime.sessions``).
+    """
     token, present = find_token(scope)
     if present:
         if token is None:
-            return AnonymousUser(), CloseCode.INVALID_CREDENTIALS, None
+            return AnonymousUser(), CloseCode.INVALID_CREDENTIALS, None, None
         try:
             claims = tokens.decode(token)
         except tokens.ExpiredToken:
-            return AnonymousUser(), CloseCode.TOKEN_EXPIRED, None
+            return AnonymousUser(), CloseCode.TOKEN_EXPIRED, None, None
         except tokens.InvalidToken:
-            return AnonymousUser(), CloseCode.INVALID_CREDENTIALS, None
+            return AnonymousUser(), CloseCode.INVALID_CREDENTIALS, None, None
         user = await get_active_user(claims.user_id)
         if user is None:
-            return AnonymousUser(), CloseCode.INVALID_CREDENTIALS, None
-        return user, None, claims.expires_at
+            return AnonymousUser(), CloseCode.INVALID_CREDENTIALS, None, None
+        return user, None, claims.expires_at, None
     session_key = session_cookie(scope)
     if session_key:
         store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
         user = await get_user({"session": store})
         if user.is_authenticated and user.is_active:
-            return user, None, None
-    return AnonymousUser(), CloseCode.NO_CREDENTIALS, None
+            return user, None, None, session_key
+    return AnonymousUser(), CloseCode.NO_CREDENTIALS, None, None
 
 
 def session_cookie(scope) -> str | None:

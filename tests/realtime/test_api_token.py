@@ -4,15 +4,21 @@ Each test uses its own client addresses, so the per-address counters of one test
 never reach another (the failure counters live in the cache, Redis under CI).
 """
 
+import asyncio
 import itertools
 import json
 import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
 from django.test import Client, override_settings
 
-from realtime import tokens, views
+from realtime import throttle, tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -148,7 +154,7 @@ def test_failures_from_one_address_throttle_it_for_every_username(alice):
 def clock(monkeypatch):
     """Freeze the throttle's clock; ``clock.now`` can be moved."""
     state = SimpleNamespace(now=1_000_000.0)
-    monkeypatch.setattr(views, "time", SimpleNamespace(time=lambda: state.now))
+    monkeypatch.setattr(throttle, "time", SimpleNamespace(time=lambda: state.now))
     return state
 
 
@@ -180,8 +186,6 @@ def test_failures_spread_over_more_than_the_window_do_not_throttle(alice, clock)
 @override_settings(LOGIN_MAX_FAILURES=2, LOGIN_FAILURE_WINDOW=1)
 def test_throttle_unblocks_after_a_short_window(alice):
     """With a one-second window the block is gone a second after the last failure."""
-    import time
-
     c = client()
     for _ in range(2):
         assert post(c, {"username": alice, "password": "wrong"}).status_code == 401
@@ -215,3 +219,80 @@ async def test_issued_token_opens_a_websocket(alice):
 def test_json_strings_that_cannot_be_stored_are_invalid_body(alice, raw):
     """API bodies whose strings hold a lone surrogate or NUL anywhere get 400 invalid_body."""
     assert_error(post(client(), raw, raw=True), 400, "invalid_body")
+
+
+async def _parallel_logins(alice: str, right_slot: int, count: int) -> list[int]:
+    """``count`` simultaneous POSTs from one address, the right password only in ``right_slot``."""
+    from django.test import AsyncClient
+
+    c = AsyncClient(REMOTE_ADDR=client().defaults["REMOTE_ADDR"])
+    responses = await asyncio.gather(*(
+        c.post("/api/token", {"username": alice,
+                              "password": PASSWORD if i == right_slot else f"wrong{i}"},
+               content_type="application/json")
+        for i in range(count)
+    ))
+    return [r.status_code for r in responses]
+
+
+@override_settings(LOGIN_MAX_FAILURES=5)
+async def test_parallel_attempts_get_at_most_the_limit_of_password_checks(alice, monkeypatch):
+    """40 simultaneous attempts, the right password in slot 38: at most 5 passwords are
+    checked (401 or 200), every other attempt gets 429; afterwards the user is throttled
+    unless the right one was among the checked."""
+    from django.contrib.auth.backends import ModelBackend
+
+    checked = 0
+    original = ModelBackend.authenticate
+
+    def counting(self, *args, **kwargs):
+        nonlocal checked
+        checked += 1
+        time.sleep(0.01)  # a real hash takes long enough for requests to overlap
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelBackend, "authenticate", counting)
+    codes = await _parallel_logins(alice, 38, 40)
+    assert set(codes) <= {200, 401, 429}
+    assert codes.count(401) + codes.count(200) <= 5, codes
+    assert checked <= 5
+    if 200 not in codes:
+        again = await _parallel_logins(alice, 0, 1)
+        assert again == [429]
+
+
+@pytest.mark.daphne
+def test_parallel_attempts_over_daphne_are_throttled(daphne_server, alice, settings):
+    """Against a real daphne, 40 simultaneous attempts from threads: at most 5 checks."""
+    from django.contrib.auth import get_user_model
+
+    # The server checks with the project's hashers, which do not include the fast one.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    user = get_user_model().objects.get(username=alice)
+    user.set_password(PASSWORD)
+    user.save()
+    server = daphne_server(LOGIN_MAX_FAILURES="5")
+
+    def attempt(i: int) -> int:
+        password = PASSWORD if i == 38 else f"wrong{i}"
+        request = urllib.request.Request(
+            f"{server.url}/api/token", method="POST",
+            data=json.dumps({"username": alice, "password": password}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    barrier = threading.Barrier(40)
+
+    def at_once(i: int) -> int:
+        barrier.wait()
+        return attempt(i)
+
+    with ThreadPoolExecutor(40) as pool:
+        codes = list(pool.map(at_once, range(40)))
+    assert set(codes) <= {200, 401, 429}
+    assert codes.count(401) + codes.count(200) <= 5, codes
