@@ -16,9 +16,10 @@ per process and its frames, serialised once by the publisher, go to every local
 socket that may see them. The publisher's own process does not wait for the
 layer: it hands the batch to its sockets first (see :meth:`RoomSequencer.store_batch`).
 
-**No gap on join.** A joining connection is registered with its LocalRoom
-before history is read, and buffers what arrives meanwhile; after history it
-drops what history already held (ids up to the last one sent) and goes live.
+**No gap on join** (:mod:`realtime.gapless`). A joining connection is registered
+with its LocalRoom before history is read, and holds what arrives meanwhile;
+after history it drops what history already held (ids up to the last one sent)
+and goes live.
 """
 
 import asyncio
@@ -34,6 +35,7 @@ from django.utils import timezone
 from chat import selectors
 from chat.models import Message, Room
 from realtime import db, metrics, protocol, wire
+from realtime.gapless import Gapless
 from realtime.hub import Hub
 from realtime.protocol import ErrorCode, ProtocolError
 from realtime.registry import Departure, Publication, RoomTurn
@@ -65,16 +67,15 @@ def room_group(room: str) -> str:
 # --- Local fan-out ------------------------------------------------------------------
 
 
-class Member:
+class Member(Gapless):
     """What a LocalRoom needs of a connection (the chat consumer implements it)."""
 
     conn: str
     username: str
     last_id: int
     presence_version: int
-    pending: list[dict] | None
 
-    async def send_frame(self, text: str, encoded: bytes | None = None) -> None: ...
+    async def send(self, text_data: str, *, encoded: bytes | None = None) -> None: ...
 
     def send_now(self, encoded: bytes) -> bool: ...
 
@@ -145,7 +146,7 @@ class LocalRoom:
         for member in list(self.members.values()):
             if member.conn == skip or (audience and member.username not in audience):
                 continue
-            if member.pending is not None:
+            if member.pending is not None:  # Gapless.offer, inlined: joining, hold it
                 member.pending.append(item)
                 continue
             if encoded is None:
@@ -178,15 +179,9 @@ def own_ref(member: Member, item: dict) -> bool:
 
 async def send_claimed(member: Member, item: dict, encoded: bytes | None = None) -> None:
     if own_ref(member, item):
-        await member.send_frame(item["frame_ref"])
+        await member.send(item["frame_ref"])
     else:
-        await member.send_frame(item["frame"], encoded)
-
-
-async def send_item(member: Member, item: dict, encoded: bytes | None = None) -> None:
-    """Send unless the member has seen it."""
-    if claim(member, item):
-        await send_claimed(member, item, encoded)
+        await member.send(item["frame"], encoded=encoded)
 
 
 def local_rooms(hub: Hub) -> dict[str, LocalRoom]:
@@ -199,7 +194,7 @@ async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
     local = rooms.get(room)
     if local is None:
         local = rooms[room] = LocalRoom(hub, room)
-    member.pending = []
+    member.hold()
     local.members[member.conn] = member
     # Returns once the layer delivers the room's events here, so nothing published
     # after the history query below can be missed.
@@ -219,7 +214,7 @@ async def announce_join(local: LocalRoom, member: Member) -> None:
         "user_joined", member.username, change.users, protocol.now_timestamp()
     )
     member.presence_version = change.version
-    await member.send_frame(frame)
+    await member.send(frame)
     if not change.user_present:
         await local.hub.publish(local.group, {
             "kind": "presence", "frame": frame, "skip": member.conn, "version": change.version,
@@ -228,11 +223,8 @@ async def announce_join(local: LocalRoom, member: Member) -> None:
 
 async def go_live(member: Member) -> None:
     """Send what arrived while joining (minus what history held), then stream."""
-    while member.pending:
-        pending, member.pending = member.pending, []
-        for item in pending:
-            await send_item(member, item)
-    member.pending = None
+    await member.release(lambda item: not claim(member, item),
+                         lambda item: send_claimed(member, item))
 
 
 async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None:

@@ -210,14 +210,14 @@ class Ack:
     ids: tuple[int, ...]
 
 
-def _parse_auth(frame: dict[str, Any]) -> Auth:
+def parse_auth(frame: dict[str, Any]) -> Auth:
     token = frame.get("token")
     if not isinstance(token, str):
         raise _invalid("'token' must be a string")
     return Auth(token)
 
 
-def _parse_message(frame: dict[str, Any]) -> SendMessage:
+def parse_message(frame: dict[str, Any]) -> SendMessage:
     ref = frame.get("ref")
     if ref is not None and not (
         isinstance(ref, str) and 1 <= len(ref) <= MAX_REF_CHARS and storable(ref)
@@ -226,14 +226,14 @@ def _parse_message(frame: dict[str, Any]) -> SendMessage:
     return SendMessage(_content(frame), ref)
 
 
-def _parse_private(frame: dict[str, Any]) -> SendPrivate:
+def parse_private(frame: dict[str, Any]) -> SendPrivate:
     target = frame.get("target")
     if not isinstance(target, str) or not target or not storable(target):
         raise _invalid("'target' must be a non-empty string")
     return SendPrivate(target, _content(frame))
 
 
-def _parse_history(frame: dict[str, Any]) -> HistoryRequest:
+def parse_history(frame: dict[str, Any]) -> HistoryRequest:
     before = frame.get("before")
     if before is not None and not _positive_int(before):
         raise _invalid("'before' must be a positive integer or null")
@@ -243,7 +243,7 @@ def _parse_history(frame: dict[str, Any]) -> HistoryRequest:
     return HistoryRequest(None if before is None else min(before, MAX_ID), limit)
 
 
-def _parse_ack(frame: dict[str, Any]) -> Ack:
+def parse_ack(frame: dict[str, Any]) -> Ack:
     ids = frame.get("ids")
     if not isinstance(ids, list) or not all(_positive_int(i) for i in ids):
         raise _invalid("'ids' must be a list of positive integers")
@@ -252,15 +252,15 @@ def _parse_ack(frame: dict[str, Any]) -> Ack:
 
 _CHAT_PARSERS = {
     "ping": lambda frame: Ping(),
-    "auth": _parse_auth,
-    "message": _parse_message,
-    "private": _parse_private,
-    "history": _parse_history,
+    "auth": parse_auth,
+    "message": parse_message,
+    "private": parse_private,
+    "history": parse_history,
 }
 _NOTIFICATION_PARSERS = {
     "ping": lambda frame: Ping(),
-    "auth": _parse_auth,
-    "ack": _parse_ack,
+    "auth": parse_auth,
+    "ack": parse_ack,
 }
 
 

@@ -412,7 +412,7 @@ def _consumers_of(username: str) -> list:
     from realtime.hub import _hubs
 
     hub = _hubs[asyncio.get_running_loop()]
-    return list(hub.user_connections.get(username, ()))
+    return list(hub.users_on("test").get(username, ()))
 
 
 class PausedWriter:
