@@ -16,7 +16,6 @@ raised by a handler becomes an ``error`` frame and the connection stays open.
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 
 from channels.consumer import get_handler_name
@@ -26,6 +25,7 @@ from django.conf import settings
 
 from realtime import metrics, protocol, tokens, wire
 from realtime.hub import Hub, get_hub
+from realtime.limits import TokenBucket, too_large
 from realtime.middleware import get_active_user
 from realtime.protocol import CloseCode, ErrorCode, ProtocolError
 
@@ -56,7 +56,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     closing = False
     _counted = False
     _registered = False
-    _joined = False
+    _connected = False
     _expiry: asyncio.TimerHandle | None = None
     _direct: wire.DirectWriter | wire.TransportWriter | None = None
     _closer: asyncio.Task | None = None
@@ -108,6 +108,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         return None
 
     async def websocket_connect(self, message) -> None:
+        """Refuse or accept; check auth and the caps; register; then :meth:`connect`."""
         # Resolved once: send runs per frame per member of a room.
         self._send = self.scope.get("server_send") or self.base_send
         self._transport = getattr(wire.daphne_protocol(self._send), "transport", None)
@@ -150,13 +151,14 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 return
             self.hub.add_user_connection(self.user.username, self)
             self.schedule_expiry(self.scope.get("token_expires_at"))
-        self._joined = True
+        self._connected = True
         await self.connect()
 
     async def websocket_disconnect(self, message) -> None:
+        """:meth:`disconnect` (if :meth:`connect` ran), then unregister."""
         self.closing = True
         try:
-            if self._joined:
+            if self._connected:
                 await self.disconnect(message.get("code"))
         except Exception:
             logger.exception("error while leaving a %s connection", self.endpoint)
@@ -278,6 +280,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     # --- Incoming frames ----------------------------------------------------------------
 
     async def websocket_receive(self, message) -> None:
+        """Size limit and token bucket, then :meth:`receive`; its errors become frames."""
         if self.closing:
             return
         text, data = message.get("text"), message.get("bytes")
@@ -354,46 +357,6 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.scope.get("token_expires_at") is not None:
             self.schedule_expiry(claims.expires_at)
         await self.send(protocol.auth_ok(claims.expires_at))
-
-
-def too_large(text: str | None, data: bytes | None, limit: int) -> bool:
-    """Whether a frame's payload exceeds ``limit`` bytes (0: no limit)."""
-    if not limit:
-        return False
-    if data is not None:
-        return len(data) > limit
-    if text is None:
-        return False
-    # A code point is at most 4 bytes in UTF-8: skip the encoding when it can't matter.
-    if len(text) > limit:
-        return True
-    # surrogatepass: text from an in-process caller may hold lone surrogates (3 bytes each).
-    return len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
-
-
-class TokenBucket:
-    """``rate`` frames per second with bursts of ``burst``; either 0 disables it."""
-
-    __slots__ = ("burst", "dropped_in_row", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: int, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.dropped_in_row = 0
-
-    def take(self) -> bool:
-        if not self.rate or not self.burst:
-            return True
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.dropped_in_row = 0
-            return True
-        self.dropped_in_row += 1
-        return False
 
 
 class EchoConsumer(ProtocolConsumer):
