@@ -37,17 +37,12 @@ class Feed:
     """The hub listener of one group on this process, shared by its local connections."""
 
     def __init__(self, hub: Hub) -> None:
+        #: The connections fed by this group (everyone's, for broadcasts).
         self.consumers: set[NotificationConsumer] = set()
-        #: This endpoint's connections by username (the hub's index), for NOTEs
-        #: addressed to one user.
+        #: This endpoint's connections by username: the hub's own index, for NOTEs
+        #: addressed to one user (one feed group, so every one of them is fed here).
         self.by_user: dict[str, set[NotificationConsumer]] = hub.users_on(NOTIFICATIONS)
         self.subscribed: asyncio.Future | None = None
-
-    def add(self, consumer: "NotificationConsumer") -> None:
-        self.consumers.add(consumer)
-
-    def discard(self, consumer: "NotificationConsumer") -> None:
-        self.consumers.discard(consumer)
 
     async def hub_event(self, event: dict) -> None:
         """Hand each NOTE, serialised once by the publisher, to the connections it is for."""
@@ -72,11 +67,11 @@ async def attach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None
     if feed is None:
         feed = feeds[group] = Feed(hub)
         feed.subscribed = asyncio.ensure_future(hub.subscribe(group, feed))
-    feed.add(consumer)
+    feed.consumers.add(consumer)
     try:
         await asyncio.shield(feed.subscribed)
     except Exception:
-        feed.discard(consumer)
+        feed.consumers.discard(consumer)
         if feeds.get(group) is feed:
             del feeds[group]  # the next connection tries again
         raise
@@ -88,7 +83,7 @@ async def detach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None
     feed = feeds.get(group)
     if feed is None or consumer not in feed.consumers:
         return
-    feed.discard(consumer)
+    feed.consumers.discard(consumer)
     if not feed.consumers:
         del feeds[group]
         await hub.unsubscribe(group, feed)
