@@ -46,7 +46,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     #: No channel-layer channel per connection: the process hub carries all layer
     #: traffic (an unknown alias makes channels skip the per-consumer channel).
     channel_layer_alias = None
-    #: Always empty: a subclass that sets it is refused (see ``__init_subclass__``).
+    #: Always empty: a subclass that sets it, or the alias, is refused (``__init_subclass__``).
     groups = ()
     #: Frame type -> the name of its ``on_<type>`` handler, collected per class.
     frame_handlers: dict[str, str] = {}
@@ -63,11 +63,12 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.groups:
+        if cls.groups or cls.channel_layer_alias is not None:
             raise TypeError(
-                f"{cls.__name__}.groups: a consumer here joins no channel-layer group, "
-                "the process hub carries all layer traffic; subscribe a listener with "
-                "hub.subscribe(group, listener) in connect() and unsubscribe in disconnect()"
+                f"{cls.__name__}: set neither groups nor channel_layer_alias; a consumer here "
+                "has no channel-layer channel, the process hub carries all layer traffic: "
+                "subscribe a listener with hub.subscribe(group, listener) in connect() and "
+                "unsubscribe in disconnect()"
             )
         cls.frame_handlers = {
             name[3:]: name for name in dir(cls)

@@ -74,11 +74,13 @@ def test_handlers_are_collected_per_class():
     assert set(consumers.EchoConsumer.frame_handlers) == {"ping", "auth"}
 
 
-def test_a_consumer_with_groups_is_refused_at_its_definition():
-    """``groups`` would bypass the hub: defining it raises a TypeError naming the fix."""
+@pytest.mark.parametrize("attributes", [{"groups": ["chat.lobby"]},
+                                        {"channel_layer_alias": "default"}])
+def test_a_consumer_with_groups_is_refused_at_its_definition(attributes):
+    """``groups`` (or a layer channel) would bypass the hub: defining one raises a TypeError
+    naming the fix."""
     with pytest.raises(TypeError, match=r"hub\.subscribe"):
-        class Grouped(ProtocolConsumer):
-            groups = ["chat.lobby"]
+        type("Grouped", (ProtocolConsumer,), attributes)
 
 
 async def test_accept_is_refused_the_base_accepts():
