@@ -1,11 +1,4 @@
-"""What the chat services raise; the consumer and the API map them to answers.
-
-:class:`NotInRoom` and :class:`InvalidTarget` are still
-:class:`~realtime.protocol.ProtocolError`\\ s, so that a consumer which does not
-map them yet answers with the same ``error`` frame.
-"""
-
-from realtime.protocol import ErrorCode, ProtocolError
+"""What the chat services raise; the consumer maps them to the contract's error codes."""
 
 
 class ServiceUnavailable(Exception):
@@ -16,15 +9,9 @@ class ServiceUnavailable(Exception):
         self.stored_id = stored_id
 
 
-class NotInRoom(ProtocolError):
+class NotInRoom(Exception):
     """The recipient of a private message is not in the room (or is no active user)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.NOT_IN_ROOM, message)
 
-
-class InvalidTarget(ProtocolError):
+class InvalidTarget(Exception):
     """A private message to its own sender."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.INVALID_MESSAGE, message)

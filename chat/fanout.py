@@ -17,6 +17,7 @@ from chat import presence, protocol
 from chat.presence import Departure, Publication
 from chat.sequencer import RoomSequencer
 from realtime import wire
+from realtime.gapless import Gapless
 from realtime.hub import Hub
 from realtime.protocol import now_timestamp
 
@@ -30,16 +31,15 @@ def room_group(room: str) -> str:
     return f"chat.{room}"
 
 
-class Member:
+class Member(Gapless):
     """What a LocalRoom needs of a connection (the chat consumer implements it)."""
 
     conn: str
     username: str
     last_id: int
     presence_version: int
-    pending: list[dict] | None
 
-    async def send_frame(self, text: str, encoded: bytes | None = None) -> None: ...
+    async def send(self, text_data: str, *, encoded: bytes | None = None) -> None: ...
 
     def send_now(self, encoded: bytes) -> bool: ...
 
@@ -143,15 +143,9 @@ def own_ref(member: Member, item: dict) -> bool:
 
 async def send_claimed(member: Member, item: dict, encoded: bytes | None = None) -> None:
     if own_ref(member, item):
-        await member.send_frame(item["frame_ref"])
+        await member.send(item["frame_ref"])
     else:
-        await member.send_frame(item["frame"], encoded)
-
-
-async def send_item(member: Member, item: dict, encoded: bytes | None = None) -> None:
-    """Send unless the member has seen it."""
-    if claim(member, item):
-        await send_claimed(member, item, encoded)
+        await member.send(item["frame"], encoded=encoded)
 
 
 def local_rooms(hub: Hub) -> dict[str, LocalRoom]:
@@ -164,7 +158,7 @@ async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
     local = rooms.get(room)
     if local is None:
         local = rooms[room] = LocalRoom(hub, room)
-    member.pending = []
+    member.hold()
     local.members[member.conn] = member
     # Returns once the layer delivers the room's events here, so nothing published
     # after the history query below can be missed.
@@ -183,7 +177,7 @@ async def announce_join(local: LocalRoom, member: Member) -> None:
         local.name, member.conn, member.username)
     frame = protocol.presence("user_joined", member.username, change.users, now_timestamp())
     member.presence_version = change.version
-    await member.send_frame(frame)
+    await member.send(frame)
     if not change.user_present:
         await local.hub.publish(local.group, {
             "kind": "presence", "frame": frame, "skip": member.conn, "version": change.version,
@@ -192,11 +186,8 @@ async def announce_join(local: LocalRoom, member: Member) -> None:
 
 async def go_live(member: Member) -> None:
     """Send what arrived while joining (minus what history held), then stream."""
-    while member.pending:
-        pending, member.pending = member.pending, []
-        for item in pending:
-            await send_item(member, item)
-    member.pending = None
+    await member.release(lambda item: not claim(member, item),
+                         lambda item: send_claimed(member, item))
 
 
 async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None:

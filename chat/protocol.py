@@ -72,7 +72,7 @@ class HistoryRequest:
     limit: int
 
 
-def _parse_message(frame: dict[str, Any]) -> SendMessage:
+def parse_message(frame: dict[str, Any]) -> SendMessage:
     ref = frame.get("ref")
     if ref is not None and not (
         isinstance(ref, str) and 1 <= len(ref) <= MAX_REF_CHARS and storable(ref)
@@ -81,14 +81,14 @@ def _parse_message(frame: dict[str, Any]) -> SendMessage:
     return SendMessage(_content(frame), ref)
 
 
-def _parse_private(frame: dict[str, Any]) -> SendPrivate:
+def parse_private(frame: dict[str, Any]) -> SendPrivate:
     target = frame.get("target")
     if not isinstance(target, str) or not target or not storable(target):
         raise invalid("'target' must be a non-empty string")
     return SendPrivate(target, _content(frame))
 
 
-def _parse_history(frame: dict[str, Any]) -> HistoryRequest:
+def parse_history(frame: dict[str, Any]) -> HistoryRequest:
     before = frame.get("before")
     if before is not None and not positive_int(before):
         raise invalid("'before' must be a positive integer or null")
@@ -100,9 +100,9 @@ def _parse_history(frame: dict[str, Any]) -> HistoryRequest:
 
 _CHAT_PARSERS = {
     **COMMON_PARSERS,
-    "message": _parse_message,
-    "private": _parse_private,
-    "history": _parse_history,
+    "message": parse_message,
+    "private": parse_private,
+    "history": parse_history,
 }
 
 

@@ -3,15 +3,19 @@
 :class:`ProtocolConsumer` applies what the contract says of every endpoint:
 the auth outcomes (accept, then close 4001/4002/4003), the connection caps
 (4013), the message-size limit (4009), the per-connection token bucket
-(``rate_limited``, then 4008), token refresh with the ``auth`` frame and the
-close at token expiry. Subclasses implement :meth:`joined`, :meth:`left` and
-:meth:`receive_frame`; a :class:`~realtime.protocol.ProtocolError` raised there
-becomes an ``error`` frame and the connection stays open.
+(``rate_limited``, then 4008), the send-buffer bound (4010), the frames every
+JSON endpoint shares (``ping``, ``auth``) and the close at token expiry.
+
+Subclasses use channels' hooks: :meth:`~ProtocolConsumer.connect` and
+:meth:`~ProtocolConsumer.disconnect` run after and before the base's own
+checks, each JSON frame ``type`` goes to the method ``on_<type>`` (as channels
+maps a message type to a handler name), and :meth:`~ProtocolConsumer.send` is
+the one bounded, counted way out. A :class:`~realtime.protocol.ProtocolError`
+raised by a handler becomes an ``error`` frame and the connection stays open.
 """
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 
 from channels.consumer import get_handler_name
@@ -21,6 +25,7 @@ from django.conf import settings
 
 from realtime import metrics, protocol, servers, tokens, wire
 from realtime.hub import Hub, get_hub
+from realtime.limits import TokenBucket, too_large
 from realtime.middleware import get_active_user
 from realtime.protocol import CloseCode, ErrorCode, ProtocolError
 
@@ -41,17 +46,35 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     #: No channel-layer channel per connection: the process hub carries all layer
     #: traffic (an unknown alias makes channels skip the per-consumer channel).
     channel_layer_alias = None
+    #: Always empty: a subclass that sets it, or the alias, is refused (``__init_subclass__``).
+    groups = ()
+    #: Frame type -> the name of its ``on_<type>`` handler, collected per class.
+    frame_handlers: dict[str, str] = {}
 
     hub: Hub
     conn: str
     closing = False
     _counted = False
     _registered = False
-    _joined = False
+    _connected = False
     _expiry: asyncio.TimerHandle | None = None
     _direct = None  # the connection's writer (realtime.servers), set at the accept
     _takes_frames = False  # whether it takes encoded text frames (else ASGI messages)
     _closer: asyncio.Task | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.groups or cls.channel_layer_alias is not None:
+            raise TypeError(
+                f"{cls.__name__}: set neither groups nor channel_layer_alias; a consumer here "
+                "has no channel-layer channel, the process hub carries all layer traffic: "
+                "subscribe a listener with hub.subscribe(group, listener) in connect() and "
+                "unsubscribe in disconnect()"
+            )
+        cls.frame_handlers = {
+            name[3:]: name for name in dir(cls)
+            if name.startswith("on_") and callable(getattr(cls, name))
+        }
 
     async def __call__(self, scope, receive, send):
         """Run the consumer: each event from the server goes to :meth:`dispatch`.
@@ -87,7 +110,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         return None
 
     async def websocket_connect(self, message) -> None:
-        # Resolved once: send_frame runs per frame per member of a room.
+        """Refuse or accept; check auth and the caps; register; then :meth:`connect`."""
+        # Resolved once: send runs per frame per member of a room.
         self._send = self.scope.get("server_send") or self.base_send
         self._send_buffer_limit = settings.WS_MAX_SEND_BUFFER_BYTES
         self._frames_out = metrics.counter("realtime_frames_out_total", endpoint=self.endpoint)
@@ -100,7 +124,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self.hub = await get_hub()
         self.conn = self.hub.new_connection_name()
         self.user = self.scope.get("user")
-        await self.accept()
+        await super().accept()
         self._direct = servers.writer_for(self._send)
         # Every other message (the close) keeps its place behind the queued frames.
         self.base_send = self._send = self._direct.asgi_send
@@ -131,14 +155,15 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 return
             self.hub.add_user_connection(self.user.username, self)
             self.schedule_expiry(self.scope.get("token_expires_at"))
-        self._joined = True
-        await self.joined()
+        self._connected = True
+        await self.connect()
 
     async def websocket_disconnect(self, message) -> None:
+        """:meth:`disconnect` (if :meth:`connect` ran), then unregister."""
         self.closing = True
         try:
-            if self._joined:
-                await self.left()
+            if self._connected:
+                await self.disconnect(message.get("code"))
         except Exception:
             logger.exception("error while leaving a %s connection", self.endpoint)
         finally:
@@ -155,11 +180,23 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
         raise StopConsumer()
 
-    async def joined(self) -> None:
-        """The connection is accepted, authenticated and within the caps."""
+    async def connect(self) -> None:
+        """The connection is accepted, authenticated and within the caps: start sending.
 
-    async def left(self) -> None:
-        """The connection closed after :meth:`joined`."""
+        Unlike channels' ``connect``, it does not accept: the base has (the
+        contract closes bad credentials after the handshake). Refuse a handshake
+        in :meth:`handshake_refusal`.
+        """
+
+    async def disconnect(self, code: int | None) -> None:
+        """The connection closed after :meth:`connect` ran."""
+
+    async def accept(self, subprotocol=None, headers=None) -> None:
+        """Refused: the base accepts the handshake itself, before :meth:`connect`."""
+        raise TypeError(
+            f"{type(self).__name__}: do not call accept(); the base accepts every handshake "
+            "that handshake_refusal() lets through before it calls connect()"
+        )
 
     async def close_with(self, code: CloseCode) -> None:
         """Close with an application code; nothing more is sent or handled.
@@ -194,9 +231,18 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         """The user was deactivated or deleted: close as for an unknown user."""
         await self.close_with(CloseCode.INVALID_CREDENTIALS)
 
-    async def send_frame(self, text: str, encoded: bytes | None = None) -> None:
-        """Send one text frame; ``encoded`` is its :func:`~realtime.wire.text_frame`
-        when the caller already has it (one encoding for a room's members)."""
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None,
+                   close: bool = False, *, encoded: bytes | None = None) -> None:
+        """Send one frame, within the send-buffer bound (4010) and counted.
+
+        ``encoded`` is the text's :func:`~realtime.wire.text_frame` when the
+        caller already has it (one encoding for a room's members).
+        """
+        if text_data is None and bytes_data is None:
+            raise ValueError("You must pass one of bytes_data or text_data")
+        if close:
+            raise TypeError("send(close=...) is not supported: await close_with(CloseCode.X) "
+                            "after send()")
         if self.closing:
             return
         limit = self._send_buffer_limit
@@ -205,15 +251,20 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.close_with(CloseCode.SLOW_CONSUMER)
             return
         self._frames_out.value += 1
-        if self._takes_frames:
-            self._direct.write(encoded or wire.text_frame(text))
+        if text_data is not None:
+            if self._takes_frames:
+                self._direct.write(encoded or wire.text_frame(text_data))
+            else:
+                await self._send({"type": "websocket.send", "text": text_data})
+        elif self._takes_frames:
+            self._direct.write(wire.binary_frame(bytes_data))
         else:
-            await self._send({"type": "websocket.send", "text": text})
+            await self._send({"type": "websocket.send", "bytes": bytes_data})
 
     def send_now(self, encoded: bytes) -> bool:
         """Write an encoded text frame at once if nothing is queued before it.
 
-        ``False`` means nothing was done and :meth:`send_frame` must send it
+        ``False`` means nothing was done and :meth:`send` must send it
         (another server, a closing connection, or bytes already waiting: that
         is where the slow-reader bound is checked). A room's fan-out calls this
         per member, so it is plain, not a coroutine.
@@ -231,6 +282,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     # --- Incoming frames ----------------------------------------------------------------
 
     async def websocket_receive(self, message) -> None:
+        """Size limit and token bucket, then :meth:`receive`; its errors become frames."""
         if self.closing:
             return
         text, data = message.get("text"), message.get("bytes")
@@ -240,7 +292,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             return
         if not self.bucket.take():
             # Every dropped frame is answered, the one that reaches the burst too.
-            await self.send_frame(
+            await self.send(
                 protocol.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
             )
             if self.bucket.dropped_in_row >= settings.WS_RATE_BURST:
@@ -248,19 +300,38 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 await self.close_with(CloseCode.RATE_LIMITED)
             return
         try:
-            await self.receive_frame(text, data)
+            await self.receive(text, data)
         except ProtocolError as exc:
             metrics.inc("realtime_errors_total", code=str(exc.code))
-            await self.send_frame(protocol.error(exc.code, exc.message))
+            await self.send(protocol.error(exc.code, exc.message))
         except Exception:
             logger.exception("unexpected error handling a %s frame", self.endpoint)
             metrics.inc("realtime_errors_total", code=str(ErrorCode.UNAVAILABLE))
-            await self.send_frame(
+            await self.send(
                 protocol.error(ErrorCode.UNAVAILABLE, "the server could not handle this frame")
             )
 
-    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        raise NotImplementedError
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """A JSON frame: call its type's ``on_<type>`` with the decoded frame.
+
+        A type without a handler gets ``unknown_type``; an endpoint of raw
+        frames overrides this method (see :class:`EchoConsumer`).
+        """
+        frame = protocol.load_frame(text_data, bytes_data)
+        name = self.frame_handlers.get(frame["type"])
+        if name is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame['type']!r}")
+        await getattr(self, name)(frame)
+
+    async def on_ping(self, frame: dict) -> None:
+        """``ping`` (or the plain text ``ping``) -> ``pong``."""
+        await self.send(protocol.PONG)
+
+    async def on_auth(self, frame: dict) -> None:
+        """``auth`` refreshes the connection's token (endpoints with a user only)."""
+        if not self.requires_user:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unknown frame type 'auth'")
+        await self.refresh_token(protocol.parse_auth(frame).token)
 
     # --- Token lifetime ---------------------------------------------------------------
 
@@ -278,7 +349,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         )
 
     async def refresh_token(self, token: str) -> None:
-        """Handle an ``auth`` frame: same user, valid token -> ``auth_ok``."""
+        """Same user, valid token -> ``auth_ok``; else ``invalid_token``."""
         try:
             claims = tokens.decode(token)
         except tokens.TokenError:
@@ -287,47 +358,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(ErrorCode.INVALID_TOKEN, "token is for another or inactive user")
         if self.scope.get("token_expires_at") is not None:
             self.schedule_expiry(claims.expires_at)
-        await self.send_frame(protocol.auth_ok(claims.expires_at))
-
-
-def too_large(text: str | None, data: bytes | None, limit: int) -> bool:
-    """Whether a frame's payload exceeds ``limit`` bytes (0: no limit)."""
-    if not limit:
-        return False
-    if data is not None:
-        return len(data) > limit
-    if text is None:
-        return False
-    # A code point is at most 4 bytes in UTF-8: skip the encoding when it can't matter.
-    if len(text) > limit:
-        return True
-    # surrogatepass: text from an in-process caller may hold lone surrogates (3 bytes each).
-    return len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
-
-
-class TokenBucket:
-    """``rate`` frames per second with bursts of ``burst``; either 0 disables it."""
-
-    __slots__ = ("burst", "dropped_in_row", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: int, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.dropped_in_row = 0
-
-    def take(self) -> bool:
-        if not self.rate or not self.burst:
-            return True
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.dropped_in_row = 0
-            return True
-        self.dropped_in_row += 1
-        return False
+        await self.send(protocol.auth_ok(claims.expires_at))
 
 
 class EchoConsumer(ProtocolConsumer):
@@ -336,14 +367,12 @@ class EchoConsumer(ProtocolConsumer):
     requires_user = False
     endpoint = "echo"
 
-    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        if text is not None:
-            await self.send_frame("Echo: " + text)
-        elif data:
-            if self._direct is not None:
-                self._direct.write(wire.binary_frame(data))
-            else:
-                await self._send({"type": "websocket.send", "bytes": data})
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Raw frames, not JSON: even ``ping`` is echoed."""
+        if text_data is not None:
+            await self.send("Echo: " + text_data)
+        elif bytes_data:
+            await self.send(bytes_data=bytes_data)
 
 
 class RefusingConsumer(AsyncWebsocketConsumer):

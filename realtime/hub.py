@@ -68,8 +68,9 @@ class Hub:
             self.registry = LocalRegistry(self.proc_id)
         self.groups: dict[str, set[Listener]] = {}
         self.connections = 0
-        # Authenticated consumers of this process by username (to revoke a user).
-        self.user_connections: dict[str, set] = {}
+        # Authenticated consumers of this process by endpoint, then username (to revoke
+        # a user, to hand a NOTE to its user's connections). Endpoints are never removed.
+        self.user_connections: dict[str, dict[str, set]] = {}
         # Per-process state of the apps (chat rooms, notification listeners).
         self.apps: dict[str, Any] = {}
         self.channel = ""
@@ -126,14 +127,30 @@ class Hub:
         return connection_prefix(self.proc_id) + secrets.token_hex(8)
 
     def add_user_connection(self, user: str, consumer) -> None:
-        self.user_connections.setdefault(user, set()).add(consumer)
+        self.users_on(consumer.endpoint).setdefault(user, set()).add(consumer)
 
     def remove_user_connection(self, user: str, consumer) -> None:
-        consumers = self.user_connections.get(user)
+        by_user = self.users_on(consumer.endpoint)
+        consumers = by_user.get(user)
         if consumers is not None:
             consumers.discard(consumer)
             if not consumers:
-                del self.user_connections[user]
+                del by_user[user]
+
+    def users_on(self, endpoint: str) -> dict[str, set]:
+        """The authenticated consumers of ``endpoint`` on this process by username (kept live)."""
+        by_user = self.user_connections.get(endpoint)
+        if by_user is None:
+            by_user = self.user_connections[endpoint] = {}
+        return by_user
+
+    def connections_of(self, username: str) -> list:
+        """The user's authenticated consumers on this process, every endpoint."""
+        return [c for by_user in self.user_connections.values() for c in by_user.get(username, ())]
+
+    def usernames(self) -> set[str]:
+        """The users with an authenticated connection on this process."""
+        return {user for by_user in self.user_connections.values() for user in by_user}
 
     async def hub_event(self, event: dict) -> None:
         """Control events: ``revoke`` closes every local connection of a user."""
@@ -141,7 +158,7 @@ class Hub:
             await self.revoke_local(event["user"])
 
     async def revoke_local(self, username: str) -> None:
-        for consumer in list(self.user_connections.get(username, ())):
+        for consumer in self.connections_of(username):
             logger.info("closing a connection of a deactivated or deleted user")
             await consumer.revoke()
 

@@ -49,9 +49,10 @@ def inactive_usernames(usernames: list[str]) -> list[str]:
 async def sweep(hub: Hub) -> None:
     """Close this process's connections of users who are no longer active (the
     fallback of the ``revoke`` event; run by the hub's maintenance)."""
-    if not hub.user_connections:
+    usernames = hub.usernames()
+    if not usernames:
         return
-    for username in await db.run(inactive_usernames, list(hub.user_connections)):
+    for username in await db.run(inactive_usernames, sorted(usernames)):
         await hub.revoke_local(username)
 
 

@@ -70,7 +70,7 @@ class SessionListener:
     async def hub_event(self, event: dict) -> None:
         if event.get("kind") != KIND:
             return
-        for consumer in list(self.hub.user_connections.get(event["user"], ())):
+        for consumer in self.hub.connections_of(event["user"]):
             key = consumer.scope.get("session_key")
             if key and digest(key) == event["session"]:
                 await close(consumer)
@@ -84,8 +84,8 @@ async def close(consumer) -> None:
 def session_connections(hub: Hub) -> dict[str, list]:
     """This process's session-cookie connections by session key."""
     found: dict[str, list] = {}
-    for consumers in hub.user_connections.values():
-        for consumer in consumers:
+    for by_user in hub.user_connections.values():
+        for consumer in (c for consumers in by_user.values() for c in consumers):
             key = consumer.scope.get("session_key")
             if key:
                 found.setdefault(key, []).append(consumer)

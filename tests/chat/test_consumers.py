@@ -392,10 +392,10 @@ async def test_one_failing_connection_does_not_disturb_another(alice, bob, monke
     await receive(a)
     from chat import consumers
 
-    async def boom(self, request):
+    async def boom(self, frame):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(consumers.ChatConsumer, "send_history_page", boom)
+    monkeypatch.setattr(consumers.ChatConsumer, "on_history", boom)
     error = await request(b, {"type": "history"})
     assert error["type"] == "error" and error["code"] == "unavailable"
     sent = await request(a, {"type": "message", "content": "still here"})

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from chat import fanout, presence, sequencer, services
 from chat.models import Message, Room
+from realtime.gapless import Gapless
 from realtime.hub import get_hub
 from realtime.registry import RedisRegistry
 from tests.conftest import wait_for
@@ -16,17 +17,16 @@ from tests.conftest import wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class Silent:
+class Silent(Gapless):
     """A member that records frames instead of sending them."""
 
     def __init__(self, conn: str, username: str) -> None:
         self.conn, self.username = conn, username
         self.last_id = self.presence_version = 0
-        self.pending = None
         self.frames: list[str] = []
 
-    async def send_frame(self, text: str, encoded: bytes | None = None) -> None:
-        self.frames.append(text)
+    async def send(self, text_data: str, *, encoded: bytes | None = None) -> None:
+        self.frames.append(text_data)
 
     def send_now(self, encoded: bytes) -> bool:
         return False

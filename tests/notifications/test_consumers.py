@@ -148,10 +148,10 @@ async def test_two_tabs_both_get_a_live_notification(amake_user, connect):
     hub = await get_hub()
     feed = consumers.hub_feeds(hub)[note_protocol.FEED_GROUP]
     assert hub.groups[note_protocol.FEED_GROUP] == {feed}, "one hub listener for every connection"
-    assert len(feed.by_user["bea"]) == 2
+    assert len(hub.users_on(consumers.NOTIFICATIONS)["bea"]) == 2
     for tab in tabs:
         await tab.disconnect()
-    assert "bea" not in feed.by_user
+    assert "bea" not in hub.users_on(consumers.NOTIFICATIONS)
     assert note_protocol.FEED_GROUP in hub.groups, "cyd's connection still needs the feed"
     await other.disconnect()
     assert note_protocol.FEED_GROUP not in hub.groups, "the hub leaves with the last connection"

@@ -4,7 +4,8 @@ No endpoint of the routing needs a user yet when the foundation is tested, so th
 auth and limit tests run against ``AuthedConsumer``: a minimal
 :class:`~realtime.consumers.ProtocolConsumer` behind the project's own
 ``WebSocketAuthStack``. On join it sends ``{"type": "hello", "user_id": U}`` so a
-test can see who was authenticated; it answers ``ping`` and handles ``auth``.
+test can see who was authenticated; like every JSON endpoint it answers ``ping``
+and handles ``auth``, and it takes ``ack`` (and does nothing with it).
 """
 
 import base64
@@ -19,11 +20,10 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.urls import re_path
 
-from notifications.protocol import Ack, parse_frame
+from notifications.protocol import parse_ack
 from realtime import protocol
 from realtime.consumers import ProtocolConsumer
 from realtime.middleware import WebSocketAuthStack
-from realtime.protocol import Auth, Ping
 
 TEST_PATH = "/ws/test/"
 
@@ -34,17 +34,11 @@ class AuthedConsumer(ProtocolConsumer):
     requires_user = True
     endpoint = "test"
 
-    async def joined(self) -> None:
-        await self.send_frame(protocol.encode({"type": "hello", "user_id": self.user.username}))
+    async def connect(self) -> None:
+        await self.send(protocol.encode({"type": "hello", "user_id": self.user.username}))
 
-    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        frame = parse_frame(text, data)
-        if isinstance(frame, Ping):
-            await self.send_frame(protocol.PONG)
-        elif isinstance(frame, Auth):
-            await self.refresh_token(frame.token)
-        elif isinstance(frame, Ack):
-            pass
+    async def on_ack(self, frame: dict) -> None:
+        parse_ack(frame)
 
 
 authed_application = WebSocketAuthStack(

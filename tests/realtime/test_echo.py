@@ -1,9 +1,15 @@
 """``/ws/echo/`` (PROTOCOL.md): no auth, text comes back prefixed, bytes as they are."""
 
+import asyncio
+import socket
+import time
+
 import pytest
+import websockets
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
+from tests.conftest import UVICORN
 
 
 async def connect_echo(path: str = "/ws/echo/", headers=None) -> WebsocketCommunicator:
@@ -70,3 +76,27 @@ async def test_unknown_path_is_refused_at_handshake():
     comm = WebsocketCommunicator(application, "/ws/nowhere/")
     connected, _ = await comm.connect()
     assert not connected
+
+
+@pytest.mark.daphne
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("command", [None, UVICORN], ids=["daphne", "uvicorn"])
+async def test_binary_echo_to_a_stalled_reader_is_bounded(daphne_server, command):
+    """Binary echoes that a client leaves unread past WS_MAX_SEND_BUFFER_BYTES close it (4010)."""
+    server = daphne_server(command=command, WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep the kernel's share small
+    sock.connect(("127.0.0.1", server.port))
+    stalled = await websockets.connect(f"{server.ws_url}/ws/echo/", sock=sock, max_queue=1,
+                                       max_size=None)
+    deadline = time.monotonic() + 30
+    while "stopped reading" not in server.output():
+        assert time.monotonic() < deadline, "the stalled reader was never closed"
+        try:
+            await asyncio.wait_for(stalled.send(b"x" * 16384), 1)
+        except (TimeoutError, websockets.ConnectionClosed):
+            await asyncio.sleep(0.05)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(stalled.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4010

@@ -16,7 +16,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from project.asgi import application
-from realtime import consumers
+from realtime import consumers, limits
 from tests.realtime.support import close_code, communicator, forge, receive_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -125,7 +125,7 @@ def clock(monkeypatch):
     """Freeze the token bucket's clock; ``clock.advance(s)`` moves it."""
     state = SimpleNamespace(now=1000.0)
     state.advance = lambda seconds: setattr(state, "now", state.now + seconds)
-    monkeypatch.setattr(consumers, "time", SimpleNamespace(monotonic=lambda: state.now))
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: state.now))
     return state
 
 
@@ -412,7 +412,7 @@ def _consumers_of(username: str) -> list:
     from realtime.hub import _hubs
 
     hub = _hubs[asyncio.get_running_loop()]
-    return list(hub.user_connections.get(username, ()))
+    return list(hub.users_on("test").get(username, ()))
 
 
 class PausedWriter:
