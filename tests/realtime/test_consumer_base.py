@@ -109,6 +109,7 @@ def bare_consumer(backlog: int) -> tuple[ProtocolConsumer, RecordingWriter, list
     consumer = ShoutConsumer()
     writer = RecordingWriter(backlog)
     consumer._direct = writer
+    consumer._takes_frames = True
     consumer._send_buffer_limit = 65536
     consumer._frames_out = metrics.counter("realtime_frames_out_total", endpoint="unit")
     closes = []
