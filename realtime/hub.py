@@ -1,14 +1,9 @@
 """The process hub: one channel-layer subscription per group per process.
 
-A plain Channels app adds every consumer's channel to its groups, so a room of
-1000 members costs 1000 layer deliveries per message, each decoded and
-dispatched by its own consumer. Here each process has one channel (the hub's);
-the hub joins a group once, when the first local listener asks for it, and
-hands each event to the local listeners (a chat room, a user's notification
-tabs), which send the frame, serialised once by the publisher, to their sockets.
-
-Events are small dicts of plain values with a ``group`` key; the hub knows
-nothing about chat or notifications.
+Each process has one channel; the hub joins a group once, when its first local
+listener asks for it, and hands each event (a small dict of plain values with a
+``group`` key) to its local listeners (a chat room, the notification feed). The
+hub knows nothing of chat or notifications.
 """
 
 import asyncio
@@ -20,11 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
-from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime.registry import LocalRegistry, Reach, RedisRegistry, connection_prefix
+from realtime import layers
+from realtime.registry import Reach, connection_prefix, new_registry
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +31,6 @@ RECOVERY_POLL_SECONDS = 0.2
 RECOVERY_SETTLE_SECONDS = 2 * RECOVERY_POLL_SECONDS
 #: Every process listens here for control events (such as revoking a user).
 CONTROL_GROUP = "hub.control"
-#: The kind of the events that confirm a pub/sub subscription; no listener sees them.
-PROBE = "hub.probe"
-PROBE_INTERVAL_SECONDS = 0.1
-PROBE_ATTEMPTS = 50
 
 
 class Listener(Protocol):
@@ -62,10 +53,7 @@ class Hub:
     def __init__(self) -> None:
         self.proc_id = secrets.token_hex(6)
         self.layer = get_channel_layer()
-        if settings.REDIS_URL:
-            self.registry = RedisRegistry(self.proc_id, settings.REDIS_URL, settings.REDIS_PREFIX)
-        else:
-            self.registry = LocalRegistry(self.proc_id)
+        self.registry = new_registry(self.proc_id)
         self.groups: dict[str, set[Listener]] = {}
         self.connections = 0
         # Authenticated consumers of this process by endpoint, then username (to revoke
@@ -85,8 +73,8 @@ class Hub:
         self._last_refresh = time.monotonic()
         self._restored_at = -RECOVERY_SETTLE_SECONDS
         # Redis pub/sub: subscriptions are confirmed by a probe (see subscribe()).
-        self.pubsub = isinstance(self.layer, RedisPubSubChannelLayer)
-        self._probes: dict[str, asyncio.Future] = {}
+        self.pubsub = layers.is_pubsub(self.layer)
+        self.probes = layers.Probes(self.layer)
 
     async def start(self) -> None:
         # The default "specific" prefix: channels-redis reads every channel of a
@@ -172,7 +160,7 @@ class Hub:
                 await self.layer.group_add(group, self.channel)
                 if self.pubsub:
                     try:
-                        await self._confirm_subscription(group)
+                        await self.probes.confirm(group)
                     except BaseException:
                         with contextlib.suppress(Exception):
                             await self.layer.group_discard(group, self.channel)
@@ -222,9 +210,7 @@ class Hub:
 
     def reaches_others(self, group: str) -> bool:
         """Whether a layer message to ``group`` may reach a hub other than this one."""
-        if isinstance(self.layer, InMemoryChannelLayer):
-            return any(channel != self.channel for channel in self.layer.groups.get(group, ()))
-        return True
+        return layers.reaches_others(self.layer, group, self.channel)
 
     async def deliver_here(self, event: dict) -> None:
         """Hand ``event`` to this process's listeners of its group; one failing is logged."""
@@ -265,12 +251,7 @@ class Hub:
                 # At most a second: events queued in Redis meanwhile wait this long.
                 backoff = min(backoff * 2, 1.0)
                 continue
-            if event.get("kind") == PROBE:
-                probe = self._probes.get(event.get("token"))
-                if probe is not None and not probe.done():
-                    probe.set_result(None)
-                continue
-            if event.get("here_first") != self.proc_id:
+            if not self.probes.arrived(event) and event.get("here_first") != self.proc_id:
                 await self.deliver_here(event)
 
     # --- Maintenance ------------------------------------------------------------------
@@ -326,33 +307,7 @@ class Hub:
                 await self.layer.group_discard(group, self.channel)
             await self.layer.group_add(group, self.channel)
             if self.pubsub:
-                await self._confirm_subscription(group)
-
-    async def _confirm_subscription(self, group: str) -> None:
-        """Return once an event published to ``group`` reaches this process.
-
-        ``RedisPubSubChannelLayer.group_add`` returns when SUBSCRIBE is sent, not
-        when Redis has applied it; a message published from another process just
-        then would miss this one, although the caller (a joining socket about to
-        read history) relies on the join being in effect. A probe of our own
-        that comes back proves it is; it is re-sent because one published before
-        the SUBSCRIBE took effect reaches nobody.
-        """
-        token = secrets.token_hex(8)
-        arrived = self._probes[token] = asyncio.get_running_loop().create_future()
-        try:
-            for _ in range(PROBE_ATTEMPTS):
-                await self.layer.group_send(
-                    group, {"type": "hub.event", "group": group, "kind": PROBE, "token": token}
-                )
-                try:
-                    await asyncio.wait_for(asyncio.shield(arrived), PROBE_INTERVAL_SECONDS)
-                    return
-                except TimeoutError:
-                    continue
-            raise ConnectionError(f"the subscription to {group} was not confirmed")
-        finally:
-            del self._probes[token]
+                await self.probes.confirm(group)
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
@@ -420,9 +375,7 @@ async def connections_on(endpoint: str, users: list[str]) -> Reach:
     hub = running_hub()
     if hub is not None:
         return await hub.registry.connections_on(endpoint, users)
-    name = "outside-" + secrets.token_hex(6)
-    registry = (RedisRegistry(name, settings.REDIS_URL, settings.REDIS_PREFIX)
-                if settings.REDIS_URL else LocalRegistry(name))
+    registry = new_registry("outside-" + secrets.token_hex(6))
     try:
         return await registry.connections_on(endpoint, users)
     finally:

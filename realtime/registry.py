@@ -257,3 +257,12 @@ class RedisRegistry:
         for app in self.apps.values():
             app.close()
         await self.redis.aclose(close_connection_pool=True)
+
+
+def new_registry(proc_id: str) -> "LocalRegistry | RedisRegistry":
+    """The registry the settings ask for: Redis's with ``REDIS_URL``, else this process's."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        return RedisRegistry(proc_id, settings.REDIS_URL, settings.REDIS_PREFIX)
+    return LocalRegistry(proc_id)

@@ -11,8 +11,9 @@ import asyncio
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from realtime import hub as hub_module
-from realtime.hub import PROBE, Hub
+from realtime import layers
+from realtime.hub import Hub
+from realtime.layers import PROBE
 
 
 class Recorder:
@@ -69,13 +70,13 @@ async def test_a_probe_lost_before_the_subscription_applies_is_sent_again(
 
 
 async def test_a_subscription_never_confirmed_fails_and_is_not_kept(pubsub_hub, monkeypatch):
-    monkeypatch.setattr(hub_module, "PROBE_ATTEMPTS", 3)
+    monkeypatch.setattr(layers, "PROBE_ATTEMPTS", 3)
     lost = drop_probes(monkeypatch, pubsub_hub, 1000)
     with pytest.raises(ConnectionError):
         await pubsub_hub.subscribe("room", Recorder())
     assert len(lost) == 3
     assert "room" not in pubsub_hub.groups
-    assert not pubsub_hub._probes
+    assert not pubsub_hub.probes.waiting
 
 
 async def test_other_layers_need_no_probe(monkeypatch):
