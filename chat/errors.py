@@ -1,12 +1,8 @@
 """What the chat services raise; the consumer maps them to the contract's error codes."""
 
+from realtime.batching import ServiceUnavailable
 
-class ServiceUnavailable(Exception):
-    """The database or the channel layer failed; ``stored_id`` says if it was stored."""
-
-    def __init__(self, message: str, stored_id: int | None = None) -> None:
-        super().__init__(message)
-        self.stored_id = stored_id
+__all__ = ["InvalidTarget", "NotInRoom", "ServiceUnavailable"]
 
 
 class NotInRoom(Exception):

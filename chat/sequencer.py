@@ -22,10 +22,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import presence, protocol
-from chat.errors import NotInRoom, ServiceUnavailable
+from chat.errors import NotInRoom
 from chat.models import Message, Room
 from chat.presence import RoomTurn
 from realtime import db, metrics
+from realtime.batching import MAX_BATCH, ServiceUnavailable, each_alone
 from realtime.protocol import encode, timestamp
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 200
 #: How long a sequencer keeps its room's lock before it checks whether another
 #: process is waiting for it (and gives it up if so).
 HOLD_SECONDS = 0.02
@@ -120,13 +120,13 @@ class RoomSequencer:
         # One bad message must not sink the others: store them one by one.
         logger.warning("a batch in room %s failed; storing its messages one by one",
                        self.local.name)
-        for outgoing in batch:
-            if outgoing.done.done():
-                continue
-            try:
+
+        async def alone(outgoing: Outgoing) -> None:
+            nonlocal publishing
+            if not outgoing.done.done():
                 publishing = await self.store_batch([outgoing], turn, publishing)
-            except Exception:
-                self.fail([outgoing])
+
+        await each_alone(batch, alone, lambda outgoing: self.fail([outgoing]))
         return publishing
 
     def fail(self, batch: list[Outgoing]) -> None:

@@ -1,5 +1,9 @@
 """The errors of the notifications services; the HTTP views and the edge answer them."""
 
+from realtime.batching import ServiceUnavailable
+
+__all__ = ["Refused", "ServiceUnavailable"]
+
 
 class Refused(Exception):
     """A post the service refused: ``code`` says why, ``message`` says it in words.
@@ -31,6 +35,3 @@ class Refused(Exception):
     def no_such_user(cls, username: str) -> "Refused":
         return cls(cls.NO_SUCH_USER, f"no user {username!r}")
 
-
-class ServiceUnavailable(Exception):
-    """The database failed: nothing was stored."""

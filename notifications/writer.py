@@ -13,16 +13,15 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from notifications.errors import ServiceUnavailable
 from notifications.protocol import BROADCAST, note_item
 from notifications.push import counted, push_notes
 from notifications.store import ACK_BATCH, Post, Stored, store_batch, undelivered_frames
 from realtime import db
+from realtime.batching import MAX_BATCH, ServiceUnavailable, each_alone
 
 logger = logging.getLogger(__name__)
 
 #: Posts per transaction of the writer (two usernames each in one ``IN``: SQLite's cap).
-MAX_BATCH = 200
 #: How long an ack may wait for a post to share its transaction. Under load every
 #: batch of posts carries the acks taken meanwhile; without this wait each ack
 #: frame would start a transaction of its own (one per notification). A delayed
@@ -213,12 +212,15 @@ class Writer:
                 logger.warning("a batch of %d notifications failed; storing them one by one",
                                len(posts))
             results = []
-            for post in posts:
-                try:
-                    results.extend(await db.run(store_batch, [post], {}))
-                except Exception as exc:
-                    logger.exception("could not store a notification")
-                    results.append(ServiceUnavailable(f"could not store: {exc}"))
+
+            async def alone(post: Post) -> None:
+                results.extend(await db.run(store_batch, [post], {}))
+
+            def failed(post: Post) -> None:
+                logger.exception("could not store a notification")
+                results.append(ServiceUnavailable("could not store"))
+
+            await each_alone(posts, alone, failed)
         stored: list[tuple[Post, Stored]] = []
         for post, result in zip(posts, results, strict=True):
             if isinstance(result, Stored):

@@ -10,22 +10,18 @@ reach it (a change made by another process on the in-memory layer).
 import logging
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from realtime import db
-from realtime.hub import CONTROL_GROUP, Hub
+from realtime.hub import CONTROL_GROUP, Hub, publish
 
 logger = logging.getLogger(__name__)
 
 
 async def arevoke_user(username: str) -> None:
     """Close every connection of ``username`` on every process."""
-    await get_channel_layer().group_send(
-        CONTROL_GROUP,
-        {"type": "hub.event", "group": CONTROL_GROUP, "kind": "revoke", "user": username},
-    )
+    await publish(CONTROL_GROUP, {"kind": "revoke", "user": username})
 
 
 def revoke_user(username: str) -> None:

@@ -21,12 +21,11 @@ import logging
 from importlib import import_module
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
 from realtime import db
-from realtime.hub import CONTROL_GROUP, Hub
+from realtime.hub import CONTROL_GROUP, Hub, publish
 from realtime.protocol import CloseCode
 
 logger = logging.getLogger(__name__)
@@ -44,10 +43,8 @@ def digest(session_key: str) -> str:
 
 async def aend_session(username: str, session_key: str) -> None:
     """Close the connections of ``username`` opened with ``session_key``, on every process."""
-    await get_channel_layer().group_send(CONTROL_GROUP, {
-        "type": "hub.event", "group": CONTROL_GROUP, "kind": KIND,
-        "user": username, "session": digest(session_key),
-    })
+    await publish(CONTROL_GROUP, {"kind": KIND, "user": username,
+                                  "session": digest(session_key)})
 
 
 def on_user_logged_out(sender, request, user, **kwargs) -> None:
