@@ -4,17 +4,15 @@ slow-reader bound intact."""
 
 import asyncio
 import json
-import socket
 import sys
-import time
 
 import pytest
-import websockets
 from channels.db import database_sync_to_async
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from realtime import servers, wire
+from tests.chat.helpers import stall_a_reader
 from tests.conftest import UVICORN
 
 DAPHNE = [sys.executable, "manage.py", "serve", "--port", "{port}"]
@@ -202,23 +200,10 @@ async def test_an_untested_uvicorn_falls_back_and_still_closes_a_stalled_reader(
     server = daphne_server(command=pretending("uvicorn=0.55.0", UVICORN),
                            WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
     await keep_alive_posts(server, token_for("boss"))
-    url = f"{server.ws_url}/ws/chat/fallback/?token="
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
     # Uncompressed: uvicorn's own send would deflate "x" * 4000 to a few bytes.
-    stalled = await websockets.connect(url + token_for("stalled"), sock=sock, max_queue=1,
-                                       max_size=None, compression=None)
-    async with websockets.connect(url + token_for("talker"), max_size=None) as talker:
-        deadline = time.monotonic() + 30
-        sent = 0
-        while "stopped reading" not in server.output():
-            assert time.monotonic() < deadline, "the stalled reader was never dropped"
-            ref = str(sent)
-            await talker.send(json.dumps({"type": "message", "content": "x" * 4000, "ref": ref}))
-            while json.loads(await asyncio.wait_for(talker.recv(), 5)).get("ref") != ref:
-                pass
-            sent += 1
+    stalled, talker = await stall_a_reader(server, "fallback", token_for("stalled"),
+                                           token_for("talker"), compression=None)
+    await talker.close()
     with pytest.raises(ConnectionClosed) as closed:
         while True:
             await asyncio.wait_for(stalled.recv(), 10)
