@@ -250,17 +250,9 @@ class RedisPresence(Extension):
         self.redis, self.key = registry.redis, registry.key
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_room_conns: dict[tuple[str, str], str] = {}
-        self.scripts = {
-            name: self.redis.register_script(source)
-            for name, source in {
-                "room_join": _ROOM_JOIN,
-                "room_leave": _ROOM_LEAVE,
-                "reap_room": _REAP_ROOM,
-                "lock": _LOCK,
-                "keep": _KEEP,
-                "unlock": _UNLOCK,
-            }.items()
-        }
+        self.scripts = registry.register_scripts(
+            room_join=_ROOM_JOIN, room_leave=_ROOM_LEAVE, reap_room=_REAP_ROOM,
+            lock=_LOCK, keep=_KEEP, unlock=_UNLOCK)
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),

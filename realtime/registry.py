@@ -165,16 +165,14 @@ class RedisRegistry:
         self.redis = redis.Redis(connection_pool=pool)
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_conns: dict[str, tuple[str, str]] = {}
-        self.scripts = {
-            name: self.redis.register_script(source)
-            for name, source in {
-                "register": _REGISTER,
-                "reach": _REACH,
-                "reap_user": _REAP_USER,
-            }.items()
-        }
+        self.scripts = self.register_scripts(
+            register=_REGISTER, reach=_REACH, reap_user=_REAP_USER)
         self.apps: dict[str, Extension] = {
             name: factory(self) for name, factory in extensions.items()}
+
+    def register_scripts(self, **sources: str) -> dict:
+        """Lua scripts by name, each run by its SHA (loaded on first use)."""
+        return {name: self.redis.register_script(source) for name, source in sources.items()}
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
