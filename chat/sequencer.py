@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -24,13 +24,26 @@ from django.utils import timezone
 from chat import presence, protocol
 from chat.errors import NotInRoom
 from chat.models import Message, Room
-from chat.presence import RoomTurn
+from chat.presence import Publication, RoomTurn
 from realtime import db, metrics
 from realtime.batching import MAX_BATCH, ServiceUnavailable, each_alone
+from realtime.hub import Hub
 from realtime.protocol import encode, timestamp
 
-if TYPE_CHECKING:
-    from chat.fanout import LocalRoom
+
+class SequencedRoom(Protocol):
+    """What a sequencer needs of its room on this process (``chat.fanout.LocalRoom``)."""
+
+    name: str
+    group: str
+    hub: Hub
+
+    async def catch_up(self, publication: Publication | None) -> bool: ...
+
+    async def deliver(self, item: dict) -> None: ...
+
+    def note_publication(self, number: Publication) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +67,7 @@ class Outgoing:
 class RoomSequencer:
     """Stores and publishes a room's messages one batch at a time, in id order."""
 
-    def __init__(self, local: "LocalRoom") -> None:
+    def __init__(self, local: SequencedRoom) -> None:
         self.local = local
         self.queue: list[Outgoing] = []
         self.task: asyncio.Task | None = None

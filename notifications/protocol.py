@@ -6,7 +6,7 @@ in :mod:`realtime.protocol`.
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from realtime.protocol import (
     COMMON_PARSERS,
@@ -20,9 +20,14 @@ from realtime.protocol import (
     timestamp,
 )
 
-if TYPE_CHECKING:
-    from notifications.models import Notification
-    from notifications.store import Stored
+
+class StoredNote(Protocol):
+    """A stored notification, as a model row or the writer's ``store.Stored``."""
+
+    pk: int
+    data: dict[str, Any]
+    created_at: datetime
+    broadcast: bool
 
 #: The endpoint name of ``/ws/notifications/`` connections in the registry.
 NOTIFICATIONS = "notifications"
@@ -57,7 +62,7 @@ def note_frame(note_id: int, data: dict[str, Any], created_at: datetime, *,
     return encode(frame)
 
 
-def frame_of(notification: "Notification | Stored") -> str:
+def frame_of(notification: StoredNote) -> str:
     """The NOTE frame of a stored notification."""
     return note_frame(
         notification.pk, notification.data, notification.created_at,
@@ -65,7 +70,7 @@ def frame_of(notification: "Notification | Stored") -> str:
     )
 
 
-def note_item(notification: "Notification | Stored", username: str | None) -> dict[str, Any]:
+def note_item(notification: StoredNote, username: str | None) -> dict[str, Any]:
     """One NOTE of a hub event: for ``username`` (``None``: everyone), serialised once."""
     return {"id": notification.pk, "frame": frame_of(notification), "user": username}
 
