@@ -80,7 +80,7 @@ class WebSocketAuthStack:
     The server's own ``send`` goes into the scope as ``server_send``: under
     daphne and uvicorn it reveals how much the peer has not read yet (see
     ``ProtocolConsumer.unsent_bytes``) and lets frames be written straight to
-    the transport (``realtime.wire``).
+    the transport (``realtime.servers``).
     """
 
     def __init__(self, inner) -> None:
