@@ -259,10 +259,9 @@ class DriverCursor:
 def hot_cursor(alias: str = DEFAULT_DB_ALIAS) -> Iterator[Any]:
     """A cursor for SQL that runs with every batch of a hot path (``%s`` placeholders).
 
-    Django's ``CursorWrapper`` costs a few microseconds per statement (its
-    checks, error wrapping, and on SQLite a regex over the SQL to turn ``%s``
-    into ``?``); the notifications writer runs five statements per batch, and
-    that was about a fifth of its database thread's CPU. So when nothing watches
+    Django's ``CursorWrapper`` adds its checks, error wrapping and (SQLite) a
+    regex over the SQL to every statement, which the notification writer would
+    pay per batch (bench/RESULTS.md). So when nothing watches
     this connection's queries (no ``DEBUG`` query log, no ``execute_wrapper``,
     e.g. ``assertNumQueries``) this is the driver's own cursor
     (:class:`DriverCursor`), else Django's. Either way it is the thread's
