@@ -1,5 +1,7 @@
 """The Notification admin: list, search by username and data text, delivered filter."""
 
+import html
+import json
 import re
 
 import pytest
@@ -62,5 +64,7 @@ def test_changelist_shows_data_as_json(admin_client_, make_user):
     """The data column is the JSON (double quotes, escaped by the admin), not a Python repr."""
     Notification.objects.create(user=make_user("bea"), data={"text": "hi <b>", "ok": True})
     page = admin_client_.get(URL).content.decode()
-    cells = re.findall(r'<td class="field-short_data">(.*?)</td>', page)
-    assert cells == ["{&quot;text&quot;: &quot;hi &lt;b&gt;&quot;, &quot;ok&quot;: true}"]
+    (cell,) = re.findall(r'<td class="field-short_data">(.*?)</td>', page)
+    # PostgreSQL's jsonb keeps keys in its own order: compare the JSON, and its escaping.
+    assert json.loads(html.unescape(cell)) == {"text": "hi <b>", "ok": True}
+    assert "&quot;ok&quot;: true" in cell and "&lt;b&gt;" in cell
