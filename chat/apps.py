@@ -7,8 +7,11 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat.services import announce_departures
-        from project.hub import departure_handlers
+        from chat import presence
+        from chat.fanout import announce_departures
+        from realtime import registry
+        from realtime.hub import departure_handlers
 
+        registry.extensions.setdefault(presence.APP, presence.attach)
         if announce_departures not in departure_handlers:
             departure_handlers.append(announce_departures)

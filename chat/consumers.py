@@ -3,33 +3,31 @@
 import logging
 from urllib.parse import parse_qs
 
-from chat import services
-from project import protocol
-from project.consumers import ProtocolConsumer
-from project.protocol import (
-    HISTORY_ON_JOIN,
-    HISTORY_SINCE_MAX,
-    Auth,
-    ErrorCode,
-    HistoryRequest,
-    Ping,
-    ProtocolError,
-    SendMessage,
-    SendPrivate,
-)
+from chat import fanout, services
+from chat import protocol as chat_protocol
+from chat.errors import InvalidTarget, NotInRoom, ServiceUnavailable
+from chat.protocol import HISTORY_ON_JOIN, HISTORY_SINCE_MAX
+from realtime import protocol
+from realtime.consumers import ProtocolConsumer
+from realtime.gapless import Gapless
+from realtime.protocol import ErrorCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
 
-class ChatConsumer(ProtocolConsumer):
-    """A member of one room; the logic lives in :mod:`chat.services`."""
+class ChatConsumer(Gapless, ProtocolConsumer):
+    """A member of one room; the logic lives in :mod:`chat.services`.
+
+    It joins without a gap (:class:`~realtime.gapless.Gapless`): ``fanout.join``
+    starts holding what the room publishes, the history is read and sent, and
+    ``fanout.go_live`` releases what the history did not hold.
+    """
 
     endpoint = "chat"
-    local: services.LocalRoom | None = None
+    local: fanout.LocalRoom | None = None
     announced = False
     last_id = 0
     presence_version = 0
-    pending: list | None = None
 
     def handshake_refusal(self) -> str | None:
         self.room = self.scope["url_route"]["kwargs"]["room"]
@@ -47,8 +45,9 @@ class ChatConsumer(ProtocolConsumer):
     def username(self) -> str:
         return self.user.username
 
-    async def joined(self) -> None:
-        self.local = await services.join(self.hub, self.room, self)
+    async def connect(self) -> None:
+        """History, then ``user_joined``, then what the room published meanwhile."""
+        self.local = await fanout.join(self.hub, self.room, self)
         try:
             if self.since is None:
                 items, truncated = await services.history(
@@ -58,44 +57,45 @@ class ChatConsumer(ProtocolConsumer):
                     self.room, self.user, after=self.since, limit=HISTORY_SINCE_MAX)
         except Exception:
             logger.exception("could not read the history of room %s", self.room)
-            await self.send_frame(protocol.error(
+            await self.send(protocol.error(
                 ErrorCode.UNAVAILABLE, "history is unavailable; reconnect later"))
             await self.close()
             return
         if items:
             self.last_id = items[-1]["id"]
-        await self.send_frame(protocol.history(self.room, items, truncated))
-        await services.announce_join(self.local, self)
+        await self.send(chat_protocol.history(self.room, items, truncated))
+        await fanout.announce_join(self.local, self)
         self.announced = True
-        await services.go_live(self)
+        await fanout.go_live(self)
 
-    async def left(self) -> None:
-        await services.leave(self.hub, self.room, self, announced=self.announced)
+    async def disconnect(self, code: int | None) -> None:
+        await fanout.leave(self.hub, self.room, self, announced=self.announced)
 
-    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        frame = protocol.parse_chat_frame(text, data)
-        if isinstance(frame, Ping):
-            await self.send_frame(protocol.PONG)
-        elif isinstance(frame, SendMessage):
-            await self.call_service(services.message_send(
-                local=self.local, user=self.user, content=frame.content, ref=frame.ref,
-                origin=self.conn))
-        elif isinstance(frame, SendPrivate):
-            await self.call_service(services.private_send(
-                local=self.local, user=self.user, target=frame.target, content=frame.content))
-        elif isinstance(frame, HistoryRequest):
-            await self.send_history_page(frame)
-        elif isinstance(frame, Auth):
-            await self.refresh_token(frame.token)
+    async def on_message(self, frame: dict) -> None:
+        message = chat_protocol.parse_message(frame)
+        await self.call_service(services.message_send(
+            local=self.local, user=self.user, content=message.content, ref=message.ref,
+            origin=self.conn))
 
-    async def call_service(self, action) -> None:
-        try:
-            await action
-        except services.ServiceUnavailable as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
+    async def on_private(self, frame: dict) -> None:
+        private = chat_protocol.parse_private(frame)
+        await self.call_service(services.private_send(
+            local=self.local, user=self.user, target=private.target, content=private.content))
 
-    async def send_history_page(self, request: HistoryRequest) -> None:
+    async def on_history(self, frame: dict) -> None:
+        request = chat_protocol.parse_history(frame)
         items, truncated = await services.history(
             self.room, self.user, before=request.before, limit=request.limit)
-        await self.send_frame(
-            protocol.history(self.room, items, truncated, before=request.before))
+        await self.send(
+            chat_protocol.history(self.room, items, truncated, before=request.before))
+
+    async def call_service(self, action) -> None:
+        """Await a chat service; its errors become the contract's error codes."""
+        try:
+            await action
+        except ServiceUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        except NotInRoom as exc:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, str(exc)) from None
+        except InvalidTarget as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc)) from None

@@ -2,8 +2,9 @@
 
 from django.db.models import Q, QuerySet
 
+from chat import protocol
 from chat.models import Message, Room
-from project import protocol
+from realtime.protocol import timestamp
 
 
 def visible_messages(room_id: int, user) -> QuerySet[Message]:
@@ -15,7 +16,7 @@ def visible_messages(room_id: int, user) -> QuerySet[Message]:
 
 
 def message_to_item(message: Message, room: str) -> dict:
-    moment = protocol.timestamp(message.created_at)
+    moment = timestamp(message.created_at)
     if message.recipient_id is None:
         return protocol.message_item(
             message.pk, room, message.sender.username, message.content, moment

@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from chat.models import Room
-from project.protocol import ROOM_PATTERN, is_room_name
+from chat.protocol import ROOM_PATTERN, is_room_name
 
 LOBBY_ROOM_LIMIT = 100
 

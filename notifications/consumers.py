@@ -6,9 +6,9 @@ batch, each serialised once and addressed to a user (or to everyone), and
 the feed hands each to that user's local connections. A user's ten tabs cost
 one layer delivery and no extra encoding.
 
-No gap at connect: the connection joins the feed (holding live NOTEs back)
-and the hub has joined the group *before* the undelivered notifications are
-read. A notification stored before that read is in it; one pushed after the
+No gap at connect (:mod:`realtime.gapless`): the connection holds live NOTEs
+back and the hub has joined the group *before* the undelivered notifications
+are read. A notification stored before that read is in it; one pushed after the
 join is held back. The queue goes out first, oldest first, then the held-back
 NOTEs that were not in it, then live ones.
 """
@@ -19,12 +19,13 @@ import time
 
 from django.conf import settings
 
-from notifications import services
-from project import protocol
-from project.consumers import ProtocolConsumer
-from project.hub import Hub
-from project.protocol import Ack, Auth, ErrorCode, Ping
-from project.registry import NOTIFICATIONS
+from notifications import writer
+from notifications.protocol import EVENT_KIND, FEED_GROUP, NOTIFICATIONS, parse_ack
+from realtime import protocol
+from realtime.consumers import ProtocolConsumer
+from realtime.gapless import Gapless
+from realtime.hub import Hub
+from realtime.protocol import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -35,28 +36,17 @@ DRAIN_SECONDS = 10.0
 class Feed:
     """The hub listener of one group on this process, shared by its local connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, hub: Hub) -> None:
+        #: The connections fed by this group (everyone's, for broadcasts).
         self.consumers: set[NotificationConsumer] = set()
-        #: The same connections by username, for NOTEs addressed to one user.
-        self.by_user: dict[str, set[NotificationConsumer]] = {}
+        #: This endpoint's connections by username: the hub's own index, for NOTEs
+        #: addressed to one user (one feed group, so every one of them is fed here).
+        self.by_user: dict[str, set[NotificationConsumer]] = hub.users_on(NOTIFICATIONS)
         self.subscribed: asyncio.Future | None = None
-
-    def add(self, consumer: "NotificationConsumer") -> None:
-        self.consumers.add(consumer)
-        self.by_user.setdefault(consumer.user.get_username(), set()).add(consumer)
-
-    def discard(self, consumer: "NotificationConsumer") -> None:
-        self.consumers.discard(consumer)
-        username = consumer.user.get_username()
-        mine = self.by_user.get(username)
-        if mine is not None:
-            mine.discard(consumer)
-            if not mine:
-                del self.by_user[username]
 
     async def hub_event(self, event: dict) -> None:
         """Hand each NOTE, serialised once by the publisher, to the connections it is for."""
-        if event.get("kind") != services.EVENT_KIND:
+        if event.get("kind") != EVENT_KIND:
             return
         for item in event["items"]:
             user = item["user"]
@@ -75,13 +65,13 @@ async def attach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None
     feeds = hub_feeds(hub)
     feed = feeds.get(group)
     if feed is None:
-        feed = feeds[group] = Feed()
+        feed = feeds[group] = Feed(hub)
         feed.subscribed = asyncio.ensure_future(hub.subscribe(group, feed))
-    feed.add(consumer)
+    feed.consumers.add(consumer)
     try:
         await asyncio.shield(feed.subscribed)
     except Exception:
-        feed.discard(consumer)
+        feed.consumers.discard(consumer)
         if feeds.get(group) is feed:
             del feeds[group]  # the next connection tries again
         raise
@@ -93,51 +83,50 @@ async def detach(hub: Hub, group: str, consumer: "NotificationConsumer") -> None
     feed = feeds.get(group)
     if feed is None or consumer not in feed.consumers:
         return
-    feed.discard(consumer)
+    feed.consumers.discard(consumer)
     if not feed.consumers:
         del feeds[group]
         await hub.unsubscribe(group, feed)
 
 
-class NotificationConsumer(ProtocolConsumer):
-    """``/ws/notifications/`` (auth): NOTE frames, ``ack``, ``ping``, ``auth``."""
+class NotificationConsumer(Gapless, ProtocolConsumer):
+    """``/ws/notifications/`` (auth): NOTE frames, ``ack``, ``ping``, ``auth``.
+
+    Live NOTEs are held back (as ``(id, frame)``) while the queue is sent.
+    """
 
     endpoint = NOTIFICATIONS
 
-    #: Live NOTEs held back while the queue is sent; ``None`` once live.
-    _held: list[tuple[int, str]] | None = None
     #: Ids sent from the queue: a late live copy of one of them is dropped.
     _queued_ids: frozenset[int] = frozenset()
     _groups: tuple[str, ...] = ()
     #: The client took nothing for DRAIN_SECONDS while the queue was sent.
     _stalled = False
 
-    async def joined(self) -> None:
+    async def connect(self) -> None:
         """Join the feeds, send the queue, then the held-back live NOTEs."""
-        self._held = []
-        self._groups = (services.FEED_GROUP,)
+        self.hold()
+        self._groups = (FEED_GROUP,)
         try:
             for group in self._groups:
                 await attach(self.hub, group, self)
-            queue = await services.aundelivered_frames(self.user.pk)
+            queue = await writer.aundelivered_frames(self.user.pk)
         except Exception:
             logger.exception("could not start a notifications connection")
-            await self.send_frame(
+            await self.send(
                 protocol.error(ErrorCode.UNAVAILABLE, "notifications are unavailable; reconnect")
             )
             self.closing = True
             await self.close()
             return
         self._queued_ids = frozenset(note_id for note_id, _ in queue)
-        for _, frame in queue:
-            await self.send_frame(frame)
-            await self._drain()
-        while self._held:
-            note_id, frame = self._held.pop(0)
-            if note_id not in self._queued_ids:
-                await self.send_frame(frame)
-                await self._drain()
-        self._held = None
+        for note in queue:
+            await self._send_drained(note)
+        await self.release(lambda note: note[0] in self._queued_ids, self._send_drained)
+
+    async def _send_drained(self, note: tuple[int, str]) -> None:
+        await self.send(note[1])
+        await self._drain()
 
     async def _drain(self) -> None:
         """Let the server write the queue out before adding more to its buffer.
@@ -147,7 +136,7 @@ class NotificationConsumer(ProtocolConsumer):
         (``WS_MAX_SEND_BUFFER_BYTES``, then 4010): sent in one burst it would close
         a healthy client on every connect. So wait while half the limit is
         pending, as long as the client keeps taking some. After ``DRAIN_SECONDS``
-        without progress the queue stops waiting, and ``send_frame`` closes the
+        without progress the queue stops waiting, and ``send`` closes the
         stalled client as it closes any other.
         """
         limit = settings.WS_MAX_SEND_BUFFER_BYTES // 2
@@ -165,7 +154,7 @@ class NotificationConsumer(ProtocolConsumer):
                 return
             await asyncio.sleep(0.005)  # the transport has no "drained" event to await
 
-    async def left(self) -> None:
+    async def disconnect(self, code: int | None) -> None:
         """Leave the feeds, and write the acks this connection sent before it goes.
 
         The hub leaves a group with its last local connection.
@@ -173,23 +162,17 @@ class NotificationConsumer(ProtocolConsumer):
         for group in self._groups:
             await detach(self.hub, group, self)
         if self._groups:
-            await services.flush_acks(self.user.pk)
+            await writer.flush_acks(self.user.pk)
 
     async def deliver(self, note_id: int, frame: str) -> None:
         """A live NOTE from a feed: held back while connecting, else sent."""
-        if self._held is not None:
-            self._held.append((note_id, frame))
-        elif note_id not in self._queued_ids:
-            await self.send_frame(frame)
+        if not self.offer((note_id, frame)) and note_id not in self._queued_ids:
+            await self.send(frame)
 
-    async def receive_frame(self, text: str | None, data: bytes | None) -> None:
-        """``ping`` -> ``pong``; ``auth`` refreshes the token; ``ack`` marks delivered."""
-        frame = protocol.parse_notification_frame(text, data)
-        if isinstance(frame, Ping):
-            await self.send_frame(protocol.PONG)
-        elif isinstance(frame, Auth):
-            await self.refresh_token(frame.token)
-        elif isinstance(frame, Ack):
-            # Coalesced with the other acks of this process (one UPDATE per batch);
-            # written before this connection's disconnect completes.
-            services.acknowledge_later(self.user.pk, frame.ids)
+    async def on_ack(self, frame: dict) -> None:
+        """``ack`` marks notifications delivered.
+
+        Coalesced with the other acks of this process (one UPDATE per batch);
+        written before this connection's disconnect completes.
+        """
+        writer.acknowledge_later(self.user.pk, parse_ack(frame).ids)

@@ -3,11 +3,11 @@
 ``POST /api/notify/<user_id>`` and ``POST /api/broadcast`` are what services
 call at volume. Through Django each request costs a thread-sensitive context
 (a new thread), a thread hop for every ``MiddlewareMixin`` middleware, the
-request signals and the URL resolver: most of a millisecond of CPU before the
-view starts, for requests that need none of it (no session, no cookie, no
-CSRF: a Bearer token). :class:`NotifyEdge` answers those requests itself with
-the same checks, in the same order, with the same statuses and bodies
-(``project.api`` and :func:`notifications.views.post` are shared, not copied);
+request signals and the URL resolver before the view starts, for requests
+that need none of it (no session, no cookie, no CSRF: a Bearer token).
+:class:`NotifyEdge` answers those requests itself with the same checks, in
+the same order, with the same statuses and bodies
+(``realtime.api`` and :func:`notifications.views.post` are shared, not copied);
 everything else goes on to Django unchanged:
 
 * any other path or a request without ``Authorization`` (a session cookie
@@ -18,7 +18,8 @@ everything else goes on to Django unchanged:
   ``SECURE_HSTS_SECONDS`` set (Django's own answers to those are kept).
 
 The response carries the headers Django's security and clickjacking
-middlewares would add, read from the same settings.
+middlewares would add, read from the same settings. The two paths are those of
+:mod:`notifications.urls`, where the project's URLconf mounts them.
 """
 
 import functools
@@ -30,10 +31,11 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
+from django.urls import NoReverseMatch, get_resolver
 
-from notifications import views
-from project import wire
-from project.api import (
+from notifications import urls, views
+from realtime import servers
+from realtime.api import (
     STATUS_OF,
     ApiError,
     bearer_username,
@@ -41,10 +43,8 @@ from project.api import (
     check_method,
     parse_json_object,
 )
-from project.protocol import API_MAX_BODY_BYTES
+from realtime.protocol import API_MAX_BODY_BYTES
 
-NOTIFY = re.compile(r"/api/notify/([^/]+)")
-BROADCAST = "/api/broadcast"
 #: What :meth:`NotifyEdge.route` returns for a request that Django answers.
 DJANGO = object()
 
@@ -63,21 +63,18 @@ class NotifyEdge:
         if answer is None:
             return  # the client went away before its body arrived (Django: RequestAborted)
         status, body = answer
-        await wire.send_http_response(send, status, response_headers(len(body)), body)
+        await servers.send_http_response(send, status, response_headers(len(body)), body)
 
     @staticmethod
     def route(scope) -> object:
         """The target (a username; ``None``: a broadcast) of a request for us, else DJANGO."""
-        if scope["type"] != "http" or scope.get("root_path") or redirects_or_hsts():
+        config = _config()
+        if scope["type"] != "http" or scope.get("root_path") or config.redirects_or_hsts:
             return DJANGO
-        path = scope["path"]
-        if path == BROADCAST:
-            target = None
-        else:
-            match = NOTIFY.fullmatch(path)
-            if match is None:
-                return DJANGO
-            target = match.group(1)
+        match = config.routes.fullmatch(scope["path"])
+        if match is None:
+            return DJANGO
+        target = match.group(1)
         authorization = hosts = 0
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -141,11 +138,6 @@ def encode(answer: dict[str, Any]) -> bytes:
     return json.dumps(answer).encode()
 
 
-def redirects_or_hsts() -> bool:
-    """Whether Django's ``SecurityMiddleware`` would redirect or add HSTS (then it answers)."""
-    return _config().redirects_or_hsts
-
-
 def host_allowed(value: bytes) -> bool:
     """Whether Django's ``get_host()`` would accept this ``Host`` header."""
     config = _config()
@@ -173,10 +165,31 @@ def response_headers(length: int) -> list[tuple[bytes, bytes]]:
 class EdgeConfig(NamedTuple):
     """What the edge reads from settings, read once (settings do not change at run time)."""
 
+    #: Whether Django's ``SecurityMiddleware`` would redirect or add HSTS (then it answers).
     redirects_or_hsts: bool
     allowed_hosts: tuple[str, ...]
     debug: bool
     security_headers: tuple[tuple[bytes, bytes], ...]
+    #: The paths we take; group 1 is the user of a notify path (``None``: a broadcast).
+    routes: re.Pattern
+
+
+def _routes() -> re.Pattern:
+    """The paths of :mod:`notifications.urls` as the URLconf mounts them, as one pattern.
+
+    Each path comes from the URLconf (a placeholder stands for the user);
+    the user's part takes the regex of the route's converter.
+    """
+    resolver, placeholder = get_resolver(), "user-placeholder"
+    try:
+        broadcast = "/" + resolver.reverse(urls.BROADCAST_ROUTE)
+        notify = "/" + resolver.reverse(urls.NOTIFY_ROUTE, user_id=placeholder)
+    except NoReverseMatch:
+        return re.compile(r"(?!)")  # not mounted: Django answers everything
+    (route,) = [p for p in urls.urlpatterns if p.name == urls.NOTIFY_ROUTE]
+    user = route.pattern.converters["user_id"].regex
+    head, _, tail = notify.partition(placeholder)
+    return re.compile(f"{re.escape(broadcast)}|{re.escape(head)}({user}){re.escape(tail)}")
 
 
 @functools.cache
@@ -199,6 +212,7 @@ def _config() -> EdgeConfig:
         allowed_hosts=tuple(settings.ALLOWED_HOSTS),
         debug=settings.DEBUG,
         security_headers=tuple(headers),
+        routes=_routes(),
     )
 
 

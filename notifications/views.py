@@ -12,12 +12,17 @@ process's connections stop counting as ``sent`` even where every surviving
 process only serves HTTP.
 """
 
+import logging
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 
-from notifications import services
-from project.api import ApiError, api_view, read_json_object
+from notifications.errors import Refused
+from notifications.writer import post_notification
+from realtime.api import ApiError, api_view, read_json_object
+from realtime.hub import Hub, get_hub
+
+logger = logging.getLogger(__name__)
 
 #: The methods both endpoints take (the edge checks the same).
 METHODS = ("POST",)
@@ -33,16 +38,27 @@ async def post(target: str | None, data: dict[str, Any] | None, *,
     the insert. ``refused`` is the answer to a body that was refused: it comes
     once the credentials have passed, as the contract orders the checks.
     """
-    await services.ensure_hub()
+    await ensure_hub()
     try:
-        note_id, status = await services.post_notification(
-            target, None if refused else data, actor=actor
-        )
-    except services.Refused as exc:
+        note_id, status = await post_notification(target, None if refused else data, actor=actor)
+    except Refused as exc:
         raise ApiError(exc.code, exc.message) from None
     if refused is not None:
         raise refused
     return 202, {"status": status, "id": note_id}
+
+
+async def ensure_hub() -> Hub | None:
+    """Start the hub of this server process if it has none yet.
+
+    ``None`` when it cannot start (Redis down): posting then falls back to the
+    direct path, which stores and answers ``queued`` if the layer is down too.
+    """
+    try:
+        return await get_hub()
+    except Exception:
+        logger.warning("could not start the process hub", exc_info=True)
+        return None
 
 
 @api_view(*METHODS, staff=True)

@@ -16,8 +16,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from notifications.edge import NotifyEdge  # noqa: E402
-from project.middleware import WebSocketAuthStack  # noqa: E402
 from project.routing import websocket_urlpatterns  # noqa: E402
+from realtime import servers  # noqa: E402
+from realtime.middleware import WebSocketAuthStack  # noqa: E402
+
+servers.adapters()  # says at start-up which server fast paths are on (and warns if off)
 
 application = ProtocolTypeRouter(
     {

@@ -71,7 +71,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "project",
+    "realtime",
     "chat",
     "notifications",
 ]
@@ -84,7 +84,16 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "realtime.csp.ContentSecurityPolicyMiddleware",
 ]
+# Sent as a header on every HTML response (the pages and the admin, which needs no
+# more: its scripts and styles are files under /static/). templates/base.html has
+# the same policy in a <meta> tag, which cannot hold frame-ancestors.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 
 ROOT_URLCONF = "project.urls"
 ASGI_APPLICATION = "project.asgi.application"
@@ -178,7 +187,7 @@ elif REDIS_URL:
                 }],
                 "prefix": REDIS_PREFIX + ":layer",
                 # One channel per process carries every event of that process (see
-                # project/hub.py), so its buffer must hold a burst of a busy server.
+                # realtime/hub.py), so its buffer must hold a burst of a busy server.
                 "capacity": 10000,
                 "expiry": 60,
                 # Memberships are refreshed by each process every few minutes; a
@@ -211,6 +220,12 @@ JWT_TTL = env_int("JWT_TTL", 3600, minimum=1)
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5, minimum=1)
 LOGIN_FAILURE_WINDOW = 300
 
+# Every password check (API, login page, admin) goes through the login throttle;
+# ModelBackend never checks a password here, it only keeps older sessions valid.
+AUTHENTICATION_BACKENDS = [
+    "realtime.auth.ThrottledModelBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -242,6 +257,10 @@ HUB_DEAD_AFTER_SECONDS = env_int("HUB_DEAD_AFTER_SECONDS", 30, minimum=2)
 # each process also re-checks its users this often, for changes made where the
 # signal cannot reach it (another process on the in-memory layer, raw SQL).
 REVOCATION_SWEEP_SECONDS = env_int("REVOCATION_SWEEP_SECONDS", 60, minimum=1)
+# Logging out closes that session's WebSockets at once (a signal); each process
+# also checks the sessions of its session-cookie WebSockets this often, which
+# closes them within this (plus a query) after an expiry or a flush.
+SESSION_SWEEP_SECONDS = env_int("SESSION_SWEEP_SECONDS", 2, minimum=1)
 
 # --- Server (used by `manage.py serve`) ---------------------------------------
 

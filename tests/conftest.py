@@ -22,10 +22,11 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.db import connections
 
-from project import db, tokens
-from project.hub import close_hub
+from realtime import db, tokens
+from realtime.hub import close_hub
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +97,16 @@ async def fresh_hub():
             await client.unlink(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def fresh_login_counters():
+    """Login failures of one test never throttle another (under Redis, fresh_hub
+    deletes them with every key of the run; clearing that cache would flush the
+    whole shared database)."""
+    yield
+    if not settings.REDIS_URL:
+        cache.clear()
 
 
 @pytest.fixture

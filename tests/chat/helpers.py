@@ -1,7 +1,11 @@
 """Small helpers for talking to the chat endpoint through WebsocketCommunicator."""
 
+import asyncio
 import json
+import socket
+import time
 
+import websockets
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
@@ -45,3 +49,30 @@ async def receive_type(communicator: WebsocketCommunicator, kind: str, timeout: 
         if frame["type"] == kind:
             return frame
         assert frame["type"] in {"user_joined", "user_left"}, frame
+
+
+async def stall_a_reader(server, room: str, stalled_token: str, talker_token: str, *,
+                         compression: str | None = "deflate"):
+    """Open a reader that never reads, and send to its room until the server drops it.
+
+    Returns the stalled connection (to read its close) and the talker, still open.
+    The stalled socket's receive buffer is kept small so that the kernel holds
+    little of what the server sends.
+    """
+    url = f"{server.ws_url}/ws/chat/{room}/?token="
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    stalled = await websockets.connect(url + stalled_token, sock=sock, max_queue=1,
+                                       max_size=None, compression=compression)
+    talker = await websockets.connect(url + talker_token, max_size=None)
+    deadline = time.monotonic() + 30
+    sent = 0
+    while "stopped reading" not in server.output():
+        assert time.monotonic() < deadline, "the stalled reader was never dropped"
+        ref = str(sent)
+        await talker.send(json.dumps({"type": "message", "content": "x" * 4000, "ref": ref}))
+        while json.loads(await asyncio.wait_for(talker.recv(), 5)).get("ref") != ref:
+            pass
+        sent += 1
+    return stalled, talker

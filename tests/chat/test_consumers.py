@@ -392,10 +392,10 @@ async def test_one_failing_connection_does_not_disturb_another(alice, bob, monke
     await receive(a)
     from chat import consumers
 
-    async def boom(self, request):
+    async def boom(self, frame):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(consumers.ChatConsumer, "send_history_page", boom)
+    monkeypatch.setattr(consumers.ChatConsumer, "on_history", boom)
     error = await request(b, {"type": "history"})
     assert error["type"] == "error" and error["code"] == "unavailable"
     sent = await request(a, {"type": "message", "content": "still here"})
@@ -406,6 +406,6 @@ async def test_one_failing_connection_does_not_disturb_another(alice, bob, monke
 
 def test_frames_are_compact_json():
     """Frames are one JSON object per text frame (sanity of the encoder)."""
-    from project import protocol
+    from realtime import protocol
 
     assert json.loads(protocol.PONG) == {"type": "pong"}

@@ -7,26 +7,26 @@ import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chat import services
+from chat import fanout, presence, sequencer, services
 from chat.models import Message, Room
-from project.hub import get_hub
-from project.registry import RedisRegistry
+from realtime.gapless import Gapless
+from realtime.hub import get_hub
+from realtime.registry import RedisRegistry
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class Silent:
+class Silent(Gapless):
     """A member that records frames instead of sending them."""
 
     def __init__(self, conn: str, username: str) -> None:
         self.conn, self.username = conn, username
         self.last_id = self.presence_version = 0
-        self.pending = None
         self.frames: list[str] = []
 
-    async def send_frame(self, text: str, encoded: bytes | None = None) -> None:
-        self.frames.append(text)
+    async def send(self, text_data: str, *, encoded: bytes | None = None) -> None:
+        self.frames.append(text_data)
 
     def send_now(self, encoded: bytes) -> bool:
         return False
@@ -37,15 +37,15 @@ async def test_one_bad_message_does_not_sink_its_batch(make_user, monkeypatch):
     user = await database_sync_to_async(make_user)("writer")
     hub = await get_hub()
     member = Silent(hub.new_connection_name(), "writer")
-    local = await services.join(hub, "batch", member)
-    real_store = services.store_messages
+    local = await fanout.join(hub, "batch", member)
+    real_store = sequencer.store_messages
 
     async def store(room, batch):
         if any(o.content == "poison" for o in batch):
             raise RuntimeError("cannot store this batch")
         return await real_store(room, batch)
 
-    monkeypatch.setattr(services, "store_messages", store)
+    monkeypatch.setattr(sequencer, "store_messages", store)
     results = await asyncio.gather(
         *(services.message_send(local=local, user=user, content=c)
           for c in ("one", "poison", "three")),
@@ -55,7 +55,7 @@ async def test_one_bad_message_does_not_sink_its_batch(make_user, monkeypatch):
     assert all(isinstance(r, int) for r in (results[0], results[2]))
     contents = [m.content async for m in Message.objects.order_by("id")]
     assert contents == ["one", "three"]
-    await services.leave(hub, "batch", member, announced=False)
+    await fanout.leave(hub, "batch", member, announced=False)
 
 
 async def test_ids_are_returned_in_submission_order(make_user):
@@ -63,12 +63,12 @@ async def test_ids_are_returned_in_submission_order(make_user):
     user = await database_sync_to_async(make_user)("writer")
     hub = await get_hub()
     member = Silent(hub.new_connection_name(), "writer")
-    local = await services.join(hub, "order", member)
+    local = await fanout.join(hub, "order", member)
     ids = await asyncio.gather(
         *(services.message_send(local=local, user=user, content=f"m{i}") for i in range(20))
     )
     assert ids == sorted(ids) and len(set(ids)) == 20
-    await services.leave(hub, "order", member, announced=False)
+    await fanout.leave(hub, "order", member, announced=False)
 
 
 # --- Local members first, in order across processes ----------------------------------
@@ -76,7 +76,7 @@ async def test_ids_are_returned_in_submission_order(make_user):
 
 def test_a_room_knows_which_publications_it_has_received():
     """Numbers rise within an epoch; a new epoch (Redis lost them) starts over."""
-    local = services.LocalRoom(hub=None, name="numbers")
+    local = fanout.LocalRoom(hub=None, name="numbers")
     assert local.has_seen(None) and local.has_seen(("e1", 0))
     assert not local.has_seen(("e1", 1))
     local.note_publication(("e1", 2))
@@ -92,7 +92,7 @@ async def another_process_publishes(redis_url: str, room: str):
     """Take a turn in ``room`` as another process would: its publication is now the last."""
     other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
     try:
-        async with other.room_lock(room) as turn:
+        async with presence.of(other).room_lock(room) as turn:
             turn.advance()
         return turn.after
     finally:
@@ -104,8 +104,8 @@ async def live_member(make_user, room: str):
     user = await database_sync_to_async(make_user)("writer")
     hub = await get_hub()
     member = Silent(hub.new_connection_name(), "writer")
-    local = await services.join(hub, room, member)
-    await services.go_live(member)
+    local = await fanout.join(hub, room, member)
+    await fanout.go_live(member)
     return user, hub, member, local
 
 
@@ -121,7 +121,7 @@ async def batch_from_elsewhere(hub, redis_url: str, room: str, user, delay: floa
 
     async def arrive_late():
         await asyncio.sleep(delay)
-        group = services.room_group(room)
+        group = fanout.room_group(room)
         await hub.layer.group_send(group, {
             "type": "hub.event", "group": group, "kind": "batch", "number": list(number),
             "items": [{"id": earlier.pk, "frame": json.dumps({"id": earlier.pk})}],
@@ -142,21 +142,21 @@ async def test_a_sender_waits_for_the_earlier_batch_of_another_process(make_user
     await late
     await wait_for(lambda: len(member.frames) == 2)
     assert [json.loads(frame)["id"] for frame in member.frames] == [earlier.pk, mine]
-    await services.leave(hub, "turns", member, announced=False)
+    await fanout.leave(hub, "turns", member, announced=False)
 
 
 async def test_a_batch_that_never_arrives_sends_through_the_layer(make_user, redis_url,
                                                                  monkeypatch):
     """If the earlier batch is late past CATCH_UP_SECONDS, the sender's goes the slow way."""
-    monkeypatch.setattr(services, "CATCH_UP_SECONDS", 0.2)
+    monkeypatch.setattr(fanout, "CATCH_UP_SECONDS", 0.2)
     user, hub, member, local = await live_member(make_user, "lost")
     number = await another_process_publishes(redis_url, "lost")
     mine = await services.message_send(local=local, user=user, content="mine")
     await wait_for(lambda: member.frames)
     await asyncio.sleep(0.2)
     assert [json.loads(frame)["id"] for frame in member.frames] == [mine]
-    assert await hub.registry.room_publication("lost") == (number[0], number[1] + 1)
-    await services.leave(hub, "lost", member, announced=False)
+    assert await presence.of(hub.registry).room_publication("lost") == (number[0], number[1] + 1)
+    await fanout.leave(hub, "lost", member, announced=False)
 
 
 async def test_a_batch_after_one_sent_through_the_layer_does_not_overtake_it(
@@ -168,9 +168,9 @@ async def test_a_batch_after_one_sent_through_the_layer_does_not_overtake_it(
     the layer (slowly, here); the other's batch then arrives, and the next batch
     would be free to go straight to the members, ahead of the first.
     """
-    monkeypatch.setattr(services, "CATCH_UP_SECONDS", 0.2)
-    monkeypatch.setattr(services, "MAX_BATCH", 1)
-    monkeypatch.setattr(services, "HOLD_SECONDS", 10)  # no pause between the two batches
+    monkeypatch.setattr(fanout, "CATCH_UP_SECONDS", 0.2)
+    monkeypatch.setattr(sequencer, "MAX_BATCH", 1)
+    monkeypatch.setattr(sequencer, "HOLD_SECONDS", 10)  # no pause between the two batches
     user, hub, member, local = await live_member(make_user, "behind")
     real_publish, publishes = hub.publish, []
 
@@ -190,4 +190,4 @@ async def test_a_batch_after_one_sent_through_the_layer_does_not_overtake_it(
     await wait_for(lambda: len(member.frames) >= 3)
     await asyncio.sleep(0.2)
     assert [json.loads(frame)["id"] for frame in member.frames] == ids
-    await services.leave(hub, "behind", member, announced=False)
+    await fanout.leave(hub, "behind", member, announced=False)

@@ -7,7 +7,7 @@ import pytest
 from django.test import AsyncClient
 
 from notifications.models import Notification
-from project.protocol import API_MAX_BODY_BYTES
+from realtime.protocol import API_MAX_BODY_BYTES
 from tests.notifications.conftest import receive
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -115,7 +115,7 @@ async def test_bad_token_is_401(staff, path, authorization):
 @pytest.mark.parametrize("path", ENDPOINTS)
 async def test_expired_token_is_401(staff, path):
     """An expired token answers 401 unauthorized."""
-    from project import tokens
+    from realtime import tokens
 
     assert_error(await post(path, {}, tokens.issue("boss", -10)[0]), 401, "unauthorized")
 
@@ -185,12 +185,12 @@ async def test_body_of_65537_bytes_is_413(staff, token_for, path):
 
 async def test_notify_still_stores_when_the_hub_cannot_start(staff, token_for, monkeypatch):
     """If this process's hub cannot start, the post is still stored and answered 202 queued."""
-    from notifications import services
+    from notifications import views
 
     async def broken_hub():
         raise ConnectionError("redis down")
 
-    monkeypatch.setattr(services, "get_hub", broken_hub)
+    monkeypatch.setattr(views, "get_hub", broken_hub)
     response = await post("/api/notify/bea", {"x": 1}, token_for("boss"))
     assert response.status_code == 202
     assert response.json()["status"] == "queued"
@@ -199,7 +199,7 @@ async def test_notify_still_stores_when_the_hub_cannot_start(staff, token_for, m
 
 async def test_api_post_starts_the_process_hub(staff, token_for):
     """A post to a process without WebSockets starts its hub (pooled layer, reaping)."""
-    from project import hub as hub_module
+    from realtime import hub as hub_module
 
     loop = asyncio.get_running_loop()
     assert loop not in hub_module._hubs

@@ -8,9 +8,10 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from notifications import consumers, services
+from notifications import api, consumers, store, writer
+from notifications import protocol as note_protocol
 from project.asgi import application
-from project.hub import get_hub
+from realtime.hub import get_hub
 from tests.notifications.conftest import (
     PATH,
     assert_closed,
@@ -40,7 +41,7 @@ async def test_bad_token_closes_4002(amake_user, connect):
 
 async def test_expired_token_closes_4001(amake_user, connect):
     """A validly signed but expired token closes with 4001."""
-    from project import tokens
+    from realtime import tokens
 
     await amake_user("bea")
     token, _ = tokens.issue("bea", -10)
@@ -53,7 +54,7 @@ async def test_expired_token_closes_4001(amake_user, connect):
 async def test_queued_while_offline_then_delivered_in_order_on_connect(amake_user, connect):
     """Notifications posted while offline arrive on connect as NOTEs, oldest first."""
     bob = await amake_user("bea")
-    posted = [await services.anotify(bob, {"n": n}) for n in range(3)]
+    posted = [await api.anotify(bob, {"n": n}) for n in range(3)]
     assert [status for _, status in posted] == ["queued"] * 3
     communicator = await connect("bea")
     frames = await receive_notes(communicator, 3)
@@ -67,7 +68,7 @@ async def test_note_frame_is_exactly_the_contract(amake_user, connect):
     bob = await amake_user("bea")
     data = {"text": "héllo ✓", "nested": {"list": [1, 2.5, None, True]}, "empty": {}}
     before = datetime.now(UTC)
-    note_id, _ = await services.anotify(bob, data)
+    note_id, _ = await api.anotify(bob, data)
     frame = await receive(await connect("bea"))
     assert set(frame) == {"type", "id", "data", "timestamp"}
     assert (frame["type"], frame["id"], frame["data"]) == ("notification", note_id, data)
@@ -80,7 +81,7 @@ async def test_note_frame_is_exactly_the_contract(amake_user, connect):
 async def test_ack_stops_redelivery(amake_user, connect):
     """Acknowledged notifications do not come again on the next connect."""
     bob = await amake_user("bea")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(3)]
     first = await connect("bea")
     await receive_notes(first, 3)
     await send(first, {"type": "ack", "ids": ids[:2]})
@@ -95,10 +96,10 @@ async def test_ack_stops_redelivery(amake_user, connect):
 async def test_no_ack_means_redelivery_on_next_connect(amake_user, connect):
     """Unacknowledged notifications, live ones included, come again on the next connect."""
     bob = await amake_user("bea")
-    queued_id, _ = await services.anotify(bob, {"n": 0})
+    queued_id, _ = await api.anotify(bob, {"n": 0})
     first = await connect("bea")
     await receive_notes(first, 1)
-    live_id, status = await services.anotify(bob, {"n": 1})
+    live_id, status = await api.anotify(bob, {"n": 1})
     assert status == "sent"
     assert (await receive(first))["id"] == live_id
     await first.disconnect()
@@ -110,12 +111,12 @@ async def test_ack_with_ids_of_another_user_is_ignored(amake_user, connect):
     """Ids in an ack that belong to another user leave that user's queue untouched."""
     await amake_user("bea")
     carol = await amake_user("cyd")
-    carol_id, _ = await services.anotify(carol, {"for": "cyd"})
+    carol_id, _ = await api.anotify(carol, {"for": "cyd"})
     communicator = await connect("bea")
     await send(communicator, {"type": "ack", "ids": [carol_id, 999999]})
     await send(communicator, {"type": "ping"})
     assert await receive(communicator) == {"type": "pong"}
-    assert [row.pk for row in await database_sync_to_async(services.undelivered)(carol.pk)] == [
+    assert [row.pk for row in await database_sync_to_async(store.undelivered)(carol.pk)] == [
         carol_id]
 
 
@@ -123,7 +124,7 @@ async def test_queue_limit_keeps_the_newest_on_connect(amake_user, connect, sett
     """With NOTIFICATIONS_QUEUE_LIMIT=2, only the two newest offline notifications arrive."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 2
     bob = await amake_user("bea")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(5)]
     communicator = await connect("bea")
     assert [frame["id"] for frame in await receive_notes(communicator, 2)] == ids[-2:]
     assert await communicator.receive_nothing(0.2)
@@ -138,22 +139,22 @@ async def test_two_tabs_both_get_a_live_notification(amake_user, connect):
     await amake_user("cyd")
     tabs = [await connect("bea"), await connect("bea")]
     other = await connect("cyd")
-    note_id, status = await services.anotify(bob, {"text": "live"})
+    note_id, status = await api.anotify(bob, {"text": "live"})
     assert status == "sent"
     texts = [await tab.receive_from(timeout=3) for tab in tabs]
     assert texts[0] == texts[1]
     assert json.loads(texts[0])["id"] == note_id
     assert await other.receive_nothing(0.2), "another user's connection gets nothing"
     hub = await get_hub()
-    feed = consumers.hub_feeds(hub)[services.FEED_GROUP]
-    assert hub.groups[services.FEED_GROUP] == {feed}, "one hub listener for every connection"
-    assert len(feed.by_user["bea"]) == 2
+    feed = consumers.hub_feeds(hub)[note_protocol.FEED_GROUP]
+    assert hub.groups[note_protocol.FEED_GROUP] == {feed}, "one hub listener for every connection"
+    assert len(hub.users_on(consumers.NOTIFICATIONS)["bea"]) == 2
     for tab in tabs:
         await tab.disconnect()
-    assert "bea" not in feed.by_user
-    assert services.FEED_GROUP in hub.groups, "cyd's connection still needs the feed"
+    assert "bea" not in hub.users_on(consumers.NOTIFICATIONS)
+    assert note_protocol.FEED_GROUP in hub.groups, "cyd's connection still needs the feed"
     await other.disconnect()
-    assert services.FEED_GROUP not in hub.groups, "the hub leaves with the last connection"
+    assert note_protocol.FEED_GROUP not in hub.groups, "the hub leaves with the last connection"
 
 
 @pytest.mark.parametrize("moment", ["before_subscribe", "before_query", "after_query"])
@@ -163,10 +164,10 @@ async def test_notification_posted_while_connecting_arrives_exactly_once(
     """A notification posted between registering and the queue query arrives once, in order."""
     bob = await amake_user("bea")
     posted: list[tuple[int, str]] = []
-    original_attach, original_query = consumers.attach, services.aundelivered_frames
+    original_attach, original_query = consumers.attach, writer.aundelivered_frames
 
     async def post() -> None:
-        posted.append(await services.anotify(bob, {"during": moment}))
+        posted.append(await api.anotify(bob, {"during": moment}))
 
     async def hooked_attach(hub, group, consumer):
         if moment == "before_subscribe" and not posted:
@@ -184,14 +185,14 @@ async def test_notification_posted_while_connecting_arrives_exactly_once(
         return frames
 
     monkeypatch.setattr(consumers, "attach", hooked_attach)
-    monkeypatch.setattr(services, "aundelivered_frames", hooked_query)
+    monkeypatch.setattr(writer, "aundelivered_frames", hooked_query)
     communicator = await connect("bea")
     first = await receive(communicator)
     [(note_id, status)] = posted
     assert status == "sent", "the connection was registered before the post"
     assert first["id"] == note_id
     # A later live NOTE comes next: a duplicate of the first would come before it.
-    later_id, _ = await services.anotify(bob, {"after": True})
+    later_id, _ = await api.anotify(bob, {"after": True})
     assert (await receive(communicator))["id"] == later_id
     assert await communicator.receive_nothing(0.2)
 
@@ -200,18 +201,18 @@ async def test_live_notes_held_back_during_queue_are_sent_after_it(amake_user, c
                                                                    monkeypatch):
     """Live NOTEs that arrive while the queue is read come after the queue, oldest first."""
     bob = await amake_user("bea")
-    queued_id, _ = await services.anotify(bob, {"queued": True})
-    original_query = services.aundelivered_frames
+    queued_id, _ = await api.anotify(bob, {"queued": True})
+    original_query = writer.aundelivered_frames
     live: list[int] = []
 
     async def hooked_query(user_id):
         frames = await original_query(user_id)
         for n in range(3):
-            live.append((await services.anotify(bob, {"live": n}))[0])
+            live.append((await api.anotify(bob, {"live": n}))[0])
         await asyncio.sleep(0.05)
         return frames
 
-    monkeypatch.setattr(services, "aundelivered_frames", hooked_query)
+    monkeypatch.setattr(writer, "aundelivered_frames", hooked_query)
     communicator = await connect("bea")
     assert [f["id"] for f in await receive_notes(communicator, 4)] == [queued_id, *live]
     assert await communicator.receive_nothing(0.2)
@@ -225,7 +226,7 @@ async def test_broadcast_reaches_every_connected_user_and_is_never_resent(amake_
     for name in ("alma", "bea", "cyd"):
         await amake_user(name)
     alice, bob_tabs = await connect("alma"), [await connect("bea"), await connect("bea")]
-    note_id, status = await services.abroadcast({"maintenance": "tonight"})
+    note_id, status = await api.abroadcast({"maintenance": "tonight"})
     assert status == "broadcast"
     for communicator in (alice, *bob_tabs):
         frame = await receive(communicator)
@@ -340,7 +341,7 @@ async def test_queue_waits_while_the_client_has_much_unread(amake_user, connect,
     """While half WS_MAX_SEND_BUFFER_BYTES is unread, the next queued NOTE waits."""
     settings.WS_MAX_SEND_BUFFER_BYTES = 1000
     bob = await amake_user("bea")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(2)]
     loop = asyncio.get_running_loop()
     backlog_until = loop.time() + 0.3
     monkeypatch.setattr(consumers.NotificationConsumer, "unsent_bytes",
@@ -359,7 +360,7 @@ async def test_queue_stops_waiting_for_a_stalled_client(amake_user, connect, set
     monkeypatch.setattr(consumers, "DRAIN_SECONDS", 0.2)
     monkeypatch.setattr(consumers.NotificationConsumer, "unsent_bytes", lambda self: 900)
     bob = await amake_user("bea")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(10)]
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(10)]
     loop = asyncio.get_running_loop()
     started = loop.time()
     communicator = await connect("bea")
@@ -374,7 +375,7 @@ async def test_connecting_during_a_stream_of_posts_gets_each_exactly_once(amake_
 
     async def poster() -> None:
         for n in range(40):
-            posted.append((await services.anotify(bea, {"n": n}))[0])
+            posted.append((await api.anotify(bea, {"n": n}))[0])
             await asyncio.sleep(0.002)
 
     task = asyncio.create_task(poster())
@@ -397,7 +398,7 @@ async def test_database_down_at_connect_gives_unavailable_and_closes(amake_user,
     async def broken(user_id):
         raise ConnectionError("database down")
 
-    monkeypatch.setattr(services, "aundelivered_frames", broken)
+    monkeypatch.setattr(writer, "aundelivered_frames", broken)
     communicator = await connect("bea")
     frame = await receive(communicator)
     assert (frame["type"], frame["code"]) == ("error", "unavailable")
@@ -405,4 +406,4 @@ async def test_database_down_at_connect_gives_unavailable_and_closes(amake_user,
     assert output["type"] == "websocket.close"
     await communicator.disconnect()
     hub = await get_hub()
-    assert services.FEED_GROUP not in hub.groups, "the failed connection left its feed"
+    assert note_protocol.FEED_GROUP not in hub.groups, "the failed connection left its feed"

@@ -10,7 +10,7 @@ import pytest
 import websockets
 from django.db import connections
 
-from notifications import services
+from notifications import api, push
 
 pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True)]
 
@@ -51,7 +51,7 @@ async def gone(username: str) -> None:
     would make a later test's first notification 'sent' instead of 'queued'.
     """
     for _ in range(100):
-        if await services.notification_connections(username) == 0:
+        if await push.notification_connections(username) == 0:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{username}'s closed connections are still registered")
@@ -86,7 +86,7 @@ async def test_queue_ack_and_live_over_real_daphne(daphne_server, amake_user, to
 def notify_like_a_management_command(user, data) -> tuple[int, str]:
     """Run notify() in a thread with no event loop at all, as a command or task would."""
     try:
-        return services.notify(user, data)
+        return api.notify(user, data)
     finally:
         connections.close_all()
 
@@ -135,7 +135,7 @@ async def test_full_queue_of_large_notifications_arrives_whole(daphne_server, am
     """A full queue (100 NOTEs of ~64 KB, 6.4 MB) reaches a reading client, not a close."""
     bob = await amake_user("daphne-big")
     big = {"blob": "x" * 65000}
-    ids = [(await services.anotify(bob, big))[0] for _ in range(100)]
+    ids = [(await api.anotify(bob, big))[0] for _ in range(100)]
     server = daphne_server()
     async with websockets.connect(ws_url(server, token_for("daphne-big")), max_size=2**20) as ws:
         received = [(await recv_json(ws))["id"] for _ in ids]

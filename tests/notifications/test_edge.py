@@ -11,12 +11,13 @@ import json
 import pytest
 from channels.testing import HttpCommunicator
 from django.test import AsyncClient
+from django.urls import Resolver404, include, path, resolve
 
-from notifications import edge
+from notifications import edge, views
 from notifications.models import Notification
-from project import tokens
 from project.asgi import application
-from project.protocol import API_MAX_BODY_BYTES
+from realtime import tokens
+from realtime.protocol import API_MAX_BODY_BYTES
 from tests.notifications.conftest import receive
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -264,3 +265,33 @@ def test_the_security_headers_follow_the_settings(settings):
     headers = edge.response_headers(2)
     assert (b"x-frame-options", b"SAMEORIGIN") in headers
     assert b"cross-origin-opener-policy" not in dict(headers)
+
+
+@pytest.mark.parametrize("path", [
+    "/api/notify/bea", "/api/notify/zoë k", "/api/broadcast", "/api/notify/", "/api/notify",
+    "/api/notify/bea/", "/api/notify/a/b", "/api/broadcast/", "/api/broadcasts", "/notify/bea",
+])
+def test_the_edge_takes_the_paths_django_routes_to_the_two_views(path):
+    """The edge's paths are the notification routes of the URLconf, with the same user."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        match = None
+    ours = match is not None and match.func in (views.notify_user, views.broadcast)
+    target = edge.NotifyEdge.route({"type": "http", "path": path, "headers": [HOST, BEARER]})
+    assert target is not edge.DJANGO if ours else target is edge.DJANGO
+    if ours:
+        assert target == match.kwargs.get("user_id")
+
+
+#: A URLconf that mounts the notification routes elsewhere.
+urlpatterns = [path("v2/", include("notifications.urls"))]
+
+
+def test_the_edge_follows_where_the_urlconf_mounts_the_routes(settings):
+    """Mounted under another prefix, the routes are taken there and no longer under /api/."""
+    settings.ROOT_URLCONF = __name__
+    route = edge.NotifyEdge.route
+    assert route({"type": "http", "path": "/v2/notify/bea", "headers": [HOST, BEARER]}) == "bea"
+    assert route({"type": "http", "path": "/v2/broadcast", "headers": [HOST, BEARER]}) is None
+    assert route({"type": "http", "path": NOTIFY, "headers": [HOST, BEARER]}) is edge.DJANGO

@@ -1,4 +1,4 @@
-"""notifications.services: store first, then push; queue limit; acks; sync notify()."""
+"""notifications.api and store: store first, then push; queue limit; acks; sync notify()."""
 
 import asyncio
 import json
@@ -9,24 +9,25 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer
 from django.db import connection, transaction
 
-from notifications import services
+from notifications import api, push, store
+from notifications import protocol as note_protocol
 from notifications.models import Notification
-from project import hub as hub_module
-from project.registry import NOTIFICATIONS
+from notifications.protocol import NOTIFICATIONS
+from realtime import hub as hub_module
 from tests.notifications.conftest import receive, receive_notes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def undelivered_ids(user) -> list[int]:
-    rows = await database_sync_to_async(services.undelivered)(user.pk)
+    rows = await database_sync_to_async(store.undelivered)(user.pk)
     return [row.pk for row in rows]
 
 
 async def test_anotify_offline_stores_and_queues(amake_user):
     """A notification for a user without a connection is stored undelivered and 'queued'."""
     bob = await amake_user("bea")
-    note_id, status = await services.anotify(bob, {"text": "hi"})
+    note_id, status = await api.anotify(bob, {"text": "hi"})
     assert status == "queued"
     row = await Notification.objects.aget(pk=note_id)
     assert (row.user_id, row.data, row.broadcast, row.delivered_at) == (
@@ -37,7 +38,7 @@ async def test_anotify_offline_stores_and_queues(amake_user):
 async def test_undelivered_is_oldest_first(amake_user):
     """The undelivered listing is in posting order, oldest first."""
     bob = await amake_user("bea")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(5)]
     assert await undelivered_ids(bob) == ids
 
 
@@ -45,8 +46,8 @@ async def test_queue_limit_keeps_the_newest(amake_user, settings):
     """Beyond NOTIFICATIONS_QUEUE_LIMIT undelivered, the oldest are deleted."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 3
     bob, carol = await amake_user("bea"), await amake_user("cyd")
-    carol_id, _ = await services.anotify(carol, {"other": True})
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(5)]
+    carol_id, _ = await api.anotify(carol, {"other": True})
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(5)]
     assert await undelivered_ids(bob) == ids[-3:]
     assert await Notification.objects.filter(user=bob).acount() == 3
     assert await undelivered_ids(carol) == [carol_id], "another user's queue is untouched"
@@ -56,9 +57,9 @@ async def test_queue_limit_counts_only_undelivered(amake_user, settings):
     """Acknowledged notifications neither count toward the limit nor get trimmed."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 2
     bob = await amake_user("bea")
-    acked = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
-    assert await services.aacknowledge(bob.pk, acked) == 2
-    queued = [(await services.anotify(bob, {"n": n}))[0] for n in range(2, 4)]
+    acked = [(await api.anotify(bob, {"n": n}))[0] for n in range(2)]
+    assert await api.aack(bob.pk, acked) == 2
+    queued = [(await api.anotify(bob, {"n": n}))[0] for n in range(2, 4)]
     assert await undelivered_ids(bob) == queued
     assert await Notification.objects.filter(user=bob).acount() == 4
 
@@ -66,9 +67,9 @@ async def test_queue_limit_counts_only_undelivered(amake_user, settings):
 async def test_acknowledge_ignores_ids_of_other_users(amake_user):
     """Ack marks the user's own ids delivered; another user's and unknown ids are ignored."""
     bob, carol = await amake_user("bea"), await amake_user("cyd")
-    bob_id, _ = await services.anotify(bob, {"for": "bea"})
-    carol_id, _ = await services.anotify(carol, {"for": "cyd"})
-    assert await services.aacknowledge(bob.pk, [bob_id, carol_id, carol_id + 1000]) == 1
+    bob_id, _ = await api.anotify(bob, {"for": "bea"})
+    carol_id, _ = await api.anotify(carol, {"for": "cyd"})
+    assert await api.aack(bob.pk, [bob_id, carol_id, carol_id + 1000]) == 1
     assert await undelivered_ids(bob) == []
     assert await undelivered_ids(carol) == [carol_id]
 
@@ -77,9 +78,9 @@ async def test_acknowledge_handles_more_ids_than_one_batch(amake_user, settings)
     """An ack with thousands of ids (duplicates included) is applied in batches."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 1000
     bob = await amake_user("bea")
-    last, _ = await services.anotify(bob, {"n": 1})
+    last, _ = await api.anotify(bob, {"n": 1})
     ids = [*range(1, last + 1), *range(1, 3000)] * 2
-    assert await services.aacknowledge(bob.pk, ids) == 1
+    assert await api.aack(bob.pk, ids) == 1
     assert await undelivered_ids(bob) == []
 
 
@@ -90,7 +91,7 @@ def test_acknowledging_looks_its_rows_up_by_id(make_user):
     undelivered row of every user, once per batch of acks.
     """
     bob = make_user("bea")
-    stored = services.store_batch([services.Post(target="bea", data={"n": n}) for n in range(3)],
+    stored = store.store_batch([store.Post(target="bea", data={"n": n}) for n in range(3)],
                                   {})
     statements = []
 
@@ -99,7 +100,7 @@ def test_acknowledging_looks_its_rows_up_by_id(make_user):
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(capture):
-        assert services.acknowledge(bob.pk, [stored[0].pk, stored[2].pk]) == 2
+        assert api.ack(bob.pk, [stored[0].pk, stored[2].pk]) == 2
     ((sql, params),) = [(sql, params) for sql, params in statements if sql.startswith("UPDATE")]
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
@@ -113,13 +114,13 @@ def test_acknowledging_looks_its_rows_up_by_id(make_user):
                 cursor.execute("EXPLAIN " + sql, params)
                 plan = " ".join(row[0] for row in cursor.fetchall())
             assert "Index Cond: (id = ANY" in plan, plan
-    assert [row.pk for row in services.undelivered(bob.pk)] == [stored[1].pk]
+    assert [row.pk for row in store.undelivered(bob.pk)] == [stored[1].pk]
 
 
 async def test_abroadcast_is_stored_delivered_and_never_queued(amake_user):
     """A broadcast is one delivered row without a user, in nobody's queue."""
     bob = await amake_user("bea")
-    note_id, status = await services.abroadcast({"all": 1})
+    note_id, status = await api.abroadcast({"all": 1})
     assert status == "broadcast"
     row = await Notification.objects.aget(pk=note_id)
     assert row.broadcast and row.user_id is None and row.delivered_at is not None
@@ -130,35 +131,35 @@ async def test_notify_data_must_be_a_dict(amake_user):
     """Data that is not a JSON object is refused before anything is stored."""
     bob = await amake_user("bea")
     with pytest.raises(TypeError):
-        await services.anotify(bob, ["not", "an", "object"])
+        await api.anotify(bob, ["not", "an", "object"])
     with pytest.raises(TypeError):
-        await services.abroadcast("text")
+        await api.abroadcast("text")
     assert await Notification.objects.acount() == 0
 
 
 def test_feed_group_is_a_valid_group_name():
     """The one group every process with notifications connections joins is a valid name."""
-    assert BaseChannelLayer().require_valid_group_name(services.FEED_GROUP)
+    assert BaseChannelLayer().require_valid_group_name(note_protocol.FEED_GROUP)
 
 
 def test_note_frame_matches_the_contract():
     """NOTE is exactly type, id, data, timestamp (UTC, Z), plus broadcast: true for broadcasts."""
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert json.loads(services.note_frame(7, {"a": "é"}, moment)) == {
+    assert json.loads(note_protocol.note_frame(7, {"a": "é"}, moment)) == {
         "type": "notification", "id": 7, "data": {"a": "é"}, "timestamp": "2026-01-02T03:04:05Z"}
-    assert json.loads(services.note_frame(8, {}, moment, broadcast=True))["broadcast"] is True
+    assert json.loads(note_protocol.note_frame(8, {}, moment, broadcast=True))["broadcast"] is True
 
 
 def test_sync_notify_from_plain_sync_code(make_user):
     """notify() in sync code with no event loop stores, answers 'queued', starts no hub."""
     bob = make_user("bea")
     hubs_before = dict(hub_module._hubs)
-    note_id, status = services.notify(bob, {"text": "export ready"})
+    note_id, status = api.notify(bob, {"text": "export ready"})
     assert status == "queued"
     assert Notification.objects.get(pk=note_id).data == {"text": "export ready"}
-    assert [row.pk for row in services.undelivered(bob.pk)] == [note_id]
+    assert [row.pk for row in store.undelivered(bob.pk)] == [note_id]
     assert hub_module._hubs == hubs_before
-    broadcast_id, status = services.broadcast({"all": True})
+    broadcast_id, status = api.broadcast({"all": True})
     assert status == "broadcast" and broadcast_id > note_id
 
 
@@ -172,9 +173,9 @@ def test_store_batch_without_multi_row_returning(make_user, monkeypatch, returni
     monkeypatch.setattr(features, "can_return_rows_from_bulk_insert", property(lambda f: False))
     if returning == "none":
         monkeypatch.setattr(features, "can_return_columns_from_insert", property(lambda f: False))
-    posts = [services.Post(target="bea", data={"n": n}) for n in range(3)]
-    posts.append(services.Post(target=None, data={"all": True}))
-    stored = services.store_batch(posts, {})
+    posts = [store.Post(target="bea", data={"n": n}) for n in range(3)]
+    posts.append(store.Post(target=None, data={"all": True}))
+    stored = store.store_batch(posts, {})
     rows = list(Notification.objects.order_by("id"))
     assert [s.pk for s in stored] == [row.pk for row in rows]
     assert [(row.user_id, row.data, row.broadcast) for row in rows] == [
@@ -182,7 +183,7 @@ def test_store_batch_without_multi_row_returning(make_user, monkeypatch, returni
         (None, {"all": True}, True),
     ]
     assert rows[3].delivered_at == rows[3].created_at, "a broadcast is delivered when stored"
-    assert [row.pk for row in services.undelivered(bob.pk)] == [s.pk for s in stored[:3]]
+    assert [row.pk for row in store.undelivered(bob.pk)] == [s.pk for s in stored[:3]]
 
 
 def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch):
@@ -194,9 +195,9 @@ def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch)
         pushed.extend(item["id"] for item in items)
         return {item["user"]: "queued" for item in items}
 
-    monkeypatch.setattr(services, "_push", record)
+    monkeypatch.setattr(api, "push_notes", record)
     with transaction.atomic():
-        committed_id, _ = services.notify(bob, {"n": 1})
+        committed_id, _ = api.notify(bob, {"n": 1})
         assert pushed == []
     assert pushed == [committed_id]
 
@@ -204,17 +205,17 @@ def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch)
         pass
 
     with pytest.raises(Rollback), transaction.atomic():
-        services.notify(bob, {"n": 2})
+        api.notify(bob, {"n": 2})
         raise Rollback
     assert pushed == [committed_id]
-    assert [row.pk for row in services.undelivered(bob.pk)] == [committed_id]
+    assert [row.pk for row in store.undelivered(bob.pk)] == [committed_id]
 
 
 async def test_sync_notify_refuses_to_run_on_an_event_loop(amake_user):
     """notify() called on an event loop raises before storing (use anotify there)."""
     bob = await amake_user("bea")
     with pytest.raises(RuntimeError, match="anotify"):
-        services.notify(bob, {"n": 1})
+        api.notify(bob, {"n": 1})
     assert await Notification.objects.acount() == 0
 
 
@@ -222,7 +223,7 @@ async def test_sync_notify_from_a_server_thread_reaches_a_connected_user(amake_u
     """notify() from sync code run by the server (a sync view) is 'sent' and arrives live."""
     bob = await amake_user("bea")
     communicator = await connect("bea")
-    note_id, status = await database_sync_to_async(services.notify)(bob, {"text": "from sync"})
+    note_id, status = await database_sync_to_async(api.notify)(bob, {"text": "from sync"})
     assert status == "sent"
     frame = await receive(communicator)
     assert (frame["id"], frame["data"]) == (note_id, {"text": "from sync"})
@@ -235,8 +236,8 @@ async def test_failed_push_keeps_the_notification_queued(amake_user, monkeypatch
     async def broken(group, event, **options):
         raise ConnectionError("layer down")
 
-    monkeypatch.setattr(services, "publish", broken)
-    note_id, status = await services.anotify(bob, {"n": 1})
+    monkeypatch.setattr(push, "publish", broken)
+    note_id, status = await api.anotify(bob, {"n": 1})
     assert status == "queued"
     assert await undelivered_ids(bob) == [note_id]
 
@@ -245,23 +246,23 @@ async def test_status_is_sent_only_while_connected(amake_user, connect):
     """'sent' while the user has a notifications connection, 'queued' once it closed."""
     bob = await amake_user("bea")
     communicator = await connect("bea")
-    assert (await services.anotify(bob, {"n": 1}))[1] == "sent"
+    assert (await api.anotify(bob, {"n": 1}))[1] == "sent"
     await communicator.disconnect()
     await asyncio.sleep(0)
-    assert (await services.anotify(bob, {"n": 2}))[1] == "queued"
+    assert (await api.anotify(bob, {"n": 2}))[1] == "queued"
 
 
 async def test_posts_are_counted_by_status(amake_user, connect):
     """realtime_notifications_total counts posts by status: queued, sent, broadcast."""
-    from project import metrics
+    from realtime import metrics
 
     bob = await amake_user("bea")
     before = {s: metrics.value("realtime_notifications_total", status=s)
               for s in ("queued", "sent", "broadcast")}
-    await services.anotify(bob, {"n": 1})
+    await api.anotify(bob, {"n": 1})
     await connect("bea")
-    await services.anotify(bob, {"n": 2})
-    await services.abroadcast({"n": 3})
+    await api.anotify(bob, {"n": 2})
+    await api.abroadcast({"n": 3})
     after = {s: metrics.value("realtime_notifications_total", status=s) - before[s]
              for s in before}
     assert after == {"queued": 1, "sent": 1, "broadcast": 1}
@@ -271,13 +272,13 @@ async def test_posts_are_counted_by_status(amake_user, connect):
 def published(monkeypatch) -> list[tuple[list, bool]]:
     """``(users of the items, elsewhere)`` of every event the writer publishes."""
     calls: list[tuple[list, bool]] = []
-    original = services.publish
+    original = push.publish
 
     async def recording(group, event, **options):
         calls.append(([item["user"] for item in event["items"]], options["elsewhere"]))
         await original(group, event, **options)
 
-    monkeypatch.setattr(services, "publish", recording)
+    monkeypatch.setattr(push, "publish", recording)
     return calls
 
 
@@ -288,9 +289,9 @@ async def test_a_note_goes_through_the_layer_only_for_a_user_connected_elsewhere
     tab = await connect("bob")
     hub = hub_module.running_hub()
     await hub.registry.register("cyd", "other-proc|1", NOTIFICATIONS, 0)
-    assert (await services.anotify(bob, {}))[1] == "sent"
-    assert (await services.anotify(cyd, {}))[1] == "sent"
-    await services.abroadcast({})
+    assert (await api.anotify(bob, {}))[1] == "sent"
+    assert (await api.anotify(cyd, {}))[1] == "sent"
+    await api.abroadcast({})
     assert published == [(["bob"], False), (["cyd"], True), ([None], True)]
     assert [frame.get("broadcast", False) for frame in await receive_notes(tab, 2)] == [
         False, True]
@@ -305,8 +306,8 @@ async def test_without_the_registry_a_note_still_reaches_this_process(
     async def broken(usernames):
         raise ConnectionError("registry down")
 
-    monkeypatch.setattr(services, "_reach", broken)
-    note_id, status = await services.anotify(bob, {"n": 1})
+    monkeypatch.setattr(push, "_reach", broken)
+    note_id, status = await api.anotify(bob, {"n": 1})
     assert status == "queued"
     assert published == [(["bob"], True)]
     assert [frame["id"] for frame in await receive_notes(tab, 1)] == [note_id]

@@ -11,7 +11,8 @@ import asyncio
 import pytest
 from channels.db import database_sync_to_async
 
-from notifications import services
+from notifications import api, errors, push, store, writer
+from notifications import protocol as note_protocol
 from notifications.models import Notification
 from tests.notifications.conftest import receive, receive_notes, send
 
@@ -22,24 +23,24 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def batches(monkeypatch) -> list[tuple[int, int]]:
     """Record ``(posts, ack users)`` of every transaction the writer runs."""
     seen: list[tuple[int, int]] = []
-    original = services.store_batch
+    original = store.store_batch
 
     def recording(posts, acks):
         seen.append((len(posts), len(acks)))
         return original(posts, acks)
 
-    monkeypatch.setattr(services, "store_batch", recording)
+    monkeypatch.setattr(writer, "store_batch", recording)
     return seen
 
 
 async def undelivered_ids(user) -> list[int]:
-    return [row.pk for row in await database_sync_to_async(services.undelivered)(user.pk)]
+    return [row.pk for row in await database_sync_to_async(store.undelivered)(user.pk)]
 
 
 async def test_concurrent_posts_share_one_transaction_in_posting_order(amake_user, batches):
     """Posts made together are stored in one batch; ids follow the order they were made."""
     bob = await amake_user("bob")
-    results = await asyncio.gather(*(services.anotify(bob, {"n": n}) for n in range(5)))
+    results = await asyncio.gather(*(api.anotify(bob, {"n": n}) for n in range(5)))
     ids = [note_id for note_id, _ in results]
     assert batches == [(5, 0)]
     assert ids == sorted(ids)
@@ -54,7 +55,7 @@ async def test_a_post_made_a_loop_turn_later_joins_the_batch(amake_user, batches
     async def later(turns: int, n: int):
         for _ in range(turns):
             await asyncio.sleep(0)
-        return await services.anotify(bob, {"n": n})
+        return await api.anotify(bob, {"n": n})
 
     results = await asyncio.gather(later(0, 0), later(1, 1), later(2, 2))
     assert batches == [(3, 0)]
@@ -65,7 +66,7 @@ async def test_a_connected_user_gets_a_batch_in_id_order(amake_user, connect):
     """Every NOTE of a batch is pushed after the commit, oldest first."""
     bob = await amake_user("bob")
     communicator = await connect("bob")
-    results = await asyncio.gather(*(services.anotify(bob, {"n": n}) for n in range(4)))
+    results = await asyncio.gather(*(api.anotify(bob, {"n": n}) for n in range(4)))
     assert {status for _, status in results} == {"sent"}
     frames = await receive_notes(communicator, 4)
     assert [frame["id"] for frame in frames] == [note_id for note_id, _ in results]
@@ -75,7 +76,7 @@ async def test_queue_limit_holds_within_one_batch(amake_user, settings, batches)
     """Five posts to one user in one batch keep the newest NOTIFICATIONS_QUEUE_LIMIT."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 3
     bob, cyd = await amake_user("bob"), await amake_user("cyd")
-    posts = [services.anotify(bob, {"n": n}) for n in range(5)] + [services.anotify(cyd, {})]
+    posts = [api.anotify(bob, {"n": n}) for n in range(5)] + [api.anotify(cyd, {})]
     results = await asyncio.gather(*posts)
     assert batches == [(6, 0)]
     bob_ids = [note_id for note_id, _ in results[:5]]
@@ -87,17 +88,17 @@ async def test_queue_limit_holds_across_batches(amake_user, settings):
     """Batch after batch, the user keeps the newest NOTIFICATIONS_QUEUE_LIMIT undelivered."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 2
     bob = await amake_user("bob")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(4)]
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(4)]
     assert await undelivered_ids(bob) == ids[-2:]
 
 
 async def test_a_failing_post_fails_alone(amake_user, batches, caplog):
     """A row the database refuses sinks only its own post: the batch is retried one by one."""
     bob = await amake_user("bob")
-    posts = [services.anotify(bob, {"n": 0}), services.anotify(bob, {"bad": object()}),
-             services.anotify(bob, {"n": 2})]
+    posts = [api.anotify(bob, {"n": 0}), api.anotify(bob, {"bad": object()}),
+             api.anotify(bob, {"n": 2})]
     results = await asyncio.gather(*posts, return_exceptions=True)
-    assert isinstance(results[1], services.ServiceUnavailable)
+    assert isinstance(results[1], errors.ServiceUnavailable)
     good = [results[0][0], results[2][0]]
     assert await undelivered_ids(bob) == good
     assert batches[0] == (3, 0) and batches[1:] == [(1, 0)] * 3
@@ -109,13 +110,13 @@ async def test_checks_of_a_batch_answer_each_post(amake_user, batches):
     await amake_user("gone", staff=True, active=False)
     bob = await amake_user("bob")
     calls = [
-        services.post_notification("bob", {"ok": 1}, actor="boss"),
-        services.post_notification("bob", {"x": 1}, actor="bob"),
-        services.post_notification("bob", {"x": 1}, actor="gone"),
-        services.post_notification("bob", {"x": 1}, actor="nobody"),
-        services.post_notification("nobody", {"x": 1}, actor="boss"),
-        services.post_notification("bob", None, actor="boss"),
-        services.post_notification(None, {"all": 1}, actor="boss"),
+        writer.post_notification("bob", {"ok": 1}, actor="boss"),
+        writer.post_notification("bob", {"x": 1}, actor="bob"),
+        writer.post_notification("bob", {"x": 1}, actor="gone"),
+        writer.post_notification("bob", {"x": 1}, actor="nobody"),
+        writer.post_notification("nobody", {"x": 1}, actor="boss"),
+        writer.post_notification("bob", None, actor="boss"),
+        writer.post_notification(None, {"all": 1}, actor="boss"),
     ]
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert len(batches) == 1
@@ -127,7 +128,7 @@ async def test_checks_of_a_batch_answer_each_post(amake_user, batches):
         ("unauthorized", "token names no active user"),
         ("not_found", "no user 'nobody'"),
     ]
-    assert authorised == (None, services.AUTHORISED)
+    assert authorised == (None, store.AUTHORISED)
     assert broadcast[1] == "broadcast"
     assert await undelivered_ids(bob) == [stored[0]]
     assert await Notification.objects.acount() == 2
@@ -136,13 +137,13 @@ async def test_checks_of_a_batch_answer_each_post(amake_user, batches):
 async def test_acks_are_written_together(amake_user, batches):
     """Acks of several users taken together are one transaction; others' ids are ignored."""
     bob, cyd = await amake_user("bob"), await amake_user("cyd")
-    bob_ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
-    cyd_id, _ = await services.anotify(cyd, {})
+    bob_ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(3)]
+    cyd_id, _ = await api.anotify(cyd, {})
     batches.clear()
-    services.acknowledge_later(bob.pk, [*bob_ids[:2], cyd_id])
-    services.acknowledge_later(cyd.pk, [])
-    services.acknowledge_later(bob.pk, [bob_ids[0]])
-    await services.flush_acks()
+    writer.acknowledge_later(bob.pk, [*bob_ids[:2], cyd_id])
+    writer.acknowledge_later(cyd.pk, [])
+    writer.acknowledge_later(bob.pk, [bob_ids[0]])
+    await writer.flush_acks()
     assert batches == [(0, 1)]
     assert await undelivered_ids(bob) == bob_ids[2:]
     assert await undelivered_ids(cyd) == [cyd_id], "an id of another user is ignored"
@@ -150,14 +151,14 @@ async def test_acks_are_written_together(amake_user, batches):
 
 async def test_an_ack_rides_with_the_next_post(amake_user, batches, monkeypatch):
     """An ack waits for the next post and is written in its transaction."""
-    monkeypatch.setattr(services, "ACK_DELAY_SECONDS", 3600)
+    monkeypatch.setattr(writer, "ACK_DELAY_SECONDS", 3600)
     bob = await amake_user("bob")
-    note_id, _ = await services.anotify(bob, {})
+    note_id, _ = await api.anotify(bob, {})
     batches.clear()
-    services.acknowledge_later(bob.pk, [note_id])
+    writer.acknowledge_later(bob.pk, [note_id])
     await asyncio.sleep(0.05)  # the writer is idle meanwhile: nothing is written
     assert batches == []
-    await services.anotify(bob, {"next": 1})
+    await api.anotify(bob, {"next": 1})
     assert batches == [(1, 1)], "no transaction of the ack alone"
     assert note_id not in await undelivered_ids(bob)
 
@@ -165,11 +166,11 @@ async def test_an_ack_rides_with_the_next_post(amake_user, batches, monkeypatch)
 async def test_an_ack_alone_is_written_after_the_delay(amake_user, batches):
     """Without posts and without anyone waiting, an ack is still written, on its own."""
     bob = await amake_user("bob")
-    note_id, _ = await services.anotify(bob, {})
+    note_id, _ = await api.anotify(bob, {})
     batches.clear()
-    services.acknowledge_later(bob.pk, [note_id])
+    writer.acknowledge_later(bob.pk, [note_id])
     for _ in range(100):  # polls for the write; ACK_DELAY_SECONDS is far shorter than this
-        await asyncio.sleep(services.ACK_DELAY_SECONDS)
+        await asyncio.sleep(writer.ACK_DELAY_SECONDS)
         if batches:
             break
     assert batches == [(0, 1)]
@@ -178,15 +179,15 @@ async def test_an_ack_alone_is_written_after_the_delay(amake_user, batches):
 
 async def test_many_pending_acks_are_written_without_waiting(amake_user, batches, monkeypatch):
     """Past MAX_PENDING_ACKS ids, acks start a transaction at once."""
-    monkeypatch.setattr(services, "ACK_DELAY_SECONDS", 3600)
+    monkeypatch.setattr(writer, "ACK_DELAY_SECONDS", 3600)
     bob = await amake_user("bob")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
-    monkeypatch.setattr(services, "MAX_PENDING_ACKS", 3)
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(3)]
+    monkeypatch.setattr(writer, "MAX_PENDING_ACKS", 3)
     batches.clear()
-    services.acknowledge_later(bob.pk, ids[:2])
+    writer.acknowledge_later(bob.pk, ids[:2])
     await asyncio.sleep(0.05)
     assert batches == []
-    services.acknowledge_later(bob.pk, ids[2:])
+    writer.acknowledge_later(bob.pk, ids[2:])
     for _ in range(100):
         await asyncio.sleep(0.01)
         if batches:
@@ -198,26 +199,26 @@ async def test_many_pending_acks_are_written_without_waiting(amake_user, batches
 async def test_an_id_acked_by_its_owner_and_another_user_is_marked(amake_user):
     """Another user's ack of the same id in the same batch does not hide the owner's ack."""
     bob, cyd = await amake_user("bob"), await amake_user("cyd")
-    cyd_id, _ = await services.anotify(cyd, {})
-    services.acknowledge_later(cyd.pk, [cyd_id])
-    services.acknowledge_later(bob.pk, [cyd_id])
-    await services.flush_acks()
+    cyd_id, _ = await api.anotify(cyd, {})
+    writer.acknowledge_later(cyd.pk, [cyd_id])
+    writer.acknowledge_later(bob.pk, [cyd_id])
+    await writer.flush_acks()
     assert await undelivered_ids(cyd) == []
 
 
 async def test_the_queue_is_read_after_the_users_pending_acks(amake_user):
     """An ack taken but not yet written is written before that user's queue is read."""
     bob = await amake_user("bob")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(2)]
-    services.acknowledge_later(bob.pk, ids[:1])
-    frames = await services.aundelivered_frames(bob.pk)
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(2)]
+    writer.acknowledge_later(bob.pk, ids[:1])
+    frames = await writer.aundelivered_frames(bob.pk)
     assert [note_id for note_id, _ in frames] == ids[1:]
 
 
 async def test_acks_are_written_before_the_disconnect_completes(amake_user, connect):
     """An ack followed at once by a disconnect is in the database when the disconnect is done."""
     bob = await amake_user("bob")
-    ids = [(await services.anotify(bob, {"n": n}))[0] for n in range(3)]
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(3)]
     communicator = await connect("bob")
     await receive_notes(communicator, 3)
     await send(communicator, {"type": "ack", "ids": ids})
@@ -228,17 +229,17 @@ async def test_acks_are_written_before_the_disconnect_completes(amake_user, conn
 async def test_a_failed_ack_batch_leaves_notifications_to_come_again(amake_user, monkeypatch):
     """If writing acks fails, nothing is marked: the notifications come again (at-least-once)."""
     bob = await amake_user("bob")
-    note_id, _ = await services.anotify(bob, {})
+    note_id, _ = await api.anotify(bob, {})
 
     def broken(posts, acks):
         raise RuntimeError("database down")
 
-    monkeypatch.setattr(services, "store_batch", broken)
-    services.acknowledge_later(bob.pk, [note_id])
-    await services.flush_acks(bob.pk)
+    monkeypatch.setattr(writer, "store_batch", broken)
+    writer.acknowledge_later(bob.pk, [note_id])
+    await writer.flush_acks(bob.pk)
     monkeypatch.undo()
     assert await undelivered_ids(bob) == [note_id]
-    assert (await services.anotify(bob, {}))[1] == "queued", "the writer still works"
+    assert (await api.anotify(bob, {}))[1] == "queued", "the writer still works"
 
 
 async def test_a_batch_is_one_event_and_each_note_reaches_only_its_user(amake_user, connect,
@@ -251,20 +252,20 @@ async def test_a_batch_is_one_event_and_each_note_reaches_only_its_user(amake_us
         await send(tab, {"type": "ping"})
         assert (await receive(tab))["type"] == "pong"
     events = []
-    original = services.publish
+    original = push.publish
 
     async def recording(group, event, **options):
         events.append((group, [item["id"] for item in event["items"]]))
         await original(group, event, **options)
 
-    monkeypatch.setattr(services, "publish", recording)
+    monkeypatch.setattr(push, "publish", recording)
     results = await asyncio.gather(
-        services.anotify(bob, {"n": 0}), services.anotify(cyd, {"n": 1}),
-        services.abroadcast({"n": 2}), services.anotify(bob, {"n": 3}),
+        api.anotify(bob, {"n": 0}), api.anotify(cyd, {"n": 1}),
+        api.abroadcast({"n": 2}), api.anotify(bob, {"n": 3}),
     )
     ids = [note_id for note_id, _ in results]
     assert [status for _, status in results] == ["sent", "sent", "broadcast", "sent"]
-    assert events == [(services.FEED_GROUP, ids)]
+    assert events == [(note_protocol.FEED_GROUP, ids)]
     assert [f["id"] for f in await receive_notes(bob_tab, 3)] == [ids[0], ids[2], ids[3]]
     assert [f["id"] for f in await receive_notes(cyd_tab, 2)] == [ids[1], ids[2]]
     assert await bob_tab.receive_nothing(0.1) and await cyd_tab.receive_nothing(0.1)
@@ -275,8 +276,8 @@ async def test_a_batch_larger_than_one_insert_keeps_posting_order(amake_user, ba
     """More posts than one INSERT statement takes are stored in one batch, ids in order."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 1000
     bob = await amake_user("bob")
-    count = services.INSERT_CHUNK + 10
-    results = await asyncio.gather(*(services.anotify(bob, {"n": n}) for n in range(count)))
+    count = store.INSERT_CHUNK + 10
+    results = await asyncio.gather(*(api.anotify(bob, {"n": n}) for n in range(count)))
     ids = [note_id for note_id, _ in results]
     assert batches == [(count, 0)]
     assert ids == sorted(ids) and len(set(ids)) == count

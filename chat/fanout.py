@@ -1,0 +1,219 @@
+"""Local fan-out: the sockets of a room on this process.
+
+Each process keeps one :class:`LocalRoom` per room it serves. It is the hub's
+only listener for the room's group: a published batch arrives once per process
+and its frames, serialised once by the publisher, go to every local socket that
+may see them. The publisher's own process does not wait for the layer: it hands
+the batch to its sockets first (see :meth:`chat.sequencer.RoomSequencer.store_batch`).
+
+**No gap on join.** A joining connection is registered with its LocalRoom
+before history is read, and buffers what arrives meanwhile; after history it
+drops what history already held (ids up to the last one sent) and goes live.
+"""
+
+import asyncio
+
+from chat import presence, protocol
+from chat.presence import Departure, Publication
+from chat.sequencer import RoomSequencer
+from realtime import wire
+from realtime.gapless import Gapless
+from realtime.hub import Hub
+from realtime.protocol import now_timestamp
+
+#: How long a sender waits for its process to receive the room's previous batch
+#: before sending its own through the channel layer instead of straight to the
+#: local members (see :meth:`chat.sequencer.RoomSequencer.store_batch`).
+CATCH_UP_SECONDS = 0.5
+
+
+def room_group(room: str) -> str:
+    return f"chat.{room}"
+
+
+class Member(Gapless):
+    """What a LocalRoom needs of a connection (the chat consumer implements it)."""
+
+    conn: str
+    username: str
+    last_id: int
+    presence_version: int
+
+    async def send(self, text_data: str, *, encoded: bytes | None = None) -> None: ...
+
+    def send_now(self, encoded: bytes) -> bool: ...
+
+
+class LocalRoom:
+    """The sockets of one room on this process, and the room's sequencer."""
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self.hub, self.name, self.group = hub, name, room_group(name)
+        self.members: dict[str, Member] = {}
+        self.sequencer = RoomSequencer(self)
+        #: The room's last publication this process has received (or had no need to).
+        self.seen: Publication | None = None
+        self._catching_up: list[tuple[Publication, asyncio.Future]] = []
+
+    def __repr__(self) -> str:
+        return f"<LocalRoom {self.name} members={len(self.members)}>"
+
+    async def hub_event(self, event: dict) -> None:
+        kind = event.get("kind")
+        if kind == "batch":
+            # A batch this process published went to its own members first.
+            if event.get("delivered_by") != self.hub.proc_id:
+                for item in event["items"]:
+                    await self.deliver(item)
+            number = event.get("number")
+            if number is not None:
+                self.note_publication((number[0], number[1]))
+        elif kind == "presence":
+            await self.deliver(event)
+
+    def note_publication(self, number: Publication) -> None:
+        """The room's batches up to ``number`` have reached this process."""
+        seen = self.seen
+        if seen is None or seen[0] != number[0] or seen[1] < number[1]:
+            self.seen = number
+        for target, waiter in self._catching_up:
+            if not waiter.done() and self.has_seen(target):
+                waiter.set_result(None)
+
+    def has_seen(self, publication: Publication | None) -> bool:
+        """Whether this process has received ``publication`` (``None``: nothing to receive)."""
+        if publication is None or publication[1] == 0:
+            return True
+        seen = self.seen
+        return seen is not None and seen[0] == publication[0] and seen[1] >= publication[1]
+
+    async def catch_up(self, publication: Publication | None) -> bool:
+        """Wait until :meth:`has_seen` ``publication``; ``False`` if it has not in
+        :data:`CATCH_UP_SECONDS`."""
+        if self.has_seen(publication):
+            return True
+        entry = (publication, asyncio.get_running_loop().create_future())
+        self._catching_up.append(entry)
+        try:
+            async with asyncio.timeout(CATCH_UP_SECONDS):
+                await entry[1]
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._catching_up.remove(entry)
+
+    async def deliver(self, item: dict) -> None:
+        """Send one item to every member that may see it, or buffer it if joining."""
+        audience, skip = item.get("to"), item.get("skip")
+        encoded = None
+        for member in list(self.members.values()):
+            if member.conn == skip or (audience and member.username not in audience):
+                continue
+            if member.pending is not None:
+                member.pending.append(item)
+                continue
+            if encoded is None:
+                encoded = wire.text_frame(item["frame"])
+            # The common case is a plain write: no coroutine per member.
+            if claim(member, item) and (own_ref(member, item) or not member.send_now(encoded)):
+                await send_claimed(member, item, encoded)
+
+
+def claim(member: Member, item: dict) -> bool:
+    """Whether ``member`` has yet to see ``item`` (ids and presence versions only rise);
+    if so it counts as seen from now on."""
+    item_id = item.get("id")
+    if item_id is not None:
+        if item_id <= member.last_id:
+            return False
+        member.last_id = item_id
+    version = item.get("version")
+    if version is not None:
+        if version <= member.presence_version:
+            return False
+        member.presence_version = version
+    return True
+
+
+def own_ref(member: Member, item: dict) -> bool:
+    """Whether ``item`` is the member's own message, sent back with its ``ref``."""
+    return "frame_ref" in item and item.get("origin") == member.conn
+
+
+async def send_claimed(member: Member, item: dict, encoded: bytes | None = None) -> None:
+    if own_ref(member, item):
+        await member.send(item["frame_ref"])
+    else:
+        await member.send(item["frame"], encoded=encoded)
+
+
+def local_rooms(hub: Hub) -> dict[str, LocalRoom]:
+    return hub.apps.setdefault("chat.rooms", {})
+
+
+async def join(hub: Hub, room: str, member: Member) -> LocalRoom:
+    """Attach ``member`` to this process's room, buffering until :func:`go_live`."""
+    rooms = local_rooms(hub)
+    local = rooms.get(room)
+    if local is None:
+        local = rooms[room] = LocalRoom(hub, room)
+    member.hold()
+    local.members[member.conn] = member
+    # Returns once the layer delivers the room's events here, so nothing published
+    # after the history query below can be missed.
+    await hub.subscribe(local.group, local)
+    if local.seen is None:
+        # What was published before the subscription is for history, not for here.
+        published = await presence.of(hub.registry).room_publication(room)
+        if published is not None:
+            local.note_publication(published)
+    return local
+
+
+async def announce_join(local: LocalRoom, member: Member) -> None:
+    """Register presence; tell the room if the user is new there, else only the member."""
+    change = await presence.of(local.hub.registry).room_join(
+        local.name, member.conn, member.username)
+    frame = protocol.presence("user_joined", member.username, change.users, now_timestamp())
+    member.presence_version = change.version
+    await member.send(frame)
+    if not change.user_present:
+        await local.hub.publish(local.group, {
+            "kind": "presence", "frame": frame, "skip": member.conn, "version": change.version,
+        })
+
+
+async def go_live(member: Member) -> None:
+    """Send what arrived while joining (minus what history held), then stream."""
+    await member.release(lambda item: not claim(member, item),
+                         lambda item: send_claimed(member, item))
+
+
+async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None:
+    """Detach ``member``; tell the room if it was the user's last connection there."""
+    rooms = local_rooms(hub)
+    local = rooms.get(room)
+    if local is not None and local.members.get(member.conn) is member:
+        del local.members[member.conn]
+        if not local.members:
+            rooms.pop(room, None)
+            await hub.unsubscribe(local.group, local)
+    if not announced:
+        return
+    change = await presence.of(hub.registry).room_leave(room, member.conn)
+    if not change.user_present:
+        frame = protocol.presence("user_left", member.username, change.users, now_timestamp())
+        await hub.publish(
+            room_group(room), {"kind": "presence", "frame": frame, "version": change.version}
+        )
+
+
+async def announce_departures(hub: Hub, departures: list[Departure]) -> None:
+    """``user_left`` for the users of a dead process (a departure handler of the hub,
+    fed by :meth:`chat.presence.RedisPresence.reap`)."""
+    moment = now_timestamp()
+    for departure in departures:
+        frame = protocol.presence("user_left", departure.user, departure.users, moment)
+        await hub.publish(room_group(departure.room),
+                          {"kind": "presence", "frame": frame, "version": departure.version})

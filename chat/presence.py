@@ -1,0 +1,340 @@
+"""Who is in which room, and whose turn it is to publish there, across processes.
+
+Chat's part of the connection registry (:mod:`realtime.registry`): an
+:class:`~realtime.registry.Extension` that every registry builds, in this process
+(:class:`LocalPresence`) or in Redis (:class:`RedisPresence`). The Redis one
+restores this process's memberships after Redis lost them, and reaps a dead
+process's, reporting which users left which rooms (:class:`Departure`). Each
+change is one Lua script, so it is atomic.
+"""
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from realtime.registry import Extension, LocalRegistry, RedisRegistry, connection_prefix
+
+#: The name of chat's extension in every registry.
+APP = "chat"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChange:
+    """The result of a join or leave: was/is the user present, and who is.
+
+    ``version`` rises with every change of the room's presence, so a listener
+    can drop a presence event older than one it has already seen.
+    """
+
+    user_present: bool
+    users: list[str]
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A user who left ``room`` because a dead process was reaped."""
+
+    room: str
+    user: str
+    users: list[str]
+    version: int
+
+
+#: A room's publication, ``(epoch, number)``: numbers rise by one per published
+#: batch; the epoch changes when Redis loses them (a restart) and numbering starts over.
+Publication = tuple[str, int]
+#: How long a room's last publication is kept after its last batch. Losing it only
+#: starts a new epoch (as after a Redis restart), which is safe once nothing of the
+#: room is in flight; without an expiry every room ever written to kept a key.
+PUBLICATION_TTL_SECONDS = 86400
+
+
+@dataclass(slots=True)
+class RoomTurn:
+    """A turn to store and publish in a room, held under its lock.
+
+    ``after`` is the room's last publication, ``None`` where this process is
+    the whole service (nothing comes from elsewhere). :meth:`advance` records
+    each batch the turn publishes; the room's last publication is written when
+    the lock is given up. A turn may publish several batches: :meth:`keep`
+    tells whether it may go on.
+    """
+
+    after: Publication | None = None
+    #: Whether this turn has published (``after`` is its own last publication).
+    published: bool = False
+    #: Whether the lock is still this turn's.
+    held: bool = True
+    renew: Callable[["RoomTurn"], Awaitable[bool]] | None = field(default=None, repr=False)
+
+    @property
+    def number(self) -> Publication | None:
+        """The number of the turn's next publication: the one after :attr:`after`."""
+        return None if self.after is None else (self.after[0], self.after[1] + 1)
+
+    def advance(self) -> None:
+        """The batch numbered :attr:`number` is out."""
+        if self.after is not None:
+            self.after = (self.after[0], self.after[1] + 1)
+        self.published = True
+
+    async def keep(self) -> bool:
+        """Keep the lock for more batches; ``False`` (and the lock is given up)
+        if another process is waiting for it."""
+        if self.held and self.renew is not None:
+            self.held = await self.renew(self)
+        return self.held
+
+
+class LocalPresence(Extension):
+    """Room presence and locks of a single process."""
+
+    def __init__(self) -> None:
+        self.room_conns: dict[str, dict[str, str]] = defaultdict(dict)
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.versions: dict[str, int] = defaultdict(int)
+
+    async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
+        members = self.room_conns[room]
+        present = user in members.values()
+        members[conn] = user
+        self.versions[room] += 1
+        return RoomChange(present, sorted(set(members.values())), self.versions[room])
+
+    async def room_leave(self, room: str, conn: str) -> RoomChange:
+        members = self.room_conns.get(room, {})
+        user = members.pop(conn, None)
+        present = user in members.values()
+        users = sorted(set(members.values()))
+        if not members:
+            self.room_conns.pop(room, None)
+        self.versions[room] += 1
+        return RoomChange(present, users, self.versions[room])
+
+    async def room_has_user(self, room: str, user: str) -> bool:
+        return user in self.room_conns.get(room, {}).values()
+
+    @contextlib.asynccontextmanager
+    async def room_lock(self, room: str) -> AsyncIterator[RoomTurn]:
+        lock = self.locks.setdefault(room, asyncio.Lock())
+        async with lock:
+            yield RoomTurn()
+
+    async def room_publication(self, room: str) -> Publication | None:
+        """Nothing to catch up with: every publication is this process's own."""
+        return None
+
+    def close(self) -> None:
+        self.room_conns.clear()
+
+
+# KEYS/ARGV layouts are documented at each script. Hash fields are connection names.
+_USERS = """
+local function users_of(key)
+  local seen, list = {}, {}
+  for _, u in ipairs(redis.call('HVALS', key)) do
+    if not seen[u] then seen[u] = true; table.insert(list, u) end
+  end
+  table.sort(list)
+  return list, seen
+end
+"""
+
+# A room's presence version starts at the current time in microseconds, so after
+# Redis loses its data (a restart) new versions are still above the old ones that
+# connections hold, and their presence events are not dropped as stale.
+_BUMP = """
+local function bump(key, floor)
+  if redis.call('EXISTS', key) == 0 then redis.call('SET', key, floor) end
+  return redis.call('INCR', key)
+end
+"""
+
+_ROOM_JOIN = _USERS + _BUMP + """
+local _, before = users_of(KEYS[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+local list = users_of(KEYS[1])
+return {before[ARGV[2]] and 1 or 0, list, bump(KEYS[3], ARGV[4])}
+"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room, version floor
+
+_ROOM_LEAVE = _USERS + _BUMP + """
+local user = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+local list, seen = users_of(KEYS[1])
+return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
+"""  # KEYS: room hash, room version; ARGV: conn, version floor
+
+_REAP_ROOM = _USERS + _BUMP + """
+local _, before = users_of(KEYS[1])
+local prefix = ARGV[1]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+end
+local list, after = users_of(KEYS[1])
+local gone = {}
+for u, _ in pairs(before) do if not after[u] then table.insert(gone, u) end end
+table.sort(gone)
+return {gone, list, bump(KEYS[2], ARGV[2])}
+"""  # KEYS: room hash, room version; ARGV: "<proc>|", version floor
+
+_LOCK = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SET', KEYS[3], '1', 'PX', 200)
+  return false
+end
+redis.call('DEL', KEYS[3])
+local last = redis.call('GET', KEYS[2])
+if not last then
+  last = ARGV[3] .. ':0'
+  redis.call('SET', KEYS[2], last, 'EX', ARGV[4])
+end
+return last
+"""  # KEYS: room lock, room publication, room waiting; ARGV: token, ttl ms, a new epoch,
+#    the publication's ttl in seconds
+
+_KEEP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""  # KEYS: as _LOCK; ARGV: token, ttl ms, the turn's last publication or '', the
+#    publication's ttl in seconds. 1: kept
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+return redis.call('DEL', KEYS[1])
+"""  # KEYS: room lock, room publication; ARGV: token, the turn's last publication or '',
+#    the publication's ttl in seconds
+
+
+def _published(turn: RoomTurn) -> str:
+    """What the lock scripts record of ``turn``: its last publication, or ``''``."""
+    if not turn.published or turn.after is None:
+        return ""
+    return f"{turn.after[0]}:{turn.after[1]}"
+
+
+def _publication(value: bytes | str | None) -> Publication | None:
+    """``b"epoch:number"`` as a :data:`Publication`."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    epoch, _, number = value.rpartition(":")
+    return epoch, int(number)
+
+
+def _version_floor() -> int:
+    return time.time_ns() // 1000
+
+
+class RedisPresence(Extension):
+    """Room presence and locks shared by every process on the registry's Redis."""
+
+    lock_ttl_ms = 5000
+
+    def __init__(self, registry: RedisRegistry) -> None:
+        self.proc_id = registry.proc_id
+        self.redis, self.key = registry.redis, registry.key
+        # What this process has written, to put back if Redis loses it (a restart).
+        self.own_room_conns: dict[tuple[str, str], str] = {}
+        self.scripts = registry.register_scripts(
+            room_join=_ROOM_JOIN, room_leave=_ROOM_LEAVE, reap_room=_REAP_ROOM,
+            lock=_LOCK, keep=_KEEP, unlock=_UNLOCK)
+
+    async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
+        keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),
+                self.key("room-version", room)]
+        present, users, version = await self.scripts["room_join"](
+            keys, [conn, user, room, _version_floor()]
+        )
+        self.own_room_conns[room, conn] = user
+        return RoomChange(bool(present), list(users), int(version))
+
+    async def room_leave(self, room: str, conn: str) -> RoomChange:
+        self.own_room_conns.pop((room, conn), None)
+        keys = [self.key("room", room), self.key("room-version", room)]
+        present, users, version = await self.scripts["room_leave"](keys, [conn, _version_floor()])
+        return RoomChange(bool(present), list(users), int(version))
+
+    async def room_has_user(self, room: str, user: str) -> bool:
+        return user in await self.redis.hvals(self.key("room", room))
+
+    @contextlib.asynccontextmanager
+    async def room_lock(self, room: str) -> AsyncIterator[RoomTurn]:
+        """A lock on ``room`` across processes; it expires if its holder dies.
+
+        The turn it yields says which publication came last, so the holder can
+        tell whether its own process has received it. A process that fails to
+        take the lock says it is waiting, and the holder gives it up at its
+        next :meth:`RoomTurn.keep`.
+        """
+        keys = [self.key("lock", room), self.key("published", room), self.key("waiting", room)]
+        token, delay = secrets.token_hex(8), 0.001
+        deadline = time.monotonic() + 10
+        while (last := await self.scripts["lock"](
+                keys, [token, self.lock_ttl_ms, secrets.token_hex(4),
+                       PUBLICATION_TTL_SECONDS])) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"room lock {room!r} not acquired in 10 s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+        async def renew(turn: RoomTurn) -> bool:
+            return bool(await self.scripts["keep"](
+                keys, [token, self.lock_ttl_ms, _published(turn), PUBLICATION_TTL_SECONDS]))
+
+        turn = RoomTurn(after=_publication(last), renew=renew)
+        try:
+            yield turn
+        finally:
+            if turn.held:
+                await self.scripts["unlock"](keys[:2],
+                                             [token, _published(turn), PUBLICATION_TTL_SECONDS])
+
+    async def room_publication(self, room: str) -> Publication | None:
+        """The room's last publication (``None``: none yet)."""
+        return _publication(await self.redis.get(self.key("published", room)))
+
+    def restore(self, pipe: Any) -> None:
+        """Queue this process's room memberships (Redis lost them)."""
+        for (room, conn), user in self.own_room_conns.items():
+            pipe.hset(self.key("room", room), conn, user)
+            pipe.sadd(self.key("proc", self.proc_id, "rooms"), room)
+
+    async def reap(self, proc: str) -> list[Departure]:
+        """Drop the dead process ``proc``'s room memberships; who left which room."""
+        departures = []
+        rooms_key = self.key("proc", proc, "rooms")
+        for room in await self.redis.smembers(rooms_key):
+            keys = [self.key("room", room), self.key("room-version", room)]
+            gone, users, version = await self.scripts["reap_room"](
+                keys, [connection_prefix(proc), _version_floor()]
+            )
+            departures += [Departure(room, user, list(users), int(version)) for user in gone]
+        await self.redis.delete(rooms_key)
+        return departures
+
+
+def attach(registry: LocalRegistry | RedisRegistry) -> LocalPresence | RedisPresence:
+    """Chat's extension of ``registry`` (added to ``realtime.registry.extensions``)."""
+    if isinstance(registry, RedisRegistry):
+        return RedisPresence(registry)
+    return LocalPresence()
+
+
+def of(registry: LocalRegistry | RedisRegistry) -> LocalPresence | RedisPresence:
+    """The room presence kept in ``registry``."""
+    return registry.apps[APP]

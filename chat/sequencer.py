@@ -1,0 +1,275 @@
+"""The order of a room's messages: stored, then published, one batch at a time.
+
+Every message of a room is stored and then published by one
+:class:`RoomSequencer` per room per process, under the room's lock (see
+:mod:`chat.presence`: a Redis lock across processes, an ``asyncio.Lock`` on
+one). Ids are assigned at insert time, so "stored, then published, in id
+order" holds across every process, and each connection receives a room's ids in
+strictly increasing order. Messages that wait are stored together in one
+transaction (a batch), which keeps the lock and the database round trips few
+under load; a busy sequencer keeps the lock from batch to batch (storing the
+next while the last is published) until another process asks for it.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from chat import presence, protocol
+from chat.errors import NotInRoom
+from chat.models import Message, Room
+from chat.presence import Publication, RoomTurn
+from realtime import db, metrics
+from realtime.batching import MAX_BATCH, ServiceUnavailable, each_alone
+from realtime.hub import Hub
+from realtime.protocol import encode, timestamp
+
+
+class SequencedRoom(Protocol):
+    """What a sequencer needs of its room on this process (``chat.fanout.LocalRoom``)."""
+
+    name: str
+    group: str
+    hub: Hub
+
+    async def catch_up(self, publication: Publication | None) -> bool: ...
+
+    async def deliver(self, item: dict) -> None: ...
+
+    def note_publication(self, number: Publication) -> None: ...
+
+
+logger = logging.getLogger(__name__)
+
+#: How long a sequencer keeps its room's lock before it checks whether another
+#: process is waiting for it (and gives it up if so).
+HOLD_SECONDS = 0.02
+
+
+@dataclass
+class Outgoing:
+    """A message waiting for its turn; ``done`` gets its id or its error."""
+
+    sender: Any
+    content: str
+    origin: str | None = None
+    ref: str | None = None
+    recipient: str | None = None
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class RoomSequencer:
+    """Stores and publishes a room's messages one batch at a time, in id order."""
+
+    def __init__(self, local: SequencedRoom) -> None:
+        self.local = local
+        self.queue: list[Outgoing] = []
+        self.task: asyncio.Task | None = None
+        #: The publication of a batch that was not delivered here first, while it
+        #: may be out: the next batch waits for it instead of overtaking it here.
+        self.through_layer: asyncio.Task | None = None
+
+    async def submit(self, outgoing: Outgoing) -> int:
+        self.queue.append(outgoing)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self.run(), name=f"sequencer-{self.local.name}")
+        return await outgoing.done
+
+    async def run(self) -> None:
+        local = self.local
+        while self.queue:
+            try:
+                async with presence.of(local.hub.registry).room_lock(local.name) as turn:
+                    await self.take_turn(turn)
+            except Exception:
+                # No lock (Redis is down): what waits now cannot be stored in order.
+                waiting, self.queue = self.queue, []
+                if waiting:
+                    self.fail(waiting)
+                else:
+                    logger.exception("giving back the lock of room %s failed", local.name)
+
+    async def take_turn(self, turn: RoomTurn) -> None:
+        """Store and publish batches while this process holds the room's lock.
+
+        A batch is stored, and handed to the local members, while the one
+        before it is still being published, so that the database and the
+        channel layer work at the same time; publications go out one after
+        another, in id order. Every :data:`HOLD_SECONDS` the lock is given up if
+        another process is waiting for it.
+        """
+        publishing: asyncio.Task | None = None
+        since = time.monotonic()
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+                publishing = await self.store(batch, turn, publishing)
+                if self.queue and time.monotonic() - since >= HOLD_SECONDS:
+                    if publishing is not None:
+                        await publishing
+                        publishing = None
+                    if not await turn.keep():
+                        return
+                    since = time.monotonic()
+        finally:
+            if publishing is not None:
+                await publishing
+
+    async def store(self, batch: list[Outgoing], turn: RoomTurn,
+                    publishing: asyncio.Task | None) -> asyncio.Task | None:
+        """:meth:`store_batch`, and one by one if the batch fails; the last publication."""
+        try:
+            return await self.store_batch(batch, turn, publishing)
+        except Exception:
+            if len(batch) == 1:
+                self.fail(batch)
+                return publishing
+        # One bad message must not sink the others: store them one by one.
+        logger.warning("a batch in room %s failed; storing its messages one by one",
+                       self.local.name)
+
+        async def alone(outgoing: Outgoing) -> None:
+            nonlocal publishing
+            if not outgoing.done.done():
+                publishing = await self.store_batch([outgoing], turn, publishing)
+
+        await each_alone(batch, alone, lambda outgoing: self.fail([outgoing]))
+        return publishing
+
+    def fail(self, batch: list[Outgoing]) -> None:
+        logger.exception("storing or publishing in room %s failed", self.local.name)
+        for outgoing in batch:
+            if not outgoing.done.done():
+                outgoing.done.set_exception(ServiceUnavailable("message could not be stored"))
+
+    async def store_batch(self, batch: list[Outgoing], turn: RoomTurn,
+                          publishing: asyncio.Task | None) -> asyncio.Task | None:
+        """Store ``batch``, give it to the local members, and start publishing it.
+
+        This process's own members get the batch at once, without the round
+        trip through the channel layer, once this process has received every
+        earlier batch of the room (the turn says which was last): under the
+        lock no later one can come first. If that earlier batch is late, the
+        batch goes through the layer like any other, in order. Returns the task
+        that publishes it after ``publishing``, the previous batch's.
+        """
+        local = self.local
+        stored = await store_messages(local.name, batch)
+        metrics.inc("realtime_messages_stored_total", sum(1 for m in stored if m))
+        items, accepted = [], []
+        for outgoing, message in zip(batch, stored, strict=True):
+            if message is None:
+                outgoing.done.set_exception(NotInRoom("that user is not in this room"))
+                continue
+            items.append(event_item(local.name, outgoing, message))
+            accepted.append((outgoing, message))
+        if not items:
+            return publishing
+        if self.through_layer is not None:
+            # The previous batch goes through the layer: this one may not overtake it.
+            await self.through_layer
+            self.through_layer = None
+        event: dict[str, Any] = {"kind": "batch", "items": items}
+        delivered_here = await local.catch_up(turn.after)
+        if delivered_here:
+            event["delivered_by"] = local.hub.proc_id
+            try:
+                for item in items:
+                    await local.deliver(item)
+            except Exception:
+                # As the hub does for its listeners: what is stored stays stored.
+                logger.exception("delivering in room %s failed", local.name)
+        task = asyncio.create_task(self.publish(event, accepted, turn, publishing))
+        if not delivered_here:
+            self.through_layer = task
+        return task
+
+    async def publish(self, event: dict, accepted: list[tuple[Outgoing, Message]],
+                      turn: RoomTurn, previous: asyncio.Task | None) -> None:
+        """Publish one batch after ``previous``; answer its senders.
+
+        It raises nothing (a failure is its senders' answer), so that awaiting
+        it never fails the batches after it.
+        """
+        if previous is not None:
+            await previous
+        local = self.local
+        number = turn.number
+        if number is not None:
+            event["number"] = number
+        try:
+            await local.hub.publish(local.group, event)
+        except Exception:
+            logger.exception("publishing to room %s failed", local.name)
+            for outgoing, message in accepted:
+                if not outgoing.done.done():
+                    outgoing.done.set_exception(ServiceUnavailable(
+                        "stored, but maybe not delivered live; it comes back with history",
+                        stored_id=message.pk,
+                    ))
+            return
+        turn.advance()
+        if number is not None and "delivered_by" in event:
+            # Seen here already; a batch that went through the layer is noted when it
+            # comes back, so that nothing local overtakes it.
+            local.note_publication(number)
+        for outgoing, message in accepted:
+            if not outgoing.done.done():
+                outgoing.done.set_result(message.pk)
+
+
+def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:
+    """The layer item of one stored message: its frame, serialised once."""
+    moment = timestamp(message.created_at)
+    username = outgoing.sender.username
+    if outgoing.recipient is None:
+        item = {"id": message.pk, "frame": encode(
+            protocol.message_item(message.pk, room, username, outgoing.content, moment))}
+        if outgoing.ref is not None:
+            item["origin"] = outgoing.origin
+            item["frame_ref"] = encode(protocol.message_item(
+                message.pk, room, username, outgoing.content, moment, outgoing.ref))
+        return item
+    return {
+        "id": message.pk,
+        "to": [username, outgoing.recipient],
+        "frame": encode(protocol.private_item(
+            message.pk, room, username, outgoing.recipient, outgoing.content, moment)),
+    }
+
+
+async def store_messages(room: str, batch: list[Outgoing]) -> list[Message | None]:
+    """Insert a batch in one transaction; ``None`` where a recipient does not exist."""
+    return await db.run(insert_batch, room, batch)
+
+
+def insert_batch(room: str, batch: list[Outgoing]) -> list[Message | None]:
+    """:func:`store_messages` on the database thread."""
+    now = timezone.now()
+    recipients = {o.recipient for o in batch if o.recipient is not None}
+    users = {}
+    if recipients:
+        users = {
+            u.username: u
+            for u in get_user_model().objects.filter(username__in=recipients, is_active=True)
+        }
+    with transaction.atomic():
+        room_row, _ = Room.objects.get_or_create(name=room)
+        rows: list[Message | None] = []
+        for outgoing in batch:
+            if outgoing.recipient is not None and outgoing.recipient not in users:
+                rows.append(None)
+                continue
+            rows.append(Message(
+                room=room_row, sender=outgoing.sender, content=outgoing.content,
+                recipient=users.get(outgoing.recipient), created_at=now,
+            ))
+        Message.objects.bulk_create([r for r in rows if r is not None])
+        Room.objects.filter(pk=room_row.pk).update(last_message_at=now)
+    return rows

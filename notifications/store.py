@@ -1,0 +1,337 @@
+"""The notifications' SQL: store a batch, acknowledge, trim the queues, list the undelivered.
+
+Plain sync functions, run in the caller's thread (sync code) or through the
+database worker (:func:`realtime.db.run`). What runs with every batch of the
+writer is SQL built once per shape (:func:`_statement`) on a
+:func:`realtime.db.hot_cursor`: it is the notify path's hot loop.
+"""
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from notifications.errors import Refused
+from notifications.models import Notification
+from notifications.protocol import frame_of
+from realtime import db
+
+#: Acked ``(id, user)`` pairs per ``UPDATE``: three parameters each, under the 999
+#: that SQLite builds before 3.32 allow per query.
+ACK_BATCH = 330
+
+
+def undelivered(user_id: int) -> list[Notification]:
+    """The user's undelivered notifications, oldest first (at most the queue limit)."""
+    rows = list(
+        Notification.objects.filter(user_id=user_id, delivered_at__isnull=True)
+        .order_by("-id")[: settings.NOTIFICATIONS_QUEUE_LIMIT]
+    )
+    rows.reverse()
+    return rows
+
+
+def undelivered_frames(user_id: int) -> list[tuple[int, str]]:
+    """``(id, NOTE frame)`` of each undelivered notification, oldest first."""
+    return [(row.pk, frame_of(row)) for row in undelivered(user_id)]
+
+
+def acknowledge(user_id: int, ids: Iterable[int]) -> int:
+    """Mark delivered those of ``ids`` that are the user's; others are ignored.
+
+    Returns how many were newly marked.
+    """
+    with db.hot_cursor() as cursor:
+        return _mark_delivered(cursor, {user_id: ids}, timezone.now())
+
+
+@dataclass(eq=False)
+class Post:
+    """One notification to store, as the HTTP API posts it.
+
+    ``target`` is a username (``None``: a broadcast). ``actor`` is the username
+    of a Bearer token still to be checked (active, staff) in the same round
+    trip; ``None`` when the caller has authorised the post itself. ``data``
+    ``None`` asks for that check alone (the body was refused, but the answer
+    to a bad token comes first).
+    """
+
+    target: str | None
+    data: dict[str, Any] | None
+    actor: str | None = None
+    #: The recipient's primary key when the caller already has the user.
+    target_pk: int | None = None
+    #: Set by the writer's ``submit``: the poster's answer.
+    done: asyncio.Future | None = field(default=None, repr=False)
+
+
+#: Stands for "authorised" in a batch's results where nothing was to be stored.
+AUTHORISED = "authorised"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A notification the writer stored: what its NOTE frame and the answer need."""
+
+    pk: int
+    user_id: int | None
+    data: dict[str, Any]
+    created_at: datetime
+    broadcast: bool
+
+
+def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | Refused | str]:
+    """Acknowledge, check and store posts in one transaction; a result per post.
+
+    One query finds every user the batch names (Bearer actors and targets),
+    one ``INSERT`` stores every accepted post, and one count finds the queues
+    over ``NOTIFICATIONS_QUEUE_LIMIT`` to trim. On PostgreSQL the targets' user
+    rows are locked first (in primary-key order), so that batches of other
+    processes trim one queue one after the other; acks come before the insert,
+    so what they deliver no longer counts against the limit.
+
+    A result is a :class:`Stored` notification, a :class:`Refused`, or
+    :data:`AUTHORISED` for a post without data that passed its checks.
+
+    This runs with every batch, so its statements are SQL on a
+    :func:`realtime.db.hot_cursor`: the ORM's way costs several times the CPU.
+    """
+    names = {p.actor for p in posts if p.actor is not None}
+    names |= {p.target for p in posts if p.target is not None and p.target_pk is None}
+    with db.hot_cursor() as cursor:
+        users = _users_named(cursor, names)
+        return _store_checked(cursor, posts, users, acks)
+
+
+def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, bool]],
+                   acks: dict[int, set[int]]) -> list[Stored | Refused | str]:
+    now = timezone.now()
+    accepted: list[tuple[int, int | None, dict[str, Any]]] = []
+    results: list[Stored | Refused | str] = []
+    for post in posts:
+        if post.actor is not None:
+            actor = users.get(post.actor)
+            if actor is None or not actor[1]:
+                results.append(Refused.no_active_user())
+                continue
+            if not actor[2]:
+                results.append(Refused.not_staff())
+                continue
+        if post.data is None:
+            results.append(AUTHORISED)
+            continue
+        if post.target is None:
+            user_id = None
+        elif post.target_pk is not None:
+            user_id = post.target_pk
+        elif post.target in users:
+            user_id = users[post.target][0]
+        else:
+            results.append(Refused.no_such_user(post.target))
+            continue
+        accepted.append((len(results), user_id, post.data))
+        results.append(AUTHORISED)  # replaced by the stored row below
+    queues = sorted({user_id for _, user_id, _ in accepted if user_id is not None})
+    with db.hot_transaction(cursor):
+        if queues and cursor.db.features.has_select_for_update:
+            _lock_users(cursor, queues)
+        if acks:
+            _mark_delivered(cursor, acks, now)
+        pks = _insert(cursor, [(user_id, data) for _, user_id, data in accepted], now)
+        for user_id in _over_limit(cursor, queues):
+            _trim_queue(cursor, user_id)
+    for (index, user_id, data), pk in zip(accepted, pks, strict=True):
+        results[index] = Stored(pk, user_id, data, now, user_id is None)
+    return results
+
+
+def store_one(post: Post) -> Stored:
+    """Store one authorised post in the caller's thread and transaction (sync callers)."""
+    (stored,) = store_batch([post], {})
+    return stored
+
+
+def _placeholders(count: int, width: int = 1) -> str:
+    one = "%s" if width == 1 else f"({', '.join(['%s'] * width)})"
+    return ", ".join([one] * count)
+
+
+#: The writer's SQL by (backend, statement, shape): built once, not per batch.
+_statements: dict[tuple, str] = {}
+
+
+def _statement(cursor, kind: str, count: int) -> str:
+    """The SQL of statement ``kind`` for ``count`` rows on the cursor's backend.
+
+    Table and column names come from the models; the text depends only on
+    the backend's quoting and the number of rows, so each shape is built once
+    rather than per batch.
+    """
+    conn = cursor.db
+    key = (conn.vendor, kind, count)
+    sql = _statements.get(key)
+    if sql is None:
+        sql = _statements[key] = _BUILDERS[kind](conn, count)
+    return sql
+
+
+def _users_sql(conn, count: int) -> str:
+    model = get_user_model()
+    opts, quote = model._meta, conn.ops.quote_name
+    columns = [opts.pk.column, opts.get_field(model.USERNAME_FIELD).column,
+               opts.get_field("is_active").column, opts.get_field("is_staff").column]
+    return (f"SELECT {', '.join(map(quote, columns))} FROM {quote(opts.db_table)}"
+            f" WHERE {quote(columns[1])} IN ({_placeholders(count)})")
+
+
+def _lock_sql(conn, count: int) -> str:
+    opts, quote = get_user_model()._meta, conn.ops.quote_name
+    pk = quote(opts.pk.column)
+    return (f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
+            f" ({_placeholders(count)}) ORDER BY {pk} FOR UPDATE")
+
+
+#: The columns :func:`_insert` writes, in the order of its values.
+INSERT_FIELDS = ("user", "data", "broadcast", "created_at", "delivered_at")
+
+
+def _insert_sql(conn, count: int) -> str:
+    opts, quote = Notification._meta, conn.ops.quote_name
+    columns = ", ".join(quote(opts.get_field(name).column) for name in INSERT_FIELDS)
+    returning = (f" RETURNING {quote(opts.pk.column)}"
+                 if conn.features.can_return_columns_from_insert else "")
+    return (f"INSERT INTO {quote(opts.db_table)} ({columns})"
+            f" VALUES {_placeholders(count, len(INSERT_FIELDS))}{returning}")
+
+
+def _over_limit_sql(conn, count: int) -> str:
+    table = conn.ops.quote_name(Notification._meta.db_table)
+    return (f"SELECT user_id FROM {table} WHERE delivered_at IS NULL"
+            f" AND user_id IN ({_placeholders(count)})"
+            " GROUP BY user_id HAVING COUNT(*) > %s")
+
+
+def _mark_sql(conn, count: int) -> str:
+    table = conn.ops.quote_name(Notification._meta.db_table)
+    return (f"UPDATE {table} SET delivered_at = %s WHERE id IN ({_placeholders(count)})"
+            " AND delivered_at IS NULL"
+            f" AND (id, user_id) IN (VALUES {_placeholders(count, 2)})")
+
+
+def _trim_sql(conn, count: int) -> str:
+    table = conn.ops.quote_name(Notification._meta.db_table)
+    return (f"DELETE FROM {table} WHERE user_id = %s AND delivered_at IS NULL AND id <="
+            f" (SELECT id FROM {table} WHERE user_id = %s AND delivered_at IS NULL"
+            " ORDER BY id DESC LIMIT 1 OFFSET %s)")
+
+
+_BUILDERS = {
+    "trim": _trim_sql,
+    "users": _users_sql,
+    "lock": _lock_sql,
+    "insert": _insert_sql,
+    "over_limit": _over_limit_sql,
+    "mark": _mark_sql,
+}
+
+
+def _trim_queue(cursor, user_id: int) -> None:
+    """Delete the user's oldest undelivered notifications beyond the newest N.
+
+    The newest N are the N greatest ids; the (N+1)th and everything older go
+    (none when there are no more than N: the cutoff is then NULL).
+    """
+    cursor.execute(_statement(cursor, "trim", 1),
+                   [user_id, user_id, settings.NOTIFICATIONS_QUEUE_LIMIT])
+
+
+def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
+    """``(pk, is_active, is_staff)`` of the users with these usernames, by username."""
+    if not names:
+        return {}
+    cursor.execute(_statement(cursor, "users", len(names)), list(names))
+    return {name: (pk, bool(active), bool(staff))
+            for pk, name, active, staff in cursor.fetchall()}
+
+
+def _lock_users(cursor, user_ids: list[int]) -> None:
+    """Lock these user rows until the transaction ends, in primary-key order (PostgreSQL)."""
+    cursor.execute(_statement(cursor, "lock", len(user_ids)), user_ids)
+
+
+#: Rows per ``INSERT`` statement (five parameters each, under SQLite's older cap of 999).
+INSERT_CHUNK = 150
+
+
+def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime) -> list[int]:
+    """Insert notifications ``(user_id or None for a broadcast, data)``; their ids, in order.
+
+    A broadcast is delivered when it is stored. One multi-row ``INSERT ...
+    RETURNING`` per ``INSERT_CHUNK`` rows (SQLite 3.35+, PostgreSQL: the order
+    of the returned ids is the order of the rows, as ``bulk_create`` relies
+    on too); one statement per row on an older SQLite.
+    """
+    conn = cursor.db  # the connection itself: ``connection`` looks it up on each use
+    ops, encoder = conn.ops, Notification._meta.get_field("data").encoder
+    moment = ops.adapt_datetimefield_value(now)
+    values = [
+        # What JSONField.get_db_prep_save() comes to, without its per-field steps.
+        (user_id, ops.adapt_json_value(data, encoder), user_id is None, moment,
+         moment if user_id is None else None)
+        for user_id, data in rows
+    ]
+    pks: list[int] = []
+    if conn.features.can_return_rows_from_bulk_insert:
+        for start in range(0, len(values), INSERT_CHUNK):
+            chunk = values[start : start + INSERT_CHUNK]
+            cursor.execute(_statement(cursor, "insert", len(chunk)),
+                           [value for row in chunk for value in row])
+            pks.extend(row[0] for row in cursor.fetchall())
+    else:
+        returning = conn.features.can_return_columns_from_insert
+        for row in values:
+            cursor.execute(_statement(cursor, "insert", 1), row)
+            pks.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
+    return pks
+
+
+def _over_limit(cursor, user_ids: list[int]) -> list[int]:
+    """Those of ``user_ids`` with more than ``NOTIFICATIONS_QUEUE_LIMIT`` undelivered.
+
+    One grouped count per batch, in SQL for the reason given in :func:`_mark_delivered`
+    (it uses the partial index of undelivered rows).
+    """
+    if not user_ids:
+        return []
+    cursor.execute(_statement(cursor, "over_limit", len(user_ids)),
+                   [*user_ids, settings.NOTIFICATIONS_QUEUE_LIMIT])
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> int:
+    """Mark delivered the acked ids that are their user's; how many were newly marked.
+
+    ``acks`` maps user ids to the ids they acknowledged. Whatever the number of
+    users, one ``UPDATE ... WHERE (id, user_id) IN (VALUES ...)`` per
+    ``ACK_BATCH`` pairs marks only ids acknowledged by their own user. It is
+    SQL (row values: SQLite 3.15+, PostgreSQL) because it runs with every
+    batch. The plain ``id IN (...)`` beside the pairs lets SQLite's planner
+    find the rows by primary key instead of scanning the undelivered ones.
+    """
+    pairs = sorted({(note_id, user_id) for user_id, ids in acks.items() for note_id in ids})
+    moment = cursor.db.ops.adapt_datetimefield_value(now)
+    marked = 0
+    for start in range(0, len(pairs), ACK_BATCH):
+        chunk = pairs[start : start + ACK_BATCH]
+        cursor.execute(
+            _statement(cursor, "mark", len(chunk)),
+            [moment, *(pair[0] for pair in chunk), *(value for pair in chunk for value in pair)],
+        )
+        marked += cursor.rowcount
+    return marked
+

@@ -1,0 +1,219 @@
+"""The JSON API's edge: authentication, CSRF, body limits and the error shape.
+
+Every 4xx answer under ``/api/`` is ``{"error": CODE, "message": S}``. Views are
+async, wrapped by :func:`api_view`, and raise :class:`ApiError` to answer one.
+"""
+
+import functools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
+
+from realtime import tokens
+from realtime.middleware import get_active_user
+from realtime.protocol import API_MAX_BODY_BYTES, storable
+
+STATUS_OF = {
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "invalid_json": 400,
+    "invalid_body": 400,
+    "invalid_query": 400,
+    "too_large": 413,
+    "throttled": 429,
+}
+
+
+class ApiError(Exception):
+    """An API answer with an error body; the status follows from the code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def response(self) -> JsonResponse:
+        return error_response(self.code, self.message)
+
+
+def error_response(code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": code, "message": message}, status=STATUS_OF[code])
+
+
+_csrf = CsrfViewMiddleware(lambda request: None)
+
+
+#: The 413 of a body over ``API_MAX_BODY_BYTES``.
+TOO_LARGE = ("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
+#: The 401 of a validly signed token whose user is missing or inactive.
+NO_ACTIVE_USER = ("unauthorized", "token names no active user")
+#: The 403 of a user who is not staff on a staff-only endpoint.
+STAFF_ONLY = ("forbidden", "staff only")
+
+
+def bearer_username(header: str) -> str:
+    """The username of an ``Authorization: Bearer <JWT>`` header; ``ApiError`` 401 if unusable.
+
+    Only the token is checked here; whether it names an active user is the
+    caller's database work (so it can share a round trip with other work).
+    """
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("unauthorized", "Authorization must be 'Bearer <token>'")
+    try:
+        claims = _verified(token.strip(), settings.JWT_SECRET)
+    except tokens.ExpiredToken:
+        raise ApiError("unauthorized", "token has expired") from None
+    except tokens.InvalidToken:
+        raise ApiError("unauthorized", "token is invalid") from None
+    # PyJWT's own rule (``exp <= now`` is expired, in whole seconds), for a
+    # token verified earlier and still in the cache.
+    if int(claims.expires_at.timestamp()) <= time.time():
+        raise ApiError("unauthorized", "token has expired")
+    return claims.user_id
+
+
+@functools.lru_cache(maxsize=256)
+def _verified(token: str, secret: str) -> tokens.Claims:
+    """``tokens.decode``, remembered for tokens that passed (by token and key).
+
+    A service posts many times with one token: the signature check (HMAC and
+    base64 of the whole token) need not run again, only the expiry, which the
+    caller checks each time. Failures are not cached; a changed secret is a
+    new key.
+    """
+    return tokens.decode(token)
+
+
+async def authenticate(request: HttpRequest):
+    """The user of a Bearer token, else of the session (CSRF-checked for writes)."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        user = await get_active_user(bearer_username(header))
+        if user is None:
+            raise ApiError(*NO_ACTIVE_USER)
+        return user
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise ApiError("unauthorized", "authentication required (Bearer token or session)")
+    if request.method not in {"GET", "HEAD", "OPTIONS"}:
+        rejected = _csrf.process_view(request, None, (), {})
+        if rejected is not None:
+            raise ApiError("forbidden", "CSRF check failed")
+    return user
+
+
+def read_json_object(request: HttpRequest) -> dict[str, Any]:
+    """The request body as a JSON object of at most ``API_MAX_BODY_BYTES`` bytes."""
+    check_declared_length(request.headers.get("Content-Length"))
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise ApiError(*TOO_LARGE) from None
+    return parse_json_object(body)
+
+
+def check_declared_length(content_length: str | None) -> None:
+    """Refuse (413) a body whose ``Content-Length`` already says it is too large."""
+    try:
+        declared = int(content_length or 0)
+    except ValueError:
+        declared = 0
+    if declared > API_MAX_BODY_BYTES:
+        raise ApiError(*TOO_LARGE)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """``body`` as a storable JSON object of at most ``API_MAX_BODY_BYTES`` bytes.
+
+    Raises ``ApiError``: ``too_large``, ``invalid_json`` or ``invalid_body``.
+    """
+    if len(body) > API_MAX_BODY_BYTES:
+        raise ApiError(*TOO_LARGE)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError("invalid_json", "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError("invalid_body", "body must be a JSON object")
+    if not plainly_storable(body) and not storable_json(data):
+        raise ApiError("invalid_body", "strings must be valid Unicode without NUL characters")
+    return data
+
+
+def plainly_storable(body: bytes) -> bool:
+    """Whether every string of this (valid) JSON is storable without looking at each.
+
+    NUL and lone surrogates reach a parsed string only through a ``\\u`` escape
+    or as UTF-8-encoded surrogates, which strict UTF-8 decoding refuses (JSON
+    refuses a raw NUL in a string): bodies with neither need no walk.
+    """
+    if b"\\u" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def storable_json(value: Any) -> bool:
+    """Whether every string (keys too) in a parsed JSON value is ``protocol.storable``.
+
+    JSON escapes allow lone surrogates and NUL: PostgreSQL refuses both (text and
+    jsonb), and a lone surrogate cannot be encoded into a UTF-8 WebSocket frame.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not storable(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+View = Callable[..., Awaitable[JsonResponse]]
+
+
+def check_method(method: str, allowed: tuple[str, ...]) -> None:
+    """Refuse (405) a method the endpoint does not take; the first check of every API call."""
+    if method not in allowed:
+        raise ApiError("method_not_allowed", f"use {' or '.join(allowed)}")
+
+
+def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[[View], View]:
+    """Wrap an async API view: method check, authentication, error translation.
+
+    The view gets ``request.api_user`` (``AnonymousUser`` when ``auth`` is off).
+    """
+
+    def decorator(view: View) -> View:
+        @csrf_exempt  # checked in authenticate(), for session-authenticated writes only
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+            try:
+                check_method(request.method, methods)
+                request.api_user = await authenticate(request) if auth else AnonymousUser()
+                if staff and not request.api_user.is_staff:
+                    raise ApiError(*STAFF_ONLY)
+                return await view(request, *args, **kwargs)
+            except ApiError as exc:
+                return exc.response()
+
+        return wrapper
+
+    return decorator

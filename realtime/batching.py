@@ -1,0 +1,31 @@
+"""Writes gathered into batches: how large one is, and what a failed one becomes."""
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Rows per transaction: two usernames each in one ``IN`` stay under SQLite's parameter cap.
+MAX_BATCH = 200
+
+
+class ServiceUnavailable(Exception):
+    """The database or the channel layer failed; ``stored_id`` says if it was stored anyway."""
+
+    def __init__(self, message: str, stored_id: int | None = None) -> None:
+        super().__init__(message)
+        self.stored_id = stored_id
+
+
+async def each_alone(items: list[T], store: Callable[[T], Awaitable[None]],
+                     failed: Callable[[T], None]) -> None:
+    """After a batch failed: ``store`` each item in a transaction of its own.
+
+    One bad item then fails only itself; ``failed(item)`` is called, inside the
+    ``except`` (so ``logger.exception`` works there), for each that fails again.
+    """
+    for item in items:
+        try:
+            await store(item)
+        except Exception:
+            failed(item)

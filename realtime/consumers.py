@@ -1,0 +1,382 @@
+"""The base of every WebSocket consumer, and the echo consumer.
+
+:class:`ProtocolConsumer` applies what the contract says of every endpoint:
+the auth outcomes (accept, then close 4001/4002/4003), the connection caps
+(4013), the message-size limit (4009), the per-connection token bucket
+(``rate_limited``, then 4008), the send-buffer bound (4010), the frames every
+JSON endpoint shares (``ping``, ``auth``) and the close at token expiry.
+
+Subclasses use channels' hooks: :meth:`~ProtocolConsumer.connect` and
+:meth:`~ProtocolConsumer.disconnect` run after and before the base's own
+checks, each JSON frame ``type`` goes to the method ``on_<type>`` (as channels
+maps a message type to a handler name), and :meth:`~ProtocolConsumer.send` is
+the one bounded, counted way out. A :class:`~realtime.protocol.ProtocolError`
+raised by a handler becomes an ``error`` frame and the connection stays open.
+"""
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from realtime import metrics, protocol, servers, tokens, wire
+from realtime.hub import Hub, get_hub
+from realtime.limits import TokenBucket, too_large
+from realtime.middleware import get_active_user
+from realtime.protocol import CloseCode, ErrorCode, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+#: How long a close waits for a client that has stopped reading to take what is
+#: buffered before it (uvicorn's ``send`` waits for that); then the connection is dropped.
+CLOSE_WAIT_SECONDS = 10.0
+
+
+class ProtocolConsumer(AsyncWebsocketConsumer):
+    """A consumer that keeps the contract's limits and auth rules."""
+
+    #: Whether the endpoint needs an authenticated user.
+    requires_user = True
+    #: The endpoint's name in the connection registry.
+    endpoint = ""
+    #: No channel-layer channel per connection: the process hub carries all layer
+    #: traffic (an unknown alias makes channels skip the per-consumer channel).
+    channel_layer_alias = None
+    #: Always empty: a subclass that sets it, or the alias, is refused (``__init_subclass__``).
+    groups = ()
+    #: Frame type -> the name of its ``on_<type>`` handler, collected per class.
+    frame_handlers: dict[str, str] = {}
+
+    hub: Hub
+    conn: str
+    closing = False
+    _counted = False
+    _registered = False
+    _connected = False
+    _expiry: asyncio.TimerHandle | None = None
+    _direct = None  # the connection's writer (realtime.servers), set at the accept
+    _takes_frames = False  # whether it takes encoded text frames (else ASGI messages)
+    _closer: asyncio.Task | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.groups or cls.channel_layer_alias is not None:
+            raise TypeError(
+                f"{cls.__name__}: set neither groups nor channel_layer_alias; a consumer here "
+                "has no channel-layer channel, the process hub carries all layer traffic: "
+                "subscribe a listener with hub.subscribe(group, listener) in connect() and "
+                "unsubscribe in disconnect()"
+            )
+        cls.frame_handlers = {
+            name[3:]: name for name in dir(cls)
+            if name.startswith("on_") and callable(getattr(cls, name))
+        }
+
+    async def __call__(self, scope, receive, send):
+        """Run the consumer: each event from the server goes to :meth:`dispatch`.
+
+        Channels' own loop races the server's ``receive`` against the layer's in
+        a new task per event; with no layer channel there is only ``receive``.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message):
+        """Call the handler directly.
+
+        Channels' own ``dispatch`` closes stale database connections through a
+        thread hop on every event; all our database work goes through
+        ``database_sync_to_async``, which does that itself.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # --- Lifecycle ----------------------------------------------------------------
+
+    def handshake_refusal(self) -> str | None:
+        """A reason to refuse the handshake (HTTP 403), or ``None``."""
+        return None
+
+    async def websocket_connect(self, message) -> None:
+        """Refuse or accept; check auth and the caps; register; then :meth:`connect`."""
+        # Resolved once: send runs per frame per member of a room.
+        self._send = self.scope.get("server_send") or self.base_send
+        self._send_buffer_limit = settings.WS_MAX_SEND_BUFFER_BYTES
+        self._frames_out = metrics.counter("realtime_frames_out_total", endpoint=self.endpoint)
+        self._frames_in = metrics.counter("realtime_frames_in_total", endpoint=self.endpoint)
+        refusal = self.handshake_refusal()
+        if refusal:
+            logger.info("refused %s handshake: %s", self.endpoint, refusal)
+            await self.close()
+            return
+        self.hub = await get_hub()
+        self.conn = self.hub.new_connection_name()
+        self.user = self.scope.get("user")
+        await super().accept()
+        self._direct = servers.writer_for(self._send)
+        # Every other message (the close) keeps its place behind the queued frames.
+        self.base_send = self._send = self._direct.asgi_send
+        self._takes_frames = self._direct.takes_frames
+        auth_error = self.scope.get("auth_error") if self.requires_user else None
+        if auth_error is not None:
+            logger.info("closed %s connection: auth failure %s", self.endpoint, auth_error.name)
+            metrics.inc("realtime_auth_failures_total", code=str(int(auth_error)))
+            await self.close_with(auth_error)
+            return
+        if settings.WS_MAX_CONNECTIONS and self.hub.connections >= settings.WS_MAX_CONNECTIONS:
+            logger.warning("connection cap of this process reached (%d)", self.hub.connections)
+            await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
+            return
+        self.hub.connections += 1
+        self._counted = True
+        metrics.inc("realtime_connections_total", endpoint=self.endpoint)
+        metrics.inc("realtime_connections_open", endpoint=self.endpoint)
+        self.bucket = TokenBucket(settings.WS_RATE_LIMIT, settings.WS_RATE_BURST)
+        if self.requires_user:
+            self._registered = await self.hub.registry.register(
+                self.user.username, self.conn, self.endpoint,
+                settings.WS_MAX_CONNECTIONS_PER_USER,
+            )
+            if not self._registered:
+                logger.info("per-user connection cap reached for a user")
+                await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
+                return
+            self.hub.add_user_connection(self.user.username, self)
+            self.schedule_expiry(self.scope.get("token_expires_at"))
+        self._connected = True
+        await self.connect()
+
+    async def websocket_disconnect(self, message) -> None:
+        """:meth:`disconnect` (if :meth:`connect` ran), then unregister."""
+        self.closing = True
+        try:
+            if self._connected:
+                await self.disconnect(message.get("code"))
+        except Exception:
+            logger.exception("error while leaving a %s connection", self.endpoint)
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if self._registered:
+                self.hub.remove_user_connection(self.user.username, self)
+                try:
+                    await self.hub.registry.unregister(self.user.username, self.conn)
+                except Exception:
+                    logger.exception("could not unregister a connection")
+            if self._counted:
+                self.hub.connections -= 1
+                metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
+        raise StopConsumer()
+
+    async def connect(self) -> None:
+        """The connection is accepted, authenticated and within the caps: start sending.
+
+        Unlike channels' ``connect``, it does not accept: the base has (the
+        contract closes bad credentials after the handshake). Refuse a handshake
+        in :meth:`handshake_refusal`.
+        """
+
+    async def disconnect(self, code: int | None) -> None:
+        """The connection closed after :meth:`connect` ran."""
+
+    async def accept(self, subprotocol=None, headers=None) -> None:
+        """Refused: the base accepts the handshake itself, before :meth:`connect`."""
+        raise TypeError(
+            f"{type(self).__name__}: do not call accept(); the base accepts every handshake "
+            "that handshake_refusal() lets through before it calls connect()"
+        )
+
+    async def close_with(self, code: CloseCode) -> None:
+        """Close with an application code; nothing more is sent or handled.
+
+        Under uvicorn, when the client has left more unread than the transport's
+        high-water mark, uvicorn's ``send`` would wait for it to read: the close
+        then goes on in a task of its own, so that the caller (a room's fan-out,
+        the notification feed) serves the other connections meanwhile.
+        """
+        if not self.closing:
+            self.closing = True
+            metrics.inc("realtime_closes_total", code=str(int(code)))
+            if self._direct is not None and self._direct.paused:
+                self._closer = asyncio.get_running_loop().create_task(
+                    self._close_stalled(int(code))
+                )
+                return
+            await self.close(code=int(code))
+
+    async def _close_stalled(self, code: int) -> None:
+        """Close once the client has read what is before the close frame, or drop it."""
+        try:
+            await asyncio.wait_for(self.close(code=code), CLOSE_WAIT_SECONDS)
+        except TimeoutError:
+            logger.info("dropped a %s connection that did not read its close", self.endpoint)
+            self._direct.abort()
+        except Exception:
+            logger.debug("a stalled %s connection went away before its close", self.endpoint,
+                         exc_info=True)
+
+    async def revoke(self) -> None:
+        """The user was deactivated or deleted: close as for an unknown user."""
+        await self.close_with(CloseCode.INVALID_CREDENTIALS)
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None,
+                   close: bool = False, *, encoded: bytes | None = None) -> None:
+        """Send one frame, within the send-buffer bound (4010) and counted.
+
+        ``encoded`` is the text's :func:`~realtime.wire.text_frame` when the
+        caller already has it (one encoding for a room's members).
+        """
+        if text_data is None and bytes_data is None:
+            raise ValueError("You must pass one of bytes_data or text_data")
+        if close:
+            raise TypeError("send(close=...) is not supported: await close_with(CloseCode.X) "
+                            "after send()")
+        if self.closing:
+            return
+        limit = self._send_buffer_limit
+        if limit and self.unsent_bytes() > limit:
+            logger.warning("closing a %s connection that stopped reading", self.endpoint)
+            await self.close_with(CloseCode.SLOW_CONSUMER)
+            return
+        self._frames_out.value += 1
+        if text_data is not None:
+            if self._takes_frames:
+                self._direct.write(encoded or wire.text_frame(text_data))
+            else:
+                await self._send({"type": "websocket.send", "text": text_data})
+        elif self._takes_frames:
+            self._direct.write(wire.binary_frame(bytes_data))
+        else:
+            await self._send({"type": "websocket.send", "bytes": bytes_data})
+
+    def send_now(self, encoded: bytes) -> bool:
+        """Write an encoded text frame at once if nothing is queued before it.
+
+        ``False`` means nothing was done and :meth:`send` must send it
+        (another server, a closing connection, or bytes already waiting: that
+        is where the slow-reader bound is checked). A room's fan-out calls this
+        per member, so it is plain, not a coroutine.
+        """
+        direct = self._direct
+        if direct is None or self.closing or not direct.write_if_idle(encoded):
+            return False
+        self._frames_out.value += 1
+        return True
+
+    def unsent_bytes(self) -> int:
+        """Bytes sent to this client that it has not read yet."""
+        return self._direct.unsent_bytes() if self._direct is not None else 0
+
+    # --- Incoming frames ----------------------------------------------------------------
+
+    async def websocket_receive(self, message) -> None:
+        """Size limit and token bucket, then :meth:`receive`; its errors become frames."""
+        if self.closing:
+            return
+        text, data = message.get("text"), message.get("bytes")
+        self._frames_in.value += 1
+        if too_large(text, data, settings.WS_MAX_MESSAGE_BYTES):
+            await self.close_with(CloseCode.MESSAGE_TOO_BIG)
+            return
+        if not self.bucket.take():
+            # Every dropped frame is answered, the one that reaches the burst too.
+            await self.send(
+                protocol.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
+            )
+            if self.bucket.dropped_in_row >= settings.WS_RATE_BURST:
+                logger.info("closing a %s connection that kept flooding", self.endpoint)
+                await self.close_with(CloseCode.RATE_LIMITED)
+            return
+        try:
+            await self.receive(text, data)
+        except ProtocolError as exc:
+            metrics.inc("realtime_errors_total", code=str(exc.code))
+            await self.send(protocol.error(exc.code, exc.message))
+        except Exception:
+            logger.exception("unexpected error handling a %s frame", self.endpoint)
+            metrics.inc("realtime_errors_total", code=str(ErrorCode.UNAVAILABLE))
+            await self.send(
+                protocol.error(ErrorCode.UNAVAILABLE, "the server could not handle this frame")
+            )
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """A JSON frame: call its type's ``on_<type>`` with the decoded frame.
+
+        A type without a handler gets ``unknown_type``; an endpoint of raw
+        frames overrides this method (see :class:`EchoConsumer`).
+        """
+        frame = protocol.load_frame(text_data, bytes_data)
+        name = self.frame_handlers.get(frame["type"])
+        if name is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame['type']!r}")
+        await getattr(self, name)(frame)
+
+    async def on_ping(self, frame: dict) -> None:
+        """``ping`` (or the plain text ``ping``) -> ``pong``."""
+        await self.send(protocol.PONG)
+
+    async def on_auth(self, frame: dict) -> None:
+        """``auth`` refreshes the connection's token (endpoints with a user only)."""
+        if not self.requires_user:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unknown frame type 'auth'")
+        await self.refresh_token(protocol.parse_auth(frame).token)
+
+    # --- Token lifetime ---------------------------------------------------------------
+
+    def schedule_expiry(self, expires_at: datetime | None) -> None:
+        """Close with 4001 when a token-authenticated connection's token expires."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires_at is None:
+            return
+        delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.05
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(
+            delay, lambda: loop.create_task(self.close_with(CloseCode.TOKEN_EXPIRED))
+        )
+
+    async def refresh_token(self, token: str) -> None:
+        """Same user, valid token -> ``auth_ok``; else ``invalid_token``."""
+        try:
+            claims = tokens.decode(token)
+        except tokens.TokenError:
+            raise ProtocolError(ErrorCode.INVALID_TOKEN, "token is expired or invalid") from None
+        if claims.user_id != self.user.username or await get_active_user(claims.user_id) is None:
+            raise ProtocolError(ErrorCode.INVALID_TOKEN, "token is for another or inactive user")
+        if self.scope.get("token_expires_at") is not None:
+            self.schedule_expiry(claims.expires_at)
+        await self.send(protocol.auth_ok(claims.expires_at))
+
+
+class EchoConsumer(ProtocolConsumer):
+    """``/ws/echo/``: text ``X`` comes back as ``Echo: X``, bytes as themselves."""
+
+    requires_user = False
+    endpoint = "echo"
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Raw frames, not JSON: even ``ping`` is echoed."""
+        if text_data is not None:
+            await self.send("Echo: " + text_data)
+        elif bytes_data:
+            await self.send(bytes_data=bytes_data)
+
+
+class RefusingConsumer(AsyncWebsocketConsumer):
+    """Any WebSocket path without a route: refused at the handshake (HTTP 403)."""
+
+    async def websocket_connect(self, message) -> None:
+        await self.close()

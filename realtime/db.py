@@ -1,0 +1,315 @@
+"""Database work off the event loop: one worker thread that keeps its connections.
+
+Every database call made from the event loop goes through this module:
+
+* :func:`run` hands a function to one long-lived worker thread whose
+  connections stay open (channels' ``database_sync_to_async`` opens and closes
+  one per call, which the WebSocket hot paths cannot afford). A connection is
+  dropped when a call leaves it unusable, and checked after
+  :data:`IDLE_CHECK_SECONDS` of quiet. Work from one event loop runs in order.
+* :func:`run_blocking` is for the rare call that may hold a thread for long
+  (a password hash): it runs in channels' thread pool, so it never delays
+  the worker's queue.
+
+On SQLite a thread of its own copies the write-ahead log back every
+:data:`CHECKPOINT_SECONDS`, so that no commit of the worker waits for a
+checkpoint's flushes; the worker itself checkpoints only every
+:data:`WORKER_CHECKPOINT_PAGES`, which restarts the log (only a checkpoint
+between its own transactions can, while writes never pause). The
+measurements behind both are in bench/RESULTS.md.
+"""
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from channels.db import database_sync_to_async
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
+
+__all__ = [
+    "CHECKPOINT_SECONDS",
+    "IDLE_CHECK_SECONDS",
+    "WORKER_CHECKPOINT_PAGES",
+    "close",
+    "hot_cursor",
+    "hot_transaction",
+    "run",
+    "run_blocking",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: After this long without work, connections are checked before the next call.
+IDLE_CHECK_SECONDS = 30.0
+#: How often the worker's SQLite write-ahead logs are copied back, off the worker.
+CHECKPOINT_SECONDS = 0.2
+#: The log size (pages) at which the worker checkpoints (and so restarts the log) itself:
+#: at most about 40 MB of log at the default 4 KiB pages.
+WORKER_CHECKPOINT_PAGES = 10_000
+
+_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_last_used = 0.0  # only read and written on the worker thread
+_worker = threading.local()
+#: The checkpointing threads, by database file.
+_checkpointers: dict[str, "Checkpointer"] = {}
+
+
+def _get_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-worker",
+                                           initializer=_mark_worker)
+        return _executor
+
+
+def _mark_worker() -> None:
+    _worker.is_worker = True
+
+
+def _responds(connection) -> bool:
+    # Django's is_usable() is always True on SQLite; ask the DB-API connection itself.
+    try:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception:
+        return False
+    return True
+
+
+def _drop_unusable() -> None:
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None:
+            continue
+        if connection.in_atomic_block or not _responds(connection):
+            connection.close()
+        elif connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]:
+            connection.close()
+        else:
+            connection.errors_occurred = False
+
+
+def _call(func: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    global _last_used
+    if time.monotonic() - _last_used > IDLE_CHECK_SECONDS:
+        _drop_unusable()
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        _drop_unusable()
+        raise
+    finally:
+        _last_used = time.monotonic()
+
+
+async def run(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` on the database worker thread."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _get_executor(), functools.partial(_call, func, args, kwargs)
+    )
+
+
+async def run_blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` in a thread of its own, for work that may take long."""
+    return await database_sync_to_async(func)(*args, **kwargs)
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+
+
+def close() -> None:
+    """Close the worker's connections and stop it (a later :func:`run` starts a new one)."""
+    global _executor
+    with _lock:
+        executor, _executor = _executor, None
+        checkpointers = list(_checkpointers.values())
+        _checkpointers.clear()
+    for checkpointer in checkpointers:
+        checkpointer.stop()
+    if executor is None:
+        return
+    try:
+        executor.submit(_close_connections).result()
+    except RuntimeError:
+        pass  # interpreter shutdown has already stopped the thread (and its connections)
+    executor.shutdown()
+
+
+# --- SQLite checkpoints ---------------------------------------------------------------
+
+
+@receiver(connection_created)
+def _leave_checkpoints_to_a_thread(sender, connection, **kwargs) -> None:
+    """A worker's SQLite connection in WAL mode: checkpoints mostly done by another thread."""
+    if connection.vendor != "sqlite" or not getattr(_worker, "is_worker", False):
+        return
+    database = connection.connection
+    if database.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        return  # in memory, or another journal: nothing to checkpoint
+    name = str(connection.settings_dict["NAME"])
+    with _lock:
+        checkpointer = _checkpointers.get(name)
+        if checkpointer is None or not checkpointer.is_alive():
+            checkpointer = _checkpointers[name] = Checkpointer(connection)
+            checkpointer.start()
+    database.execute(f"PRAGMA wal_autocheckpoint = {int(WORKER_CHECKPOINT_PAGES)}")
+
+
+class Checkpointer(threading.Thread):
+    """Checkpoints one SQLite database every :data:`CHECKPOINT_SECONDS`, on its own connection.
+
+    Passive checkpoints: they copy what no reader still needs and wait for
+    nobody, so the writer goes on meanwhile (and finds its own checkpoint, at
+    :data:`WORKER_CHECKPOINT_PAGES`, nearly done).
+    """
+
+    def __init__(self, connection) -> None:
+        super().__init__(name="db-checkpoint", daemon=True)
+        self.wrapper_class, self.alias = type(connection), connection.alias
+        self.settings_dict = dict(connection.settings_dict)
+        self.connection = None
+        self.stopping = threading.Event()
+        #: What the last checkpoint reported: ``(busy, frames in the log, frames copied)``.
+        self.last: tuple[int, int, int] | None = None
+
+    def run(self) -> None:
+        # The same settings, and a connection of this thread's own (Django ties a
+        # connection to the thread that made it).
+        self.connection = self.wrapper_class(self.settings_dict, self.alias)
+        try:
+            while not self.stopping.wait(CHECKPOINT_SECONDS):
+                self.checkpoint()
+        finally:
+            self.connection.close()
+
+    def checkpoint(self) -> None:
+        try:
+            self.connection.ensure_connection()
+            self.last = self.connection.connection.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchone()
+        except Exception:
+            logger.warning("a checkpoint of the SQLite database failed", exc_info=True)
+            self.connection.close()  # the next one reconnects
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
+atexit.register(close)
+
+
+@functools.lru_cache(maxsize=1024)
+def _qmark(sql: str) -> str:
+    # Hot paths run the same few statements (built once each): convert each once.
+    # The SQL given here holds no literal "%", so no "%%" to undo.
+    return sql.replace("%s", "?")
+
+
+class DriverCursor:
+    """The database driver's own cursor, taking SQL with ``%s`` placeholders.
+
+    ``db`` is the Django connection it belongs to, as on Django's ``CursorWrapper``.
+    """
+
+    def __init__(self, db) -> None:
+        db.ensure_connection()
+        self.db = db
+        self.cursor = db.connection.cursor()
+        self._qmark = db.Database.paramstyle == "qmark"
+
+    def execute(self, sql: str, params: list | tuple) -> None:
+        self.cursor.execute(_qmark(sql) if self._qmark else sql, params)
+
+    def fetchall(self) -> list[tuple]:
+        return self.cursor.fetchall()
+
+    def fetchone(self) -> tuple | None:
+        return self.cursor.fetchone()
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int:
+        return self.cursor.lastrowid
+
+
+@contextlib.contextmanager
+def hot_cursor(alias: str = DEFAULT_DB_ALIAS) -> Iterator[Any]:
+    """A cursor for SQL that runs with every batch of a hot path (``%s`` placeholders).
+
+    Django's ``CursorWrapper`` adds its checks, error wrapping and (SQLite) a
+    regex over the SQL to every statement, which the notification writer would
+    pay per batch (bench/RESULTS.md). So when nothing watches
+    this connection's queries (no ``DEBUG`` query log, no ``execute_wrapper``,
+    e.g. ``assertNumQueries``) this is the driver's own cursor
+    (:class:`DriverCursor`), else Django's. Either way it is the thread's
+    connection, so inside ``atomic()`` its statements are in that transaction;
+    but errors are then the driver's (``sqlite3.Error``, ``psycopg.Error``), not
+    ``django.db.Error``, and APM tools that patch ``CursorWrapper`` do not see
+    these statements.
+    """
+    db = connections[alias]
+    if db.queries_logged or db.execute_wrappers:
+        with db.cursor() as cursor:
+            yield cursor
+        return
+    cursor = DriverCursor(db)
+    try:
+        yield cursor
+    finally:
+        cursor.cursor.close()
+
+
+@contextlib.contextmanager
+def hot_transaction(cursor) -> Iterator[None]:
+    """A transaction around statements of a :func:`hot_cursor` that runs with every batch.
+
+    ``transaction.atomic()`` adds Python to its ``BEGIN`` and ``COMMIT`` (two
+    autocommit switches, savepoint bookkeeping) that the notification writer
+    would pay per batch (bench/RESULTS.md). With the driver's own
+    cursor on a connection in autocommit mode (no ``atomic`` block around it)
+    this sends ``BEGIN`` (SQLite: with the configured ``transaction_mode``)
+    and ``COMMIT`` itself, and ``ROLLBACK`` on any error; a connection that
+    cannot roll back is closed, never left inside a transaction. Everywhere
+    else it is ``atomic()``. Inside, use only this cursor: Django does not
+    know of the transaction, and an ORM write would try to begin its own.
+    """
+    db = cursor.db
+    if not isinstance(cursor, DriverCursor) or db.in_atomic_block or not db.get_autocommit():
+        with transaction.atomic(using=db.alias):
+            yield
+        return
+    driver = cursor.cursor
+    mode = getattr(db, "transaction_mode", None) if db.vendor == "sqlite" else None
+    driver.execute(f"BEGIN {mode}" if mode else "BEGIN")
+    try:
+        yield
+        driver.execute("COMMIT")
+    except BaseException:
+        try:
+            driver.execute("ROLLBACK")
+        except Exception:
+            db.close()
+        raise

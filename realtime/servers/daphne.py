@@ -1,0 +1,200 @@
+"""The daphne adapter: frames straight to the socket, and two start-up patches.
+
+Everything here reads or changes private parts of daphne, Twisted and autobahn,
+so it is on only for the versions in :data:`TESTED` (see :mod:`realtime.servers`).
+"""
+
+import errno
+import functools
+import logging
+
+from realtime.servers.asgi import AsgiWriter
+
+logger = logging.getLogger(__name__)
+
+#: Package -> (lowest tested version, first untested version).
+TESTED = {"daphne": ("4.2.3", "4.3"), "twisted": ("26.10", "26.11"),
+          "autobahn": ("26.10", "26.11")}
+#: What the writers read of a Twisted TCP transport and of autobahn's protocol.
+TRANSPORT_ATTRIBUTES = ("_tempDataLen", "dataBuffer", "offset", "socket", "connected",
+                        "disconnecting")
+PROTOCOL_ATTRIBUTES = ("STATE_OPEN", "state", "_perMessageCompress")
+
+
+def serves(send) -> bool:
+    """Whether ``send`` is daphne's: ``partial(server.handle_reply, protocol)``."""
+    return (type(send) is functools.partial and bool(send.args)
+            and type(getattr(send.func, "__self__", None)).__module__.startswith("daphne."))
+
+
+def missing_attributes(send) -> list[str]:
+    """What this adapter reads that daphne's protocol or its transport lacks."""
+    protocol = send.args[0]
+    transport = getattr(protocol, "transport", None)
+    missing = [f"protocol.{name}" for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)]
+    if transport is not None and is_tcp(transport):
+        missing += [f"transport.{name}" for name in TRANSPORT_ATTRIBUTES
+                    if not hasattr(transport, name)]
+    return missing
+
+
+def is_tcp(transport) -> bool:
+    from twisted.internet.tcp import Connection
+
+    return isinstance(transport, Connection)
+
+
+def writer_for(send):
+    """The writer for an accepted connection (autobahn settles permessage-deflate only
+    at the accept), or ``None``: nothing of ours applies.
+
+    The socket writer is what daphne would send only on a plain TCP transport (not
+    daphne terminating TLS) without permessage-deflate; a compressed TCP connection
+    keeps daphne's ``send``, and its Twisted buffer still counts for the bound.
+    """
+    protocol = send.args[0]
+    transport = protocol.transport
+    if transport is None:
+        return None
+    if not is_tcp(transport):
+        _warn_untracked(type(transport).__name__)
+        return None
+    if protocol._perMessageCompress is None:
+        return DirectWriter(protocol, transport, send)
+    return AsgiWriter(send, backlog=functools.partial(buffered_bytes, transport))
+
+
+@functools.cache  # once per kind of transport
+def _warn_untracked(kind: str) -> None:
+    logger.warning("daphne serves WebSockets over %s, not plain TCP (daphne terminating TLS?): "
+                   "the slow-reader bound cannot see Twisted's buffer there, only a proxy's "
+                   "or daphne's ping timeout limits it", kind)
+
+
+def buffered_bytes(transport) -> int:
+    """Bytes a Twisted TCP transport holds that the peer has not taken yet."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class DirectWriter:
+    """Writes encoded frames to one daphne connection's socket.
+
+    autobahn framing and Twisted's deferred write cost most of a fan-out per
+    member; the bytes are the same, and what the kernel does not take goes to
+    Twisted's buffer, so order and the slow-reader accounting stay Twisted's.
+    """
+
+    __slots__ = ("asgi_send", "open_state", "protocol", "send", "transport")
+
+    name = "daphne's socket writer"
+    takes_frames = True
+    #: Twisted buffers without waiting, so a close never waits on this writer.
+    paused = False
+
+    def __init__(self, protocol, transport, asgi_send=None) -> None:
+        self.protocol, self.transport, self.asgi_send = protocol, transport, asgi_send
+        self.open_state = protocol.STATE_OPEN
+        # The socket's own send: one write per member of a room's fan-out.
+        self.send = transport.socket.send
+
+    def write(self, frame: bytes) -> bool:
+        """Send ``frame``; ``False`` if the connection no longer takes frames.
+
+        A connection that is closing takes nothing after its close frame, so
+        there is nothing to fall back to then.
+        """
+        transport = self.transport
+        if self.protocol.state != self.open_state:
+            return False
+        if (transport._tempDataLen or len(transport.dataBuffer) > transport.offset
+                or not transport.connected or transport.disconnecting):
+            # Bytes are queued before this frame (or the transport is going away):
+            # Twisted keeps the order, or drops the frame as it would anyway.
+            transport.write(frame)
+            return True
+        self._send(frame)
+        return True
+
+    def write_if_idle(self, frame: bytes) -> bool:
+        """Send ``frame`` if nothing is queued before it; ``False``: nothing was done.
+
+        The fast path of a room's fan-out: when this returns ``False`` the caller
+        takes the full path (closing state, slow-reader bound, then :meth:`write`).
+        """
+        transport = self.transport
+        if (self.protocol.state != self.open_state or transport._tempDataLen
+                or len(transport.dataBuffer) > transport.offset
+                or not transport.connected or transport.disconnecting):
+            return False
+        self._send(frame)
+        return True
+
+    def unsent_bytes(self) -> int:
+        """Bytes written to this connection that the peer has not taken yet."""
+        return buffered_bytes(self.transport)
+
+    def abort(self) -> None:
+        """Drop the connection at once, with whatever is still buffered."""
+        self.transport.abortConnection()
+
+    def _send(self, frame: bytes) -> None:
+        """Write to the socket; Twisted queues what it does not take, in order."""
+        try:
+            sent = self.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                # The connection is lost: a buffered write lets Twisted notice and
+                # close it the usual way (connectionLost, then websocket.disconnect).
+                self.transport.write(frame)
+                return
+            sent = 0
+        if sent < len(frame):
+            self.transport.write(frame[sent:])
+
+
+# --- Start-up patches (``manage.py serve``) ----------------------------------------
+
+
+def apply_patches() -> None:
+    """Both patches below; ``manage.py serve`` applies them before daphne starts."""
+    plain_autobahn_log_arguments()
+    skip_twisted_form_parsing()
+
+
+def plain_autobahn_log_arguments() -> None:
+    """Stop autobahn from colouring its debug-log arguments.
+
+    autobahn builds the arguments of its ``log.debug`` calls on every frame, even
+    with debug logging off, and colours them with ``click.style`` whenever click
+    is importable (uvicorn brings it). Colour is all this changes.
+    """
+    import autobahn.util
+
+    autobahn.util._HAS_CLICK = False
+
+
+def skip_twisted_form_parsing() -> None:
+    """Stop Twisted from parsing POST bodies into form arguments that daphne never reads.
+
+    daphne hands the application the raw body; Twisted's own switch for that is
+    its ``parsePOSTFormSubmission`` argument (Twisted 24.7+).
+    """
+    import inspect
+
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+
+    original = WebRequest.__init__
+    if getattr(original, "skips_form_parsing", False):
+        return
+    if "parsePOSTFormSubmission" not in inspect.signature(http.Request.__init__).parameters:
+        raise RuntimeError("Twisted's Request no longer takes parsePOSTFormSubmission")
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        original(self, *args, **kwargs)
+
+    __init__.skips_form_parsing = True
+    WebRequest.__init__ = __init__

@@ -1,0 +1,247 @@
+"""The database worker (``realtime.db``): one thread, connections kept, broken ones dropped."""
+
+import asyncio
+import os
+import threading
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
+from django.test.utils import CaptureQueriesContext
+
+from realtime import db
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def connection_state() -> tuple[int, object]:
+    """The running thread and its DB-API connection, after a query."""
+    get_user_model().objects.exists()
+    return threading.get_ident(), connection.connection
+
+
+async def test_work_runs_off_the_event_loop_thread():
+    thread, _ = await db.run(connection_state)
+    assert thread != threading.get_ident()
+
+
+async def test_the_connection_is_kept_between_calls():
+    first = await db.run(connection_state)
+    second = await db.run(connection_state)
+    assert first == second
+
+
+async def test_results_and_errors_come_back_to_the_caller():
+    def fail():
+        raise LookupError("nothing here")
+
+    assert await db.run(lambda a, *, b: a + b, 1, b=2) == 3
+    with pytest.raises(LookupError):
+        await db.run(fail)
+
+
+async def test_a_healthy_connection_survives_a_failed_call():
+    _, before = await db.run(connection_state)
+    with pytest.raises(get_user_model().DoesNotExist):
+        await db.run(lambda: get_user_model().objects.get(username="nobody"))
+    _, after = await db.run(connection_state)
+    assert after is before
+
+
+async def test_a_broken_connection_is_dropped_after_the_call_that_found_it():
+    _, before = await db.run(connection_state)
+
+    def break_it_then_query():
+        connection.connection.close()  # as a server restart or an idle timeout would
+        return connection_state()
+
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own error
+        await db.run(break_it_then_query)
+    _, after = await db.run(connection_state)
+    assert after is not None and after is not before
+
+
+async def test_an_idle_broken_connection_is_replaced_before_use(monkeypatch):
+    _, before = await db.run(connection_state)
+    await db.run(lambda: connection.connection.close())
+    monkeypatch.setattr(db, "IDLE_CHECK_SECONDS", -1.0)
+    _, after = await db.run(connection_state)  # no error: checked and reopened first
+    assert after is not before
+
+
+async def test_close_closes_the_connections_and_a_later_call_starts_again():
+    thread, conn = await db.run(connection_state)
+    db.close()
+    with pytest.raises(Exception):  # noqa: B017 - sqlite3 and psycopg differ
+        conn.cursor().execute("SELECT 1")
+    assert await db.run(connection_state) != (thread, conn)
+
+
+# --- SQLite checkpoints ------------------------------------------------------------------
+
+
+@pytest.fixture
+def wal_database(tmp_path, monkeypatch):
+    """Settings of a SQLite file in WAL mode, as the project's; its checkpointer stopped after."""
+    monkeypatch.setattr(db, "CHECKPOINT_SECONDS", 0.05)
+    name = str(tmp_path / "wal.sqlite3")
+    yield connections.configure_settings({DEFAULT_DB_ALIAS: {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": name,
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+    }})[DEFAULT_DB_ALIAS]
+    checkpointer = db._checkpointers.pop(name, None)
+    if checkpointer is not None:
+        checkpointer.stop()
+
+
+def open_wal(settings_dict):
+    wrapper = SQLiteWrapper(settings_dict, alias="wal")
+    wrapper.ensure_connection()
+    return wrapper
+
+
+def autocheckpoint(wrapper) -> int:
+    return wrapper.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+
+async def test_the_workers_sqlite_commits_leave_checkpoints_to_a_thread_of_their_own(
+    wal_database,
+):
+    """No commit on the worker waits for a checkpoint's flush; another thread copies the log."""
+
+    def write_a_log():
+        wrapper = open_wal(wal_database)
+        wrapper.connection.execute("CREATE TABLE pages (blob BLOB)")
+        for _ in range(40):
+            wrapper.connection.execute("INSERT INTO pages VALUES (randomblob(4000))")
+        return wrapper, autocheckpoint(wrapper)
+
+    wrapper, worker_autocheckpoint = await db.run(write_a_log)
+    try:
+        assert worker_autocheckpoint == db.WORKER_CHECKPOINT_PAGES
+        checkpointer = db._checkpointers[wal_database["NAME"]]
+        assert checkpointer.is_alive() and checkpointer is not threading.current_thread()
+        for _ in range(100):
+            if checkpointer.last and checkpointer.last[1] >= 40:
+                break
+            await asyncio.sleep(0.05)
+        _busy, in_log, copied = checkpointer.last
+        assert in_log >= 40 and copied == in_log, "the whole log went into the database file"
+    finally:
+        await db.run(wrapper.close)
+
+
+async def test_the_log_starts_again_while_writes_never_pause(wal_database, monkeypatch):
+    """A checkpoint beside the writes always finds newer pages behind it; the worker's own,
+    between its transactions, lets the next write start the log from its beginning."""
+    monkeypatch.setattr(db, "WORKER_CHECKPOINT_PAGES", 50)
+
+    def write_without_pause():
+        wrapper = open_wal(wal_database)
+        wrapper.connection.execute("CREATE TABLE pages (blob BLOB)")
+        for _ in range(2000):
+            wrapper.connection.execute("INSERT INTO pages VALUES (randomblob(3000))")
+        return wrapper, os.path.getsize(wal_database["NAME"] + "-wal") // 4096
+
+    wrapper, log_pages = await db.run(write_without_pause)
+    try:
+        # About 6,000 pages were written. The worker's checkpoint can be put off while
+        # the other thread's runs (a few hundred pages at this test's write rate).
+        assert log_pages < 2000, "the log started again at its beginning"
+    finally:
+        await db.run(wrapper.close)
+
+
+def test_other_threads_keep_sqlites_own_checkpoints(wal_database):
+    """Request threads and management commands: SQLite's default, a checkpoint per 1000 pages."""
+    wrapper = open_wal(wal_database)
+    try:
+        assert autocheckpoint(wrapper) == 1000
+        assert wal_database["NAME"] not in db._checkpointers
+    finally:
+        wrapper.close()
+
+
+# --- hot_cursor ---------------------------------------------------------------------
+
+
+def usernames(cursor, *names: str) -> list[str]:
+    cursor.execute(
+        f"SELECT username FROM auth_user WHERE username IN ({', '.join(['%s'] * len(names))})"
+        " ORDER BY username",
+        list(names),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def test_hot_cursor_is_the_drivers_and_takes_percent_s_placeholders(make_user):
+    make_user("ann")
+    make_user("bob")
+    with db.hot_cursor() as cursor:
+        assert isinstance(cursor, db.DriverCursor)
+        assert cursor.db is connections[DEFAULT_DB_ALIAS]
+        assert usernames(cursor, "bob", "ann", "cyd") == ["ann", "bob"]
+
+
+def test_hot_cursor_statements_are_in_the_callers_transaction(make_user):
+    """Inside atomic() the driver's cursor writes in Django's transaction: a rollback undoes it."""
+    make_user("ann")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with db.hot_cursor() as cursor:
+            cursor.execute("UPDATE auth_user SET username = %s WHERE username = %s",
+                           ["zed", "ann"])
+            assert cursor.rowcount == 1
+        raise RuntimeError("roll back")
+    assert get_user_model().objects.filter(username="ann").exists()
+
+
+def test_hot_cursor_is_djangos_while_queries_are_watched(make_user):
+    """With a query log (DEBUG, assertNumQueries) or an execute_wrapper, nothing goes unseen."""
+    make_user("ann")
+    with CaptureQueriesContext(connection) as captured, db.hot_cursor() as cursor:
+        assert not isinstance(cursor, db.DriverCursor)
+        assert usernames(cursor, "ann") == ["ann"]
+    assert len(captured) == 1
+    seen = []
+    with connection.execute_wrapper(lambda execute, *args: seen.append(1) or execute(*args)):
+        with db.hot_cursor() as cursor:
+            assert usernames(cursor, "ann") == ["ann"]
+    assert seen == [1]
+
+
+# --- hot_transaction -------------------------------------------------------------------
+
+
+def test_hot_transaction_commits_what_the_hot_cursor_wrote(make_user):
+    make_user("ann")
+    with db.hot_cursor() as cursor, db.hot_transaction(cursor):
+        assert isinstance(cursor, db.DriverCursor)
+        cursor.execute("UPDATE auth_user SET username = %s WHERE username = %s", ["zed", "ann"])
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    assert get_user_model().objects.filter(username="zed").exists()
+
+
+def test_hot_transaction_rolls_back_on_any_error_and_leaves_no_transaction_open(make_user):
+    make_user("ann")
+    with pytest.raises(RuntimeError), db.hot_cursor() as cursor:
+        with db.hot_transaction(cursor):
+            cursor.execute("UPDATE auth_user SET username = %s WHERE username = %s",
+                           ["zed", "ann"])
+            raise RuntimeError("roll back")
+    assert get_user_model().objects.filter(username="ann").exists()
+    with db.hot_cursor() as cursor, db.hot_transaction(cursor):  # BEGIN works again
+        cursor.execute("SELECT 1", [])
+
+
+def test_hot_transaction_is_a_savepoint_inside_the_callers_atomic(make_user):
+    """A caller's transaction (the sync ``notify()``) decides: its rollback undoes the writes."""
+    make_user("ann")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with db.hot_cursor() as cursor, db.hot_transaction(cursor):
+            cursor.execute("UPDATE auth_user SET username = %s WHERE username = %s",
+                           ["zed", "ann"])
+        assert connection.in_atomic_block
+        raise RuntimeError("roll back")
+    assert get_user_model().objects.filter(username="ann").exists()

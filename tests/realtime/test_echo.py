@@ -1,0 +1,102 @@
+"""``/ws/echo/`` (PROTOCOL.md): no auth, text comes back prefixed, bytes as they are."""
+
+import asyncio
+import socket
+import time
+
+import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
+
+from project.asgi import application
+from tests.conftest import UVICORN
+
+
+async def connect_echo(path: str = "/ws/echo/", headers=None) -> WebsocketCommunicator:
+    comm = WebsocketCommunicator(application, path, headers=headers or [])
+    connected, _ = await comm.connect()
+    assert connected
+    return comm
+
+
+async def send_text(comm: WebsocketCommunicator, text: str) -> None:
+    """Send a text frame the way daphne delivers it (the communicator refuses '')."""
+    await comm.send_input({"type": "websocket.receive", "text": text})
+
+
+@pytest.mark.parametrize("text", ["hi", "", " ", "Echo: x", '{"type":"ping"}', "ping",
+                                  "héllo wörld ✓ 🎉", "a\nb\tc", "\x00"])
+async def test_text_frame_comes_back_prefixed(text):
+    """A text frame X gets back the text frame 'Echo: X'."""
+    comm = await connect_echo()
+    await send_text(comm, text)
+    assert await comm.receive_from() == "Echo: " + text
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("data", [b"\x00", b"hello", bytes(range(256)), b"\xff" * 1000])
+async def test_binary_frame_comes_back_unchanged(data):
+    """A non-empty binary frame gets back the same bytes, as a binary frame."""
+    comm = await connect_echo()
+    await comm.send_to(bytes_data=data)
+    output = await comm.receive_output(timeout=3)
+    assert output == {"type": "websocket.send", "bytes": data}
+    await comm.disconnect()
+
+
+async def test_empty_binary_frame_gets_nothing_back():
+    """An empty binary frame gets no answer, and the connection keeps working."""
+    comm = await connect_echo()
+    await comm.send_input({"type": "websocket.receive", "bytes": b""})
+    assert await comm.receive_nothing(timeout=0.2)
+    await comm.send_to(text_data="still here")
+    assert await comm.receive_from() == "Echo: still here"
+    await comm.disconnect()
+
+
+async def test_frames_come_back_in_order():
+    """Frames sent in a row are echoed in the order they were sent."""
+    comm = await connect_echo()
+    for i in range(20):
+        await comm.send_to(text_data=str(i))
+    assert [await comm.receive_from() for _ in range(20)] == [f"Echo: {i}" for i in range(20)]
+    await comm.disconnect()
+
+
+async def test_echo_needs_no_credentials_and_ignores_bad_ones():
+    """Echo is open: no token and even an invalid token still get echoes."""
+    comm = await connect_echo("/ws/echo/?token=garbage")
+    await comm.send_to(text_data="x")
+    assert await comm.receive_from() == "Echo: x"
+    await comm.disconnect()
+
+
+async def test_unknown_path_is_refused_at_handshake():
+    """A WebSocket path without a route is refused before accept."""
+    comm = WebsocketCommunicator(application, "/ws/nowhere/")
+    connected, _ = await comm.connect()
+    assert not connected
+
+
+@pytest.mark.daphne
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("command", [None, UVICORN], ids=["daphne", "uvicorn"])
+async def test_binary_echo_to_a_stalled_reader_is_bounded(daphne_server, command):
+    """Binary echoes that a client leaves unread past WS_MAX_SEND_BUFFER_BYTES close it (4010)."""
+    server = daphne_server(command=command, WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep the kernel's share small
+    sock.connect(("127.0.0.1", server.port))
+    stalled = await websockets.connect(f"{server.ws_url}/ws/echo/", sock=sock, max_queue=1,
+                                       max_size=None)
+    deadline = time.monotonic() + 30
+    while "stopped reading" not in server.output():
+        assert time.monotonic() < deadline, "the stalled reader was never closed"
+        try:
+            await asyncio.wait_for(stalled.send(b"x" * 16384), 1)
+        except (TimeoutError, websockets.ConnectionClosed):
+            await asyncio.sleep(0.05)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(stalled.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4010

@@ -1,0 +1,82 @@
+"""``manage.py serve``: the daphne options derived from the settings."""
+
+import pytest
+from django.test import override_settings
+
+from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphne_arguments
+from realtime.servers.daphne import plain_autobahn_log_arguments, skip_twisted_form_parsing
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+@override_settings(WS_MAX_MESSAGE_BYTES=1000)
+def test_daphne_ceiling_is_four_times_the_message_limit():
+    """daphne's message and frame ceilings sit at 4x WS_MAX_MESSAGE_BYTES."""
+    args = daphne_arguments("127.0.0.1", 8123)
+    assert option(args, "--websocket-max-message-size") == "4000"
+    assert option(args, "--websocket-max-frame-size") == "4000"
+    assert option(args, "-p") == "8123" and option(args, "-b") == "127.0.0.1"
+    assert args[-1] == "project.asgi:application"
+
+
+@override_settings(WS_MAX_MESSAGE_BYTES=0)
+def test_no_message_limit_still_leaves_daphne_a_ceiling():
+    """With the application limit off, daphne keeps a hard 16 MiB ceiling, never none."""
+    args = daphne_arguments("127.0.0.1", 8000)
+    assert option(args, "--websocket-max-message-size") == str(HARD_CEILING_WITHOUT_LIMIT)
+    assert HARD_CEILING_WITHOUT_LIMIT == 16 * 1024 * 1024
+
+
+@override_settings(PROXY_HEADERS=False)
+def test_proxy_headers_are_off_by_default():
+    """Without PROXY_HEADERS daphne does not trust X-Forwarded-For."""
+    assert "--proxy-headers" not in daphne_arguments("127.0.0.1", 8000)
+
+
+@override_settings(PROXY_HEADERS=True, WS_TIMEOUT=0, WS_PING_INTERVAL=7, WS_PING_TIMEOUT=9)
+def test_proxy_headers_pings_and_timeout_follow_the_settings():
+    """PROXY_HEADERS adds --proxy-headers; pings follow the settings; WS_TIMEOUT=0 is -1."""
+    args = daphne_arguments("0.0.0.0", 8000)
+    assert "--proxy-headers" in args
+    assert option(args, "--ping-interval") == "7" and option(args, "--ping-timeout") == "9"
+    assert option(args, "--websocket_timeout") == "-1"
+
+
+def test_autobahn_log_arguments_are_plain_text(monkeypatch):
+    """Nothing is coloured per frame, whether or not click is installed."""
+    import autobahn.util
+
+    monkeypatch.setattr(autobahn.util, "_HAS_CLICK", True)
+    plain_autobahn_log_arguments()
+    assert autobahn.util.hl("peer") == "peer"
+
+
+def test_the_access_log_is_on_unless_turned_off():
+    """ACCESS_LOG=false runs daphne at verbosity 0, which drops only its access log."""
+    assert "-v" not in daphne_arguments("127.0.0.1", 8000)
+    with override_settings(ACCESS_LOG=False):
+        assert option(daphne_arguments("127.0.0.1", 8000), "-v") == "0"
+
+
+def test_twisted_no_longer_parses_post_forms_that_daphne_never_reads(monkeypatch):
+    """Requests are built with parsePOSTFormSubmission off; the patch applies once."""
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+
+    monkeypatch.setattr(WebRequest, "__init__", WebRequest.__init__)  # undone after the test
+    skip_twisted_form_parsing()
+    patched = WebRequest.__init__
+    skip_twisted_form_parsing()
+    assert WebRequest.__init__ is patched
+    seen = []
+
+    def twisted_init(self, channel, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("stop before daphne uses the channel")
+
+    monkeypatch.setattr(http.Request, "__init__", twisted_init)
+    with pytest.raises(RuntimeError):
+        WebRequest(object())
+    assert seen == [{"parsePOSTFormSubmission": False}]
