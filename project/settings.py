@@ -248,6 +248,8 @@ NOTIFICATIONS_QUEUE_LIMIT = env_int("NOTIFICATIONS_QUEUE_LIMIT", 100, minimum=1)
 # slow peer in a busy room); past it the connection is closed with 4010 and the
 # client recovers with ?since= on reconnect.
 WS_MAX_SEND_BUFFER_BYTES = env_int("WS_MAX_SEND_BUFFER_BYTES", 4 * 1024 * 1024)
+# Largest HTTP request body daphne takes (413 and close past it, before it is buffered).
+HTTP_MAX_BODY_BYTES = env_int("HTTP_MAX_BODY_BYTES", 10 * 1024 * 1024)
 
 # How often each process writes its heartbeat to the registry, and after how many
 # seconds without one the others treat it as dead (its users leave their rooms).

@@ -158,9 +158,10 @@ class DirectWriter:
 
 
 def apply_patches() -> None:
-    """Both patches below; ``manage.py serve`` applies them before daphne starts."""
+    """The patches below; ``manage.py serve`` applies them before daphne starts."""
     plain_autobahn_log_arguments()
     skip_twisted_form_parsing()
+    bound_request_bodies()
 
 
 def plain_autobahn_log_arguments() -> None:
@@ -198,3 +199,50 @@ def skip_twisted_form_parsing() -> None:
 
     __init__.skips_form_parsing = True
     WebRequest.__init__ = __init__
+
+
+def bound_request_bodies() -> None:
+    """Refuse a request body over ``HTTP_MAX_BODY_BYTES`` while it arrives: 413, then close.
+
+    daphne lets Twisted buffer a whole body, then queues all of it for the
+    application, which alone might refuse it; a client could make a process hold
+    any size. Here a declared ``Content-Length`` over the limit is refused before
+    any of the body is read, and an undeclared (chunked) one as it passes it.
+    """
+    from daphne.http_protocol import WebRequest
+    from django.conf import settings
+
+    if getattr(WebRequest.gotLength, "bounds_bodies", False):
+        return
+    got_length, content_chunk = WebRequest.gotLength, WebRequest.handleContentChunk
+
+    def gotLength(self, length) -> None:
+        self.body_received, self.body_refused = 0, False
+        limit = settings.HTTP_MAX_BODY_BYTES
+        if limit and length is not None and length > limit:
+            refuse_body(self)
+            length = 0
+        got_length(self, length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_refused:
+            return
+        self.body_received += len(data)
+        limit = settings.HTTP_MAX_BODY_BYTES
+        if limit and self.body_received > limit:
+            refuse_body(self)
+            return
+        content_chunk(self, data)
+
+    gotLength.bounds_bodies = True
+    WebRequest.gotLength, WebRequest.handleContentChunk = gotLength, handleContentChunk
+
+
+def refuse_body(request) -> None:
+    """Answer 413 on the raw connection and close it; nothing more of it is read."""
+    request.body_refused = True
+    body = b'{"error": "too_large", "message": "request body too large"}'
+    request.channel.transport.write(
+        b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+    request.channel.transport.loseConnection()
