@@ -204,11 +204,11 @@ class Bench:
         return None
 
     def start_project(self, layer: str, kind: str = "daphne", root: Path = ROOT,
-                      label: str = "") -> Server:
+                      label: str = "", extra_env: dict | None = None) -> Server:
         """The project served by ``kind``, from ``root`` (a baseline's worktree, else this tree)."""
-        env, port = self.project_env(layer), free_port()
+        env, port = {**self.project_env(layer), **(extra_env or {})}, free_port()
         label = label or f"project-{kind}"
-        if not self.args.database_url and (kind != "daphne" or root != ROOT):
+        if not self.args.database_url and (kind != "daphne" or root != ROOT or extra_env):
             # One SQLite file per server process: two processes writing one file stalled
             # fan-out runs for seconds (lock waits), which is a deployment question (use
             # PostgreSQL with several processes), not what a side-by-side run measures.
@@ -489,6 +489,8 @@ def main(argv=None) -> None:
     p.add_argument("--no-daphne", action="store_true", help="with --uvicorn: uvicorn only")
     p.add_argument("--baseline", default="", metavar="REV",
                    help="also serve git revision REV (label project-<server>-base): an A/B run")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="also serve this tree with extra settings (label project-<server>-NAME)")
     p.add_argument("--profile", default="", help="comma list of scenarios to profile (py-spy)")
     p.add_argument("--no-peer", action="store_true", help="project only, built-in client")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
@@ -519,6 +521,8 @@ def main(argv=None) -> None:
     bench.prepare_database(max(args.conns if "connections" in names else 0, 1000))
     kinds = ([] if args.no_daphne else ["daphne"]) + (["uvicorn"] if args.uvicorn else [])
     baseline = bench.baseline_tree()
+    variants = [(name, dict(pair.split("=", 1) for pair in pairs.split(",")))
+                for name, pairs in (v.split(":", 1) for v in args.variant)]
     try:
         for layer in layers:
             todo = [n for n in names if layer == layers[0] or SCENARIOS[n][2]]
@@ -533,6 +537,9 @@ def main(argv=None) -> None:
                 if baseline is not None:
                     projects += [bench.start_project(layer, k, baseline, f"project-{k}-base")
                                  for k in kinds]
+                for name, extra in variants:
+                    projects += [bench.start_project(layer, k, label=f"project-{k}-{name}",
+                                                     extra_env=extra) for k in kinds]
                 for name in steady:
                     bench.run_scenario(name, layer, projects, seed)
                 for name in [n for n in args.profile.split(",") if n in steady]:

@@ -116,6 +116,12 @@ TEMPLATES = [
 # --- Database ---------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL")
+# FULL: a commit (a 202, a stored message) survives power loss; NORMAL: a process or OS
+# crash, but a power cut may undo the last commits (bench/RESULTS.md measured both).
+SQLITE_SYNCHRONOUS = (env_str("SQLITE_SYNCHRONOUS") or "normal").upper()
+if SQLITE_SYNCHRONOUS not in {"FULL", "NORMAL"}:
+    raise ImproperlyConfigured(
+        f"SQLITE_SYNCHRONOUS must be 'full' or 'normal', not {SQLITE_SYNCHRONOUS.lower()!r}")
 if DATABASE_URL:
     # conn_max_age=0: connections opened in the async thread pool are closed after
     # each use instead of lingering in threads that Django cannot reach to close.
@@ -129,7 +135,9 @@ else:
                 # WAL lets readers run beside the writer; IMMEDIATE takes the write lock
                 # at BEGIN so concurrent writers queue on the busy timeout instead of
                 # failing with "database is locked" on a lock upgrade.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                # SQLITE_SYNCHRONOUS: what a commit waits for (docs/security.md, "Durability").
+                "init_command":
+                    f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SQLITE_SYNCHRONOUS};",
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },

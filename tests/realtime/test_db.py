@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -11,6 +13,7 @@ from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.test.utils import CaptureQueriesContext
 
 from realtime import db
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -245,3 +248,27 @@ def test_hot_transaction_is_a_savepoint_inside_the_callers_atomic(make_user):
         assert connection.in_atomic_block
         raise RuntimeError("roll back")
     assert get_user_model().objects.filter(username="ann").exists()
+
+
+@pytest.mark.parametrize(("value", "pragma"), [("full", "2"), ("normal", "1"), ("", "1")])
+def test_sqlite_commits_wait_for_what_sqlite_synchronous_says(tmp_path, value, pragma):
+    """SQLITE_SYNCHRONOUS=full makes each commit wait for the disk (2); normal (1) does not."""
+    env = {**os.environ, "SQLITE_PATH": str(tmp_path / "s.sqlite3"), "DATABASE_URL": "",
+           "DEBUG": "true", "SQLITE_SYNCHRONOUS": value}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    script = ("from django.db import connection; c = connection.cursor(); "
+              "c.execute('PRAGMA synchronous'); print(c.fetchone()[0])")
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == pragma
+
+
+def test_an_unknown_sqlite_synchronous_is_refused_at_start():
+    """Anything but full or normal stops the process with a message that says the choices."""
+    env = {**os.environ, "DATABASE_URL": "", "DEBUG": "true", "SQLITE_SYNCHRONOUS": "off"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "SQLITE_SYNCHRONOUS must be 'full' or 'normal', not 'off'" in result.stderr
