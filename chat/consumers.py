@@ -3,14 +3,17 @@
 import logging
 from urllib.parse import parse_qs
 
+from django.conf import settings
+
 from chat import fanout, services
 from chat import protocol as chat_protocol
 from chat.errors import InvalidTarget, NotInRoom, ServiceUnavailable
 from chat.protocol import HISTORY_ON_JOIN, HISTORY_SINCE_MAX
-from realtime import protocol
+from realtime import protocol, wire
 from realtime.consumers import ProtocolConsumer
 from realtime.gapless import Gapless
-from realtime.protocol import ErrorCode, ProtocolError
+from realtime.limits import AddressBudget, drain
+from realtime.protocol import CloseCode, ErrorCode, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,43 @@ class ChatConsumer(Gapless, ProtocolConsumer):
         return self.user.username
 
     async def connect(self) -> None:
-        """History, then ``user_joined``, then what the room published meanwhile."""
-        self.local = await fanout.join(self.hub, self.room, self)
+        """History, then ``user_joined``, then what the room published meanwhile.
+
+        The history is built within its client address's budget (past it the join
+        is closed with 4013, before anything is read) and paced: a frame larger than
+        the send-buffer bound is written whole, and the next frame waits until the
+        client has taken most of it, so a reader at a normal pace is never closed
+        with 4010.
+        """
+        client = self.scope.get("client")
+        budget = self.hub.apps.setdefault("chat.history_budget", AddressBudget())
+        async with budget.turn(client[0] if client else "",
+                               settings.CHAT_HISTORY_BYTES_PER_SECOND,
+                               settings.CHAT_HISTORY_BURST_BYTES) as charge:
+            if charge is None:
+                logger.info("refused a chat join: its address used its history budget")
+                await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
+                return
+            self.local = await fanout.join(self.hub, self.room, self)
+            frame = await self.read_history()
+            if frame is None:
+                return
+            encoded = wire.text_frame(frame)
+            charge(len(encoded))
+        await self.send(frame, encoded=encoded)
+        del frame, encoded  # the server's buffer holds what is left of it
+        if not await drain(self):
+            logger.warning("closing a chat connection that stopped reading its history")
+            await self.close_with(CloseCode.SLOW_CONSUMER)
+            return
+        if self.closing:
+            return
+        await fanout.announce_join(self.local, self)
+        self.announced = True
+        await fanout.go_live(self)
+
+    async def read_history(self) -> str | None:
+        """The history frame of the join; ``None``: unavailable, and the connection closed."""
         try:
             if self.since is None:
                 items, truncated = await services.history(
@@ -60,13 +98,10 @@ class ChatConsumer(Gapless, ProtocolConsumer):
             await self.send(protocol.error(
                 ErrorCode.UNAVAILABLE, "history is unavailable; reconnect later"))
             await self.close()
-            return
+            return None
         if items:
             self.last_id = items[-1]["id"]
-        await self.send(chat_protocol.history(self.room, items, truncated))
-        await fanout.announce_join(self.local, self)
-        self.announced = True
-        await fanout.go_live(self)
+        return chat_protocol.history(self.room, items, truncated)
 
     async def disconnect(self, code: int | None) -> None:
         await fanout.leave(self.hub, self.room, self, announced=self.announced)

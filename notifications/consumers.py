@@ -15,9 +15,6 @@ NOTEs that were not in it, then live ones.
 
 import asyncio
 import logging
-import time
-
-from django.conf import settings
 
 from notifications import writer
 from notifications.protocol import EVENT_KIND, FEED_GROUP, NOTIFICATIONS, parse_ack
@@ -25,6 +22,7 @@ from realtime import protocol
 from realtime.consumers import ProtocolConsumer
 from realtime.gapless import Gapless
 from realtime.hub import Hub
+from realtime.limits import drain
 from realtime.protocol import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -135,24 +133,13 @@ class NotificationConsumer(Gapless, ProtocolConsumer):
         default), more than the server holds for a client that does not read
         (``WS_MAX_SEND_BUFFER_BYTES``, then 4010): sent in one burst it would close
         a healthy client on every connect. So wait while half the limit is
-        pending, as long as the client keeps taking some. After ``DRAIN_SECONDS``
-        without progress the queue stops waiting, and ``send`` closes the
-        stalled client as it closes any other.
+        pending, as long as the client keeps taking some
+        (:func:`realtime.limits.drain`). After ``DRAIN_SECONDS`` without progress
+        the queue stops waiting, and ``send`` closes the stalled client as it
+        closes any other.
         """
-        limit = settings.WS_MAX_SEND_BUFFER_BYTES // 2
-        if not limit or self._stalled:
-            return
-        least, deadline = None, time.monotonic() + DRAIN_SECONDS
-        while True:
-            pending = self.unsent_bytes()
-            if pending <= limit or self.closing:
-                return
-            if least is None or pending < least:
-                least, deadline = pending, time.monotonic() + DRAIN_SECONDS
-            elif time.monotonic() > deadline:
-                self._stalled = True
-                return
-            await asyncio.sleep(0.005)  # the transport has no "drained" event to await
+        if not self._stalled and not await drain(self, DRAIN_SECONDS):
+            self._stalled = True
 
     async def disconnect(self, code: int | None) -> None:
         """Leave the feeds, and write the acks this connection sent before it goes.

@@ -258,6 +258,11 @@ NOTIFICATIONS_QUEUE_LIMIT = env_int("NOTIFICATIONS_QUEUE_LIMIT", 100, minimum=1)
 WS_MAX_SEND_BUFFER_BYTES = env_int("WS_MAX_SEND_BUFFER_BYTES", 4 * 1024 * 1024)
 # Largest HTTP request body daphne takes (413 and close past it, before it is buffered).
 HTTP_MAX_BODY_BYTES = env_int("HTTP_MAX_BODY_BYTES", 10 * 1024 * 1024)
+# Chat history built per client address (per process): a token bucket in bytes of
+# history frames on join (a ?since= join of a room of large messages is up to 16 MB).
+# While an address is in debt its joins are closed with 4013 (try again later).
+CHAT_HISTORY_BURST_BYTES = env_int("CHAT_HISTORY_BURST_BYTES", 64 * 1024 * 1024)
+CHAT_HISTORY_BYTES_PER_SECOND = env_int("CHAT_HISTORY_BYTES_PER_SECOND", 8 * 1024 * 1024)
 
 # How often each process writes its heartbeat to the registry, and after how many
 # seconds without one the others treat it as dead (its users leave their rooms).
