@@ -38,7 +38,11 @@ class RoomChange:
 
 @dataclass(frozen=True, slots=True)
 class Departure:
-    """A user who left ``room`` because a dead process was reaped."""
+    """A user who left ``room`` because a dead process was reaped.
+
+    Each departure is a change of its own: ``version`` is its own (the departures of
+    one room rise in the order given) and ``users`` is the room after it.
+    """
 
     room: str
     user: str
@@ -53,6 +57,11 @@ Publication = tuple[str, int]
 #: starts a new epoch (as after a Redis restart), which is safe once nothing of the
 #: room is in flight; without an expiry every room ever written to kept a key.
 PUBLICATION_TTL_SECONDS = 86400
+#: How long a room's presence version is kept after its last change. Losing it is
+#: safe: the next version starts at the clock floor (:func:`_version_floor`, the time
+#: in microseconds), above every version handed out before unless the room changed
+#: more than once a microsecond on average since its key was made.
+VERSION_TTL_SECONDS = PUBLICATION_TTL_SECONDS
 
 
 @dataclass(slots=True)
@@ -92,20 +101,38 @@ class RoomTurn:
         return self.held
 
 
+class _LocalLock:
+    """A room's lock and how many turns hold it or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock, self.users = asyncio.Lock(), 0
+
+
 class LocalPresence(Extension):
-    """Room presence and locks of a single process."""
+    """Room presence and locks of a single process.
+
+    Nothing is kept for a room nobody is in and nobody locks: a room's members go with
+    its last member, its lock with its last holder or waiter once the room is empty.
+    Versions come from one counter of the process, so they rise in every room even
+    after the room was forgotten (a late ``user_left`` from before is still dropped).
+    """
 
     def __init__(self) -> None:
         self.room_conns: dict[str, dict[str, str]] = defaultdict(dict)
-        self.locks: dict[str, asyncio.Lock] = {}
-        self.versions: dict[str, int] = defaultdict(int)
+        self.locks: dict[str, _LocalLock] = {}
+        self.version = 0
+
+    def _bump(self) -> int:
+        self.version += 1
+        return self.version
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         members = self.room_conns[room]
         present = user in members.values()
         members[conn] = user
-        self.versions[room] += 1
-        return RoomChange(present, sorted(set(members.values())), self.versions[room])
+        return RoomChange(present, sorted(set(members.values())), self._bump())
 
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         members = self.room_conns.get(room, {})
@@ -114,17 +141,31 @@ class LocalPresence(Extension):
         users = sorted(set(members.values()))
         if not members:
             self.room_conns.pop(room, None)
-        self.versions[room] += 1
-        return RoomChange(present, users, self.versions[room])
+            self._forget_lock(room)
+        return RoomChange(present, users, self._bump())
 
     async def room_has_user(self, room: str, user: str) -> bool:
         return user in self.room_conns.get(room, {}).values()
 
     @contextlib.asynccontextmanager
     async def room_lock(self, room: str) -> AsyncIterator[RoomTurn]:
-        lock = self.locks.setdefault(room, asyncio.Lock())
-        async with lock:
-            yield RoomTurn()
+        entry = self.locks.get(room)
+        if entry is None:
+            entry = self.locks[room] = _LocalLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield RoomTurn()
+        finally:
+            entry.users -= 1
+            if room not in self.room_conns:
+                self._forget_lock(room)
+
+    def _forget_lock(self, room: str) -> None:
+        """Drop ``room``'s lock unless a turn holds it or waits for it."""
+        entry = self.locks.get(room)
+        if entry is not None and not entry.users:
+            del self.locks[room]
 
     async def room_publication(self, room: str) -> Publication | None:
         """Nothing to catch up with: every publication is this process's own."""
@@ -147,12 +188,15 @@ end
 """
 
 # A room's presence version starts at the current time in microseconds, so after
-# Redis loses its data (a restart) new versions are still above the old ones that
-# connections hold, and their presence events are not dropped as stale.
+# Redis loses it (a restart, or its expiry: VERSION_TTL_SECONDS) new versions are
+# still above the old ones that connections hold, and their presence events are not
+# dropped as stale. bump(key, floor, n, ttl) takes n versions and returns the last.
 _BUMP = """
-local function bump(key, floor)
+local function bump(key, floor, n, ttl)
   if redis.call('EXISTS', key) == 0 then redis.call('SET', key, floor) end
-  return redis.call('INCR', key)
+  local last = redis.call('INCRBY', key, n)
+  redis.call('EXPIRE', key, ttl)
+  return last
 end
 """
 
@@ -161,15 +205,16 @@ local _, before = users_of(KEYS[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 local list = users_of(KEYS[1])
-return {before[ARGV[2]] and 1 or 0, list, bump(KEYS[3], ARGV[4])}
-"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room, version floor
+return {before[ARGV[2]] and 1 or 0, list, bump(KEYS[3], ARGV[4], 1, ARGV[5])}
+"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room, version floor,
+#    version ttl
 
 _ROOM_LEAVE = _USERS + _BUMP + """
 local user = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 local list, seen = users_of(KEYS[1])
-return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
-"""  # KEYS: room hash, room version; ARGV: conn, version floor
+return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2], 1, ARGV[3])}
+"""  # KEYS: room hash, room version; ARGV: conn, version floor, version ttl
 
 _REAP_ROOM = _USERS + _BUMP + """
 local _, before = users_of(KEYS[1])
@@ -181,8 +226,10 @@ local list, after = users_of(KEYS[1])
 local gone = {}
 for u, _ in pairs(before) do if not after[u] then table.insert(gone, u) end end
 table.sort(gone)
-return {gone, list, bump(KEYS[2], ARGV[2])}
-"""  # KEYS: room hash, room version; ARGV: "<proc>|", version floor
+if #gone == 0 then return {gone, list, 0} end
+return {gone, list, bump(KEYS[2], ARGV[2], #gone, ARGV[3])}
+"""  # KEYS: room hash, room version; ARGV: "<proc>|", version floor, version ttl.
+#    One version per user gone (the last is returned): each departure is announced.
 
 _LOCK = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -258,7 +305,7 @@ class RedisPresence(Extension):
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),
                 self.key("room-version", room)]
         present, users, version = await self.scripts["room_join"](
-            keys, [conn, user, room, _version_floor()]
+            keys, [conn, user, room, _version_floor(), VERSION_TTL_SECONDS]
         )
         self.own_room_conns[room, conn] = user
         return RoomChange(bool(present), list(users), int(version))
@@ -266,7 +313,8 @@ class RedisPresence(Extension):
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         self.own_room_conns.pop((room, conn), None)
         keys = [self.key("room", room), self.key("room-version", room)]
-        present, users, version = await self.scripts["room_leave"](keys, [conn, _version_floor()])
+        present, users, version = await self.scripts["room_leave"](
+            keys, [conn, _version_floor(), VERSION_TTL_SECONDS])
         return RoomChange(bool(present), list(users), int(version))
 
     async def room_has_user(self, room: str, user: str) -> bool:
@@ -320,12 +368,20 @@ class RedisPresence(Extension):
         rooms_key = self.key("proc", proc, "rooms")
         for room in await self.redis.smembers(rooms_key):
             keys = [self.key("room", room), self.key("room-version", room)]
-            gone, users, version = await self.scripts["reap_room"](
-                keys, [connection_prefix(proc), _version_floor()]
+            gone, users, last = await self.scripts["reap_room"](
+                keys, [connection_prefix(proc), _version_floor(), VERSION_TTL_SECONDS]
             )
-            departures += [Departure(room, user, list(users), int(version)) for user in gone]
+            departures += departed(room, list(gone), list(users), int(last))
         await self.redis.delete(rooms_key)
         return departures
+
+
+def departed(room: str, gone: list[str], users: list[str], last: int) -> list[Departure]:
+    """The departures of ``gone`` (sorted) from ``room``, one version each up to ``last``;
+    each lists the room after it: ``users`` and those of ``gone`` still to leave."""
+    first = last - len(gone) + 1
+    return [Departure(room, user, sorted(users + gone[i + 1:]), first + i)
+            for i, user in enumerate(gone)]
 
 
 def attach(registry: LocalRegistry | RedisRegistry) -> LocalPresence | RedisPresence:
