@@ -297,6 +297,7 @@ class RedisPresence(Extension):
         self.redis, self.key = registry.redis, registry.key
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_room_conns: dict[tuple[str, str], str] = {}
+        self.unannounced: list[Departure] = []  # reaped, not yet returned (see reap())
         self.scripts = registry.register_scripts(
             room_join=_ROOM_JOIN, room_leave=_ROOM_LEAVE, reap_room=_REAP_ROOM,
             lock=_LOCK, keep=_KEEP, unlock=_UNLOCK)
@@ -363,16 +364,17 @@ class RedisPresence(Extension):
             pipe.sadd(self.key("proc", self.proc_id, "rooms"), room)
 
     async def reap(self, proc: str) -> list[Departure]:
-        """Drop the dead process ``proc``'s room memberships; who left which room."""
-        departures = []
+        """Drop the dead process ``proc``'s room memberships; who left which room (with
+        those of rooms reaped before a failure of an earlier call)."""
         rooms_key = self.key("proc", proc, "rooms")
         for room in await self.redis.smembers(rooms_key):
             keys = [self.key("room", room), self.key("room-version", room)]
             gone, users, last = await self.scripts["reap_room"](
                 keys, [connection_prefix(proc), _version_floor(), VERSION_TTL_SECONDS]
             )
-            departures += departed(room, list(gone), list(users), int(last))
+            self.unannounced += departed(room, list(gone), list(users), int(last))
         await self.redis.delete(rooms_key)
+        departures, self.unannounced = self.unannounced, []
         return departures
 
 

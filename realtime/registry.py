@@ -16,6 +16,7 @@ restores it with its own connections and reaps it with a dead process's.
 Connections are named ``"<process id>|<connection id>"``.
 """
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -165,6 +166,8 @@ class RedisRegistry:
         self.redis = redis.Redis(connection_pool=pool)
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_conns: dict[str, tuple[str, str]] = {}
+        # Departures reaped by a call that then failed: the next call returns them.
+        self.unannounced: list = []
         self.scripts = self.register_scripts(
             register=_REGISTER, reach=_REACH, reap_user=_REAP_USER)
         self.apps: dict[str, Extension] = {
@@ -230,13 +233,24 @@ class RedisRegistry:
     async def reap(self, dead_after: float) -> list:
         """Drop the connections of processes silent for ``dead_after`` seconds; returns
         what the extensions reported (see :meth:`Extension.reap`)."""
-        departures: list = []
-        dead = await self.redis.zrangebyscore(self.key("procs"), "-inf", time.time() - dead_after)
-        for proc in dead:
-            # ZREM succeeds for one process only: that one reaps.
-            if proc == self.proc_id or not await self.redis.zrem(self.key("procs"), proc):
-                continue
-            departures += await self._reap_process(proc)
+        departures, self.unannounced = self.unannounced, []
+        try:
+            dead = await self.redis.zrangebyscore(
+                self.key("procs"), "-inf", time.time() - dead_after)
+            for proc in dead:
+                # ZREM succeeds for one process only: that one reaps.
+                if proc == self.proc_id or not await self.redis.zrem(self.key("procs"), proc):
+                    continue
+                try:
+                    departures += await self._reap_process(proc)
+                except Exception:
+                    # Back as dead: what is left of it is reaped at a next beat, by anyone.
+                    with contextlib.suppress(Exception):
+                        await self.redis.zadd(self.key("procs"), {proc: 0})
+                    raise
+        except Exception:
+            self.unannounced = departures  # returned by the next call
+            raise
         return departures
 
     async def _reap_process(self, proc: str) -> list:

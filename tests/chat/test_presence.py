@@ -155,3 +155,59 @@ async def test_a_local_room_lock_with_a_waiter_is_kept():
     with pytest.raises(asyncio.CancelledError):
         await third
     assert dict(rooms.locks) == {}
+
+
+async def test_a_reap_that_fails_midway_loses_no_departure(dead_and_survivor, monkeypatch):
+    """Redis fails after one room of a dead process was reaped: the process is dead again,
+    and the next reap finishes it and reports the departures of both rooms, once."""
+    dead, survivor = dead_and_survivor
+    rooms = presence.of(survivor)
+    script, calls = rooms.scripts["reap_room"], []
+
+    async def flaky(keys, args):
+        calls.append(keys[0])
+        if len(calls) == 2:
+            raise ConnectionError("Redis went away")
+        return await script(keys, args)
+
+    monkeypatch.setattr(rooms, "scripts", {**rooms.scripts, "reap_room": flaky})
+    with pytest.raises(ConnectionError):
+        await reap_three_of_four(dead, survivor)
+    departures = await survivor.reap(dead_after=60)
+    assert sorted((d.room, d.user) for d in departures) == [
+        ("hall", "ann"), ("hall", "bob"), ("lobby", "ann"), ("lobby", "bob"), ("lobby", "cyd")]
+    assert not await rooms.room_has_user("lobby", "cyd")
+    assert not await rooms.room_has_user("hall", "bob")
+    assert await survivor.reap(dead_after=60) == []
+
+
+async def test_departures_a_handler_failed_on_are_handed_again(monkeypatch):
+    """A departure handler that fails (the layer is down) gets the same departures at the
+    next beat; a member sees each user_left once."""
+    hub = await get_hub()
+    member = Silent(hub.new_connection_name(), "watcher")
+    await fanout.join(hub, "retry", member)
+    await fanout.go_live(member)
+    departures = presence.departed("retry", ["ann", "bob"], ["watcher"], 12)
+    reaps = [departures, [], []]
+
+    async def reap(dead_after):
+        return reaps.pop(0)
+
+    real_publish, failures = hub.publish, [ConnectionError("layer down")]
+
+    async def publish(group, event, **kwargs):
+        if failures:
+            raise failures.pop()
+        await real_publish(group, event, **kwargs)
+
+    monkeypatch.setattr(hub.registry, "reap", reap)
+    monkeypatch.setattr(hub, "publish", publish)
+    with pytest.raises(ConnectionError):
+        await hub._reap()
+    await hub._reap()
+    await wait_for(lambda: len(member.frames) >= 2)
+    await hub._reap()  # nothing left to hand out
+    await asyncio.sleep(0.1)
+    assert len(member.frames) == 2 and '"ann"' in member.frames[0]
+    await fanout.leave(hub, "retry", member, announced=False)
