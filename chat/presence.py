@@ -5,7 +5,7 @@ Chat's part of the connection registry (:mod:`realtime.registry`): an
 (:class:`LocalPresence`) or in Redis (:class:`RedisPresence`). The Redis one
 restores this process's memberships after Redis lost them, and reaps a dead
 process's, reporting which users left which rooms (:class:`Departure`). Each
-change is one Lua script, so it is atomic.
+change is one Lua script (:mod:`chat.presence_lua`), so it is atomic.
 """
 
 import asyncio
@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat import presence_lua as lua
 from realtime.registry import Extension, LocalRegistry, RedisRegistry, connection_prefix
 
 #: The name of chat's extension in every registry.
@@ -175,97 +176,6 @@ class LocalPresence(Extension):
         self.room_conns.clear()
 
 
-# KEYS/ARGV layouts are documented at each script. Hash fields are connection names.
-_USERS = """
-local function users_of(key)
-  local seen, list = {}, {}
-  for _, u in ipairs(redis.call('HVALS', key)) do
-    if not seen[u] then seen[u] = true; table.insert(list, u) end
-  end
-  table.sort(list)
-  return list, seen
-end
-"""
-
-# A room's presence version starts at the current time in microseconds, so after
-# Redis loses it (a restart, or its expiry: VERSION_TTL_SECONDS) new versions are
-# still above the old ones that connections hold, and their presence events are not
-# dropped as stale. bump(key, floor, n, ttl) takes n versions and returns the last.
-_BUMP = """
-local function bump(key, floor, n, ttl)
-  if redis.call('EXISTS', key) == 0 then redis.call('SET', key, floor) end
-  local last = redis.call('INCRBY', key, n)
-  redis.call('EXPIRE', key, ttl)
-  return last
-end
-"""
-
-_ROOM_JOIN = _USERS + _BUMP + """
-local _, before = users_of(KEYS[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-local list = users_of(KEYS[1])
-return {before[ARGV[2]] and 1 or 0, list, bump(KEYS[3], ARGV[4], 1, ARGV[5])}
-"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room, version floor,
-#    version ttl
-
-_ROOM_LEAVE = _USERS + _BUMP + """
-local user = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[1], ARGV[1])
-local list, seen = users_of(KEYS[1])
-return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2], 1, ARGV[3])}
-"""  # KEYS: room hash, room version; ARGV: conn, version floor, version ttl
-
-_REAP_ROOM = _USERS + _BUMP + """
-local _, before = users_of(KEYS[1])
-local prefix = ARGV[1]
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
-end
-local list, after = users_of(KEYS[1])
-local gone = {}
-for u, _ in pairs(before) do if not after[u] then table.insert(gone, u) end end
-table.sort(gone)
-if #gone == 0 then return {gone, list, 0} end
-return {gone, list, bump(KEYS[2], ARGV[2], #gone, ARGV[3])}
-"""  # KEYS: room hash, room version; ARGV: "<proc>|", version floor, version ttl.
-#    One version per user gone (the last is returned): each departure is announced.
-
-_LOCK = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('SET', KEYS[3], '1', 'PX', 200)
-  return false
-end
-redis.call('DEL', KEYS[3])
-local last = redis.call('GET', KEYS[2])
-if not last then
-  last = ARGV[3] .. ':0'
-  redis.call('SET', KEYS[2], last, 'EX', ARGV[4])
-end
-return last
-"""  # KEYS: room lock, room publication, room waiting; ARGV: token, ttl ms, a new epoch,
-#    the publication's ttl in seconds
-
-_KEEP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""  # KEYS: as _LOCK; ARGV: token, ttl ms, the turn's last publication or '', the
-#    publication's ttl in seconds. 1: kept
-
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
-return redis.call('DEL', KEYS[1])
-"""  # KEYS: room lock, room publication; ARGV: token, the turn's last publication or '',
-#    the publication's ttl in seconds
-
-
 def _published(turn: RoomTurn) -> str:
     """What the lock scripts record of ``turn``: its last publication, or ``''``."""
     if not turn.published or turn.after is None:
@@ -299,8 +209,8 @@ class RedisPresence(Extension):
         self.own_room_conns: dict[tuple[str, str], str] = {}
         self.unannounced: list[Departure] = []  # reaped, not yet returned (see reap())
         self.scripts = registry.register_scripts(
-            room_join=_ROOM_JOIN, room_leave=_ROOM_LEAVE, reap_room=_REAP_ROOM,
-            lock=_LOCK, keep=_KEEP, unlock=_UNLOCK)
+            room_join=lua.ROOM_JOIN, room_leave=lua.ROOM_LEAVE, reap_room=lua.REAP_ROOM,
+            lock=lua.LOCK, keep=lua.KEEP, unlock=lua.UNLOCK)
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),
@@ -313,9 +223,11 @@ class RedisPresence(Extension):
 
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         self.own_room_conns.pop((room, conn), None)
-        keys = [self.key("room", room), self.key("room-version", room)]
+        keys = [self.key("room", room), self.key("room-version", room),
+                self.key("proc", self.proc_id, "rooms")]
         present, users, version = await self.scripts["room_leave"](
-            keys, [conn, _version_floor(), VERSION_TTL_SECONDS])
+            keys, [conn, _version_floor(), VERSION_TTL_SECONDS,
+                   connection_prefix(self.proc_id), room])
         return RoomChange(bool(present), list(users), int(version))
 
     async def room_has_user(self, room: str, user: str) -> bool:

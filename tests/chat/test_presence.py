@@ -94,6 +94,26 @@ async def test_a_room_version_expires_after_its_last_change(dead_and_survivor):
     assert 100 < await survivor.redis.ttl(key) <= VERSION_TTL_SECONDS
 
 
+async def test_a_joined_then_left_room_leaves_only_its_expiring_version_in_redis(
+        dead_and_survivor):
+    """The process's set of rooms loses a room with its last connection there (else a
+    long-lived process kept every room it ever served, and its reap went through them all)."""
+    _, survivor = dead_and_survivor
+    rooms, mine = presence.of(survivor), survivor.key("proc", "live-proc", "rooms")
+    await rooms.room_join("lobby", "live-proc|1", "dan")
+    await rooms.room_join("lobby", "live-proc|2", "dan")
+    await rooms.room_join("hall", "live-proc|3", "eve")
+    await rooms.room_leave("lobby", "live-proc|1")
+    assert await survivor.redis.smembers(mine) == {"lobby", "hall"}
+    await rooms.room_leave("lobby", "live-proc|2")
+    assert await survivor.redis.smembers(mine) == {"hall"}
+    await rooms.room_leave("hall", "live-proc|3")
+    keys = {key async for key in survivor.redis.scan_iter(match=survivor.key("*"))}
+    assert keys == {survivor.key("room-version", "lobby"), survivor.key("room-version", "hall")}
+    for key in keys:
+        assert 0 < await survivor.redis.ttl(key) <= VERSION_TTL_SECONDS
+
+
 async def test_an_expired_room_version_starts_above_the_old_one(dead_and_survivor):
     """Expiry is safe: the next version starts at the clock floor, above what members hold."""
     _, survivor = dead_and_survivor
