@@ -145,6 +145,11 @@ return 1
 """  # KEYS: user hash; ARGV: "<proc>|"
 
 
+#: How long a survivor may take to reap a dead process before another one may (a reap
+#: that outlives it is harmless: each room and user is reaped atomically, once).
+REAP_LEASE_SECONDS = 60
+
+
 class RedisRegistry:
     """The registry shared by every process on one Redis."""
 
@@ -238,16 +243,19 @@ class RedisRegistry:
             dead = await self.redis.zrangebyscore(
                 self.key("procs"), "-inf", time.time() - dead_after)
             for proc in dead:
-                # ZREM succeeds for one process only: that one reaps.
-                if proc == self.proc_id or not await self.redis.zrem(self.key("procs"), proc):
+                # One survivor at a time reaps a process, under a lease; the process
+                # stays listed as dead until its reap is complete, so a reap that
+                # failed, or whose reaper died, is taken up again at a next beat.
+                lease = self.key("reaping", proc)
+                if proc == self.proc_id or not await self.redis.set(
+                        lease, self.proc_id, nx=True, ex=REAP_LEASE_SECONDS):
                     continue
                 try:
                     departures += await self._reap_process(proc)
-                except Exception:
-                    # Back as dead: what is left of it is reaped at a next beat, by anyone.
+                    await self.redis.zrem(self.key("procs"), proc)
+                finally:
                     with contextlib.suppress(Exception):
-                        await self.redis.zadd(self.key("procs"), {proc: 0})
-                    raise
+                        await self.redis.delete(lease)
         except Exception:
             self.unannounced = departures  # returned by the next call
             raise

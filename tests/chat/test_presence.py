@@ -201,6 +201,20 @@ async def test_a_reap_that_fails_midway_loses_no_departure(dead_and_survivor, mo
     assert await survivor.reap(dead_after=60) == []
 
 
+async def test_a_reap_whose_reaper_died_is_taken_up_again(dead_and_survivor):
+    """A reaper killed while reaping leaves its lease to expire; the dead process is still
+    listed as dead, and a survivor then reaps it."""
+    dead, survivor = dead_and_survivor
+    lease = survivor.key("reaping", "dead-proc")
+    await survivor.redis.set(lease, "killed-reaper", ex=60)
+    assert (await reap_three_of_four(dead, survivor))[2] == []
+    assert await survivor.redis.zscore(survivor.key("procs"), "dead-proc") == 0
+    await survivor.redis.delete(lease)  # what its expiry does
+    assert len(await survivor.reap(dead_after=60)) == 5
+    assert await survivor.redis.zscore(survivor.key("procs"), "dead-proc") is None
+    assert not await survivor.redis.exists(lease)
+
+
 async def test_departures_a_handler_failed_on_are_handed_again(monkeypatch):
     """A departure handler that fails (the layer is down) gets the same departures at the
     next beat; a member sees each user_left once."""
