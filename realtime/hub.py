@@ -298,8 +298,10 @@ class Hub:
         if reaped:
             logger.info("reaped %d departures of dead processes", len(reaped))
         departures, self.unannounced = self.unannounced + reaped, []
+        if not departures:
+            return
         try:
-            for handler in departure_handlers if departures else ():
+            for handler in departure_handlers:
                 await handler(self, departures)
         except Exception:
             self.unannounced = departures
