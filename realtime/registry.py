@@ -117,6 +117,17 @@ redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 """  # KEYS: user hash, proc users set; ARGV: conn, endpoint, limit, user
 
+_UNREGISTER = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local prefix = ARGV[2]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then return 1 end
+end
+redis.call('SREM', KEYS[2], ARGV[3])
+return 1
+"""  # KEYS: user hash, proc users set; ARGV: conn, "<proc>|", user. The user leaves the
+#    process's set with its last connection there.
+
 _REACH = """
 local own = ARGV[2]
 local counts, elsewhere = {}, 0
@@ -174,7 +185,7 @@ class RedisRegistry:
         # Departures reaped by a call that then failed: the next call returns them.
         self.unannounced: list = []
         self.scripts = self.register_scripts(
-            register=_REGISTER, reach=_REACH, reap_user=_REAP_USER)
+            register=_REGISTER, unregister=_UNREGISTER, reach=_REACH, reap_user=_REAP_USER)
         self.apps: dict[str, Extension] = {
             name: factory(self) for name, factory in extensions.items()}
 
@@ -194,7 +205,8 @@ class RedisRegistry:
 
     async def unregister(self, user: str, conn: str) -> None:
         self.own_conns.pop(conn, None)
-        await self.redis.hdel(self.key("user", user), conn)
+        keys = [self.key("user", user), self.key("proc", self.proc_id, "users")]
+        await self.scripts["unregister"](keys, [conn, connection_prefix(self.proc_id), user])
 
     async def connections_on(self, endpoint: str, users: list[str]) -> Reach:
         """The users' connections on ``endpoint``, in one round trip.
