@@ -70,6 +70,9 @@ class LocalRoom:
                 self.note_publication((number[0], number[1]))
         elif kind == "presence":
             await self.deliver(event)
+        elif kind == "departures":
+            for item in event["items"]:
+                await self.deliver(item)
 
     def note_publication(self, number: Publication) -> None:
         """The room's batches up to ``number`` have reached this process."""
@@ -211,9 +214,24 @@ async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None
 
 async def announce_departures(hub: Hub, departures: list[Departure]) -> None:
     """``user_left`` for the users of a dead process (a departure handler of the hub,
-    fed by :meth:`chat.presence.RedisPresence.reap`)."""
+    fed by :meth:`chat.presence.RedisPresence.reap`).
+
+    Each departure has its own version, so a member gets every one of them; those of a
+    room go in one event, in version order (the layer cannot reorder them). A room whose
+    event cannot be published does not keep the other rooms from theirs.
+    """
     moment = now_timestamp()
+    rooms: dict[str, list[dict]] = {}
     for departure in departures:
         frame = protocol.presence("user_left", departure.user, departure.users, moment)
-        await hub.publish(room_group(departure.room),
-                          {"kind": "presence", "frame": frame, "version": departure.version})
+        rooms.setdefault(departure.room, []).append(
+            {"frame": frame, "version": departure.version})
+    failed = None
+    for room, items in rooms.items():
+        items.sort(key=lambda item: item["version"])
+        try:
+            await hub.publish(room_group(room), {"kind": "departures", "items": items})
+        except Exception as exc:
+            failed = exc
+    if failed is not None:
+        raise failed

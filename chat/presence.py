@@ -5,7 +5,7 @@ Chat's part of the connection registry (:mod:`realtime.registry`): an
 (:class:`LocalPresence`) or in Redis (:class:`RedisPresence`). The Redis one
 restores this process's memberships after Redis lost them, and reaps a dead
 process's, reporting which users left which rooms (:class:`Departure`). Each
-change is one Lua script, so it is atomic.
+change is one Lua script (:mod:`chat.presence_lua`), so it is atomic.
 """
 
 import asyncio
@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat import presence_lua as lua
 from realtime.registry import Extension, LocalRegistry, RedisRegistry, connection_prefix
 
 #: The name of chat's extension in every registry.
@@ -38,7 +39,11 @@ class RoomChange:
 
 @dataclass(frozen=True, slots=True)
 class Departure:
-    """A user who left ``room`` because a dead process was reaped."""
+    """A user who left ``room`` because a dead process was reaped.
+
+    Each departure is a change of its own: ``version`` is its own (the departures of
+    one room rise in the order given) and ``users`` is the room after it.
+    """
 
     room: str
     user: str
@@ -53,6 +58,11 @@ Publication = tuple[str, int]
 #: starts a new epoch (as after a Redis restart), which is safe once nothing of the
 #: room is in flight; without an expiry every room ever written to kept a key.
 PUBLICATION_TTL_SECONDS = 86400
+#: How long a room's presence version is kept after its last change. Losing it is
+#: safe: the next version starts at the clock floor (:func:`_version_floor`, the time
+#: in microseconds), above every version handed out before unless the room changed
+#: more than once a microsecond on average since its key was made.
+VERSION_TTL_SECONDS = PUBLICATION_TTL_SECONDS
 
 
 @dataclass(slots=True)
@@ -92,20 +102,38 @@ class RoomTurn:
         return self.held
 
 
+class _LocalLock:
+    """A room's lock and how many turns hold it or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock, self.users = asyncio.Lock(), 0
+
+
 class LocalPresence(Extension):
-    """Room presence and locks of a single process."""
+    """Room presence and locks of a single process.
+
+    Nothing is kept for a room nobody is in and nobody locks: a room's members go with
+    its last member, its lock with its last holder or waiter once the room is empty.
+    Versions come from one counter of the process, so they rise in every room even
+    after the room was forgotten (a late ``user_left`` from before is still dropped).
+    """
 
     def __init__(self) -> None:
         self.room_conns: dict[str, dict[str, str]] = defaultdict(dict)
-        self.locks: dict[str, asyncio.Lock] = {}
-        self.versions: dict[str, int] = defaultdict(int)
+        self.locks: dict[str, _LocalLock] = {}
+        self.version = 0
+
+    def _bump(self) -> int:
+        self.version += 1
+        return self.version
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         members = self.room_conns[room]
         present = user in members.values()
         members[conn] = user
-        self.versions[room] += 1
-        return RoomChange(present, sorted(set(members.values())), self.versions[room])
+        return RoomChange(present, sorted(set(members.values())), self._bump())
 
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         members = self.room_conns.get(room, {})
@@ -114,17 +142,31 @@ class LocalPresence(Extension):
         users = sorted(set(members.values()))
         if not members:
             self.room_conns.pop(room, None)
-        self.versions[room] += 1
-        return RoomChange(present, users, self.versions[room])
+            self._forget_lock(room)
+        return RoomChange(present, users, self._bump())
 
     async def room_has_user(self, room: str, user: str) -> bool:
         return user in self.room_conns.get(room, {}).values()
 
     @contextlib.asynccontextmanager
     async def room_lock(self, room: str) -> AsyncIterator[RoomTurn]:
-        lock = self.locks.setdefault(room, asyncio.Lock())
-        async with lock:
-            yield RoomTurn()
+        entry = self.locks.get(room)
+        if entry is None:
+            entry = self.locks[room] = _LocalLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield RoomTurn()
+        finally:
+            entry.users -= 1
+            if room not in self.room_conns:
+                self._forget_lock(room)
+
+    def _forget_lock(self, room: str) -> None:
+        """Drop ``room``'s lock unless a turn holds it or waits for it."""
+        entry = self.locks.get(room)
+        if entry is not None and not entry.users:
+            del self.locks[room]
 
     async def room_publication(self, room: str) -> Publication | None:
         """Nothing to catch up with: every publication is this process's own."""
@@ -132,91 +174,6 @@ class LocalPresence(Extension):
 
     def close(self) -> None:
         self.room_conns.clear()
-
-
-# KEYS/ARGV layouts are documented at each script. Hash fields are connection names.
-_USERS = """
-local function users_of(key)
-  local seen, list = {}, {}
-  for _, u in ipairs(redis.call('HVALS', key)) do
-    if not seen[u] then seen[u] = true; table.insert(list, u) end
-  end
-  table.sort(list)
-  return list, seen
-end
-"""
-
-# A room's presence version starts at the current time in microseconds, so after
-# Redis loses its data (a restart) new versions are still above the old ones that
-# connections hold, and their presence events are not dropped as stale.
-_BUMP = """
-local function bump(key, floor)
-  if redis.call('EXISTS', key) == 0 then redis.call('SET', key, floor) end
-  return redis.call('INCR', key)
-end
-"""
-
-_ROOM_JOIN = _USERS + _BUMP + """
-local _, before = users_of(KEYS[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-local list = users_of(KEYS[1])
-return {before[ARGV[2]] and 1 or 0, list, bump(KEYS[3], ARGV[4])}
-"""  # KEYS: room hash, proc rooms set, room version; ARGV: conn, user, room, version floor
-
-_ROOM_LEAVE = _USERS + _BUMP + """
-local user = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[1], ARGV[1])
-local list, seen = users_of(KEYS[1])
-return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2])}
-"""  # KEYS: room hash, room version; ARGV: conn, version floor
-
-_REAP_ROOM = _USERS + _BUMP + """
-local _, before = users_of(KEYS[1])
-local prefix = ARGV[1]
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
-end
-local list, after = users_of(KEYS[1])
-local gone = {}
-for u, _ in pairs(before) do if not after[u] then table.insert(gone, u) end end
-table.sort(gone)
-return {gone, list, bump(KEYS[2], ARGV[2])}
-"""  # KEYS: room hash, room version; ARGV: "<proc>|", version floor
-
-_LOCK = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('SET', KEYS[3], '1', 'PX', 200)
-  return false
-end
-redis.call('DEL', KEYS[3])
-local last = redis.call('GET', KEYS[2])
-if not last then
-  last = ARGV[3] .. ':0'
-  redis.call('SET', KEYS[2], last, 'EX', ARGV[4])
-end
-return last
-"""  # KEYS: room lock, room publication, room waiting; ARGV: token, ttl ms, a new epoch,
-#    the publication's ttl in seconds
-
-_KEEP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""  # KEYS: as _LOCK; ARGV: token, ttl ms, the turn's last publication or '', the
-#    publication's ttl in seconds. 1: kept
-
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
-return redis.call('DEL', KEYS[1])
-"""  # KEYS: room lock, room publication; ARGV: token, the turn's last publication or '',
-#    the publication's ttl in seconds
 
 
 def _published(turn: RoomTurn) -> str:
@@ -250,23 +207,27 @@ class RedisPresence(Extension):
         self.redis, self.key = registry.redis, registry.key
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_room_conns: dict[tuple[str, str], str] = {}
+        self.unannounced: list[Departure] = []  # reaped, not yet returned (see reap())
         self.scripts = registry.register_scripts(
-            room_join=_ROOM_JOIN, room_leave=_ROOM_LEAVE, reap_room=_REAP_ROOM,
-            lock=_LOCK, keep=_KEEP, unlock=_UNLOCK)
+            room_join=lua.ROOM_JOIN, room_leave=lua.ROOM_LEAVE, reap_room=lua.REAP_ROOM,
+            lock=lua.LOCK, keep=lua.KEEP, unlock=lua.UNLOCK)
 
     async def room_join(self, room: str, conn: str, user: str) -> RoomChange:
         keys = [self.key("room", room), self.key("proc", self.proc_id, "rooms"),
                 self.key("room-version", room)]
         present, users, version = await self.scripts["room_join"](
-            keys, [conn, user, room, _version_floor()]
+            keys, [conn, user, room, _version_floor(), VERSION_TTL_SECONDS]
         )
         self.own_room_conns[room, conn] = user
         return RoomChange(bool(present), list(users), int(version))
 
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         self.own_room_conns.pop((room, conn), None)
-        keys = [self.key("room", room), self.key("room-version", room)]
-        present, users, version = await self.scripts["room_leave"](keys, [conn, _version_floor()])
+        keys = [self.key("room", room), self.key("room-version", room),
+                self.key("proc", self.proc_id, "rooms")]
+        present, users, version = await self.scripts["room_leave"](
+            keys, [conn, _version_floor(), VERSION_TTL_SECONDS,
+                   connection_prefix(self.proc_id), room])
         return RoomChange(bool(present), list(users), int(version))
 
     async def room_has_user(self, room: str, user: str) -> bool:
@@ -315,17 +276,26 @@ class RedisPresence(Extension):
             pipe.sadd(self.key("proc", self.proc_id, "rooms"), room)
 
     async def reap(self, proc: str) -> list[Departure]:
-        """Drop the dead process ``proc``'s room memberships; who left which room."""
-        departures = []
+        """Drop the dead process ``proc``'s room memberships; who left which room (with
+        those of rooms reaped before a failure of an earlier call)."""
         rooms_key = self.key("proc", proc, "rooms")
         for room in await self.redis.smembers(rooms_key):
             keys = [self.key("room", room), self.key("room-version", room)]
-            gone, users, version = await self.scripts["reap_room"](
-                keys, [connection_prefix(proc), _version_floor()]
+            gone, users, last = await self.scripts["reap_room"](
+                keys, [connection_prefix(proc), _version_floor(), VERSION_TTL_SECONDS]
             )
-            departures += [Departure(room, user, list(users), int(version)) for user in gone]
+            self.unannounced += departed(room, list(gone), list(users), int(last))
         await self.redis.delete(rooms_key)
+        departures, self.unannounced = self.unannounced, []
         return departures
+
+
+def departed(room: str, gone: list[str], users: list[str], last: int) -> list[Departure]:
+    """The departures of ``gone`` (sorted) from ``room``, one version each up to ``last``;
+    each lists the room after it: ``users`` and those of ``gone`` still to leave."""
+    first = last - len(gone) + 1
+    return [Departure(room, user, sorted(users + gone[i + 1:]), first + i)
+            for i, user in enumerate(gone)]
 
 
 def attach(registry: LocalRegistry | RedisRegistry) -> LocalPresence | RedisPresence:

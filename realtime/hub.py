@@ -72,6 +72,8 @@ class Hub:
         self._recovery = asyncio.Lock()
         self._last_refresh = time.monotonic()
         self._restored_at = -RECOVERY_SETTLE_SECONDS
+        # Departures of dead processes not yet handled (see _reap()).
+        self.unannounced: list = []
         # Redis pub/sub: subscriptions are confirmed by a probe (see subscribe()).
         self.pubsub = layers.is_pubsub(self.layer)
         self.probes = layers.Probes(self.layer)
@@ -278,11 +280,7 @@ class Hub:
                     for sweep in sweep_handlers:
                         await sweep(self)
                 await self.recover()
-                departures = await self.registry.reap(self.dead_after_seconds)
-                if departures:
-                    logger.info("reaped %d departures of dead processes", len(departures))
-                    for handler in departure_handlers:
-                        await handler(self, departures)
+                await self._reap()
                 if time.monotonic() - self._last_refresh > GROUP_REFRESH_SECONDS:
                     await self._refresh_groups()
                     self._last_refresh = time.monotonic()
@@ -291,6 +289,23 @@ class Hub:
             except Exception:
                 logger.exception("hub maintenance failed; retrying next beat")
                 self.suspect = True
+
+    async def _reap(self) -> None:
+        """Reap dead processes and hand their departures to the handlers; departures a
+        handler failed on are handed to every handler again at the next beat (the
+        handlers must bear that: chat's ``user_left`` carry versions a member has seen)."""
+        reaped = await self.registry.reap(self.dead_after_seconds)
+        if reaped:
+            logger.info("reaped %d departures of dead processes", len(reaped))
+        departures, self.unannounced = self.unannounced + reaped, []
+        if not departures:
+            return
+        try:
+            for handler in departure_handlers:
+                await handler(self, departures)
+        except Exception:
+            self.unannounced = departures
+            raise
 
     async def _refresh_groups(self, *, restored: bool = False) -> None:
         """Put this process's memberships back (after a Redis restart) or renew them.

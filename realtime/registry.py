@@ -16,6 +16,7 @@ restores it with its own connections and reaps it with a dead process's.
 Connections are named ``"<process id>|<connection id>"``.
 """
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -116,6 +117,17 @@ redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 """  # KEYS: user hash, proc users set; ARGV: conn, endpoint, limit, user
 
+_UNREGISTER = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+local prefix = ARGV[2]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then return 1 end
+end
+redis.call('SREM', KEYS[2], ARGV[3])
+return 1
+"""  # KEYS: user hash, proc users set; ARGV: conn, "<proc>|", user. The user leaves the
+#    process's set with its last connection there.
+
 _REACH = """
 local own = ARGV[2]
 local counts, elsewhere = {}, 0
@@ -144,6 +156,11 @@ return 1
 """  # KEYS: user hash; ARGV: "<proc>|"
 
 
+#: How long a survivor may take to reap a dead process before another one may (a reap
+#: that outlives it is harmless: each room and user is reaped atomically, once).
+REAP_LEASE_SECONDS = 60
+
+
 class RedisRegistry:
     """The registry shared by every process on one Redis."""
 
@@ -165,8 +182,10 @@ class RedisRegistry:
         self.redis = redis.Redis(connection_pool=pool)
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_conns: dict[str, tuple[str, str]] = {}
+        # Departures reaped by a call that then failed: the next call returns them.
+        self.unannounced: list = []
         self.scripts = self.register_scripts(
-            register=_REGISTER, reach=_REACH, reap_user=_REAP_USER)
+            register=_REGISTER, unregister=_UNREGISTER, reach=_REACH, reap_user=_REAP_USER)
         self.apps: dict[str, Extension] = {
             name: factory(self) for name, factory in extensions.items()}
 
@@ -186,7 +205,8 @@ class RedisRegistry:
 
     async def unregister(self, user: str, conn: str) -> None:
         self.own_conns.pop(conn, None)
-        await self.redis.hdel(self.key("user", user), conn)
+        keys = [self.key("user", user), self.key("proc", self.proc_id, "users")]
+        await self.scripts["unregister"](keys, [conn, connection_prefix(self.proc_id), user])
 
     async def connections_on(self, endpoint: str, users: list[str]) -> Reach:
         """The users' connections on ``endpoint``, in one round trip.
@@ -230,13 +250,27 @@ class RedisRegistry:
     async def reap(self, dead_after: float) -> list:
         """Drop the connections of processes silent for ``dead_after`` seconds; returns
         what the extensions reported (see :meth:`Extension.reap`)."""
-        departures: list = []
-        dead = await self.redis.zrangebyscore(self.key("procs"), "-inf", time.time() - dead_after)
-        for proc in dead:
-            # ZREM succeeds for one process only: that one reaps.
-            if proc == self.proc_id or not await self.redis.zrem(self.key("procs"), proc):
-                continue
-            departures += await self._reap_process(proc)
+        departures, self.unannounced = self.unannounced, []
+        try:
+            dead = await self.redis.zrangebyscore(
+                self.key("procs"), "-inf", time.time() - dead_after)
+            for proc in dead:
+                # One survivor at a time reaps a process, under a lease; the process
+                # stays listed as dead until its reap is complete, so a reap that
+                # failed, or whose reaper died, is taken up again at a next beat.
+                lease = self.key("reaping", proc)
+                if proc == self.proc_id or not await self.redis.set(
+                        lease, self.proc_id, nx=True, ex=REAP_LEASE_SECONDS):
+                    continue
+                try:
+                    departures += await self._reap_process(proc)
+                    await self.redis.zrem(self.key("procs"), proc)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await self.redis.delete(lease)
+        except Exception:
+            self.unannounced = departures  # returned by the next call
+            raise
         return departures
 
     async def _reap_process(self, proc: str) -> list:

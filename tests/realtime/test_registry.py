@@ -192,3 +192,21 @@ async def test_every_registry_carries_chats_presence(registry):
     assert change.users == ["ann"] and not change.user_present
     assert await rooms.room_has_user("lobby", "ann")
     assert not (await rooms.room_leave("lobby", "count-proc|1")).user_present
+
+
+async def test_a_process_set_of_users_loses_a_user_with_its_last_connection(redis_url):
+    """A long-lived process keeps no entry for every user it ever served (its reap would go
+    through them all): its set of users loses one with the user's last connection there."""
+    registry = RedisRegistry("users-proc", redis_url, settings.REDIS_PREFIX)
+    mine = registry.key("proc", "users-proc", "users")
+    try:
+        await registry.register("ann", "users-proc|1", "chat", 0)
+        await registry.register("ann", "users-proc|2", NOTIFICATIONS, 0)
+        await registry.register("bob", "users-proc|3", "chat", 0)
+        await registry.unregister("ann", "users-proc|1")
+        assert await registry.redis.smembers(mine) == {"ann", "bob"}
+        await registry.unregister("ann", "users-proc|2")
+        await registry.unregister("bob", "users-proc|3")
+        assert not await registry.redis.exists(mine, registry.key("user", "ann"))
+    finally:
+        await registry.close()
