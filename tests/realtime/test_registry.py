@@ -192,3 +192,38 @@ async def test_every_registry_carries_chats_presence(registry):
     assert change.users == ["ann"] and not change.user_present
     assert await rooms.room_has_user("lobby", "ann")
     assert not (await rooms.room_leave("lobby", "count-proc|1")).user_present
+
+
+async def test_a_released_slot_is_free_here_before_redis_has_the_release(redis_url):
+    """A user's slot is free on this process once ``unregister`` has started: the next
+    register deletes what the HDEL in flight (or a failed one) would have deleted."""
+    registry = RedisRegistry("slot-proc", redis_url, settings.REDIS_PREFIX)
+    original, landed = registry.redis.hdel, asyncio.Event()
+
+    async def slow_hdel(*args):
+        await landed.wait()
+        return await original(*args)
+
+    try:
+        assert await registry.register("ann", "slot-proc|1", "chat", 1)
+        registry.redis.hdel = slow_hdel
+        unregistering = asyncio.ensure_future(registry.unregister("ann", "slot-proc|1"))
+        await asyncio.sleep(0)
+        assert await registry.register("ann", "slot-proc|2", "chat", 1)
+        assert not await registry.register("ann", "slot-proc|3", "chat", 1)
+        landed.set()
+        await unregistering
+        assert registry.releasing == {}
+
+        async def failing_hdel(*args):
+            raise ConnectionError("Redis went away")
+
+        registry.redis.hdel = failing_hdel
+        with pytest.raises(ConnectionError):
+            await registry.unregister("ann", "slot-proc|2")
+        registry.redis.hdel = original
+        assert await registry.register("ann", "slot-proc|4", "chat", 1)
+        assert registry.releasing == {}
+        assert (await registry.connections_on("chat", ["ann"])).counts == [1]
+    finally:
+        await registry.close()
