@@ -135,11 +135,13 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             metrics.inc("realtime_auth_failures_total", code=str(int(auth_error)))
             await self.close_with(auth_error)
             return
-        if settings.WS_MAX_CONNECTIONS and self.hub.connections >= settings.WS_MAX_CONNECTIONS:
-            logger.warning("connection cap of this process reached (%d)", self.hub.connections)
+        self._address = str((self.scope.get("client") or [""])[0])  # daphne: host, port
+        over = self.hub.slots.take(not self.requires_user, self._address)
+        if over:  # the anonymous caps are the expected answer to a flood: info
+            level = logging.INFO if over.startswith("anonymous") else logging.WARNING
+            logger.log(level, "%s reached: closed a %s connection", over, self.endpoint)
             await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
             return
-        self.hub.connections += 1
         self._counted = True
         metrics.inc("realtime_connections_total", endpoint=self.endpoint)
         metrics.inc("realtime_connections_open", endpoint=self.endpoint)
@@ -170,7 +172,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             self._expiry.cancel()
         if self._counted:
             self._counted = False
-            self.hub.connections -= 1
+            self.hub.slots.release(not self.requires_user, self._address)
             metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
         unregistered = None
         if self._registered:  # the per-user slot: Redis's round trip runs beside disconnect()

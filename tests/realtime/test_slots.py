@@ -1,7 +1,9 @@
-"""Connection slots over a real daphne and a real client (issue 18, item 13).
+"""Connection slots over a real daphne and a real client (issue 18, items 3 and 13).
 
-A socket's slots (the process's, the user's) are free once its close handshake
-has completed, even while the server still does its disconnect work.
+* A socket's slots (the process's, the user's) are free once its close handshake
+  has completed, even while the server still does its disconnect work.
+* Anonymous ``/ws/echo/`` sockets have their own, smaller share of the process
+  and a per-address cap: they cannot lock users out.
 """
 
 import asyncio
@@ -10,8 +12,11 @@ import secrets
 import urllib.request
 
 import pytest
+from django.test import override_settings
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from realtime.limits import ConnectionSlots
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
@@ -40,6 +45,16 @@ async def answer(ws, ack: bool = False) -> object:
                 notes = []
     except ConnectionClosed as exc:
         return exc.rcvd.code if exc.rcvd else None
+
+
+async def outcome(url: str, address: str | None = None) -> object:
+    """A new socket's answer to a ping, or its close code (closed at once if it got one)."""
+    headers = {"X-Forwarded-For": address} if address else None
+    ws = await connect(url, compression=None, open_timeout=10, additional_headers=headers)
+    seen = await answer(ws)
+    if seen != "pong":
+        await ws.close()
+    return seen, ws
 
 
 async def opened(url: str, ack: bool = False, **kwargs):
@@ -73,7 +88,8 @@ async def test_closed_slots_are_free_at_once(daphne_server, names, token_for):
     writes the acks; the chat socket's leaves its room: the slots are free before that.
     """
     name, _, boss = names
-    server = daphne_server(WS_MAX_CONNECTIONS_PER_USER="3", WS_MAX_CONNECTIONS="6")
+    server = daphne_server(WS_MAX_CONNECTIONS_PER_USER="3", WS_MAX_CONNECTIONS="6",
+                           WS_MAX_ANONYMOUS_CONNECTIONS="3")
     token = token_for(name)
     notes = f"{server.ws_url}/ws/notifications/?token={token}"
     urls = [notes, notes, f"{server.ws_url}/ws/chat/slots/?token={token}"]
@@ -87,3 +103,61 @@ async def test_closed_slots_are_free_at_once(daphne_server, names, token_for):
                                        for url in urls))
         assert await asyncio.gather(*(answer(ws) for ws in again)) == ["pong"] * 6
         await asyncio.gather(*(ws.close() for ws in again))
+
+
+@pytest.mark.daphne
+async def test_anonymous_sockets_cannot_lock_users_out(daphne_server, names, token_for):
+    """Echo sockets past their share of the process, or past their address's cap, get
+    4013; users' chat and notifications sockets still connect, up to the process cap."""
+    alice, bob, _ = names
+    server = daphne_server(WS_MAX_CONNECTIONS="8", WS_MAX_ANONYMOUS_CONNECTIONS="3",
+                           WS_MAX_CONNECTIONS_PER_ADDRESS="2", PROXY_HEADERS="true")
+    echo = f"{server.ws_url}/ws/echo/"
+    held = []
+
+    async def anonymous(address: str) -> object:
+        seen, ws = await outcome(echo, address)
+        if seen == "pong":
+            held.append(ws)
+        return seen
+
+    assert [await anonymous("10.0.0.1") for _ in range(3)] == ["pong", "pong", 4013]
+    assert [await anonymous("10.0.0.2") for _ in range(2)] == ["pong", 4013]
+    assert [await anonymous(f"10.0.1.{i}") for i in range(20)] == [4013] * 20
+
+    chat = f"{server.ws_url}/ws/chat/lobby/?token={token_for(alice)}"
+    notes = f"{server.ws_url}/ws/notifications/?token={token_for(bob)}"
+    users = [await outcome(url) for url in [chat, notes, chat, notes, chat]]
+    assert [seen for seen, _ in users] == ["pong"] * 5  # 3 + 5: the process is full
+    assert (await outcome(notes))[0] == 4013
+    assert (await anonymous("10.0.0.3")) == 4013
+
+    await held.pop().close()  # users may take any free slot of the process
+    users.append(await outcome(notes))
+    assert users[-1][0] == "pong"
+    assert (await anonymous("10.0.0.3")) == 4013
+    await users.pop()[1].close()
+    assert (await anonymous("10.0.0.3")) == "pong"
+    await asyncio.gather(*(ws.close() for ws in held + [ws for _, ws in users]))
+
+
+@override_settings(WS_MAX_CONNECTIONS=5, WS_MAX_ANONYMOUS_CONNECTIONS=3,
+                   WS_MAX_CONNECTIONS_PER_ADDRESS=2)
+def test_connection_slots_count_anonymous_sockets_apart():
+    """The caps of ConnectionSlots; an address is forgotten with its last slot."""
+    slots = ConnectionSlots()
+    assert [slots.take(True, "a") for _ in range(3)] == [None, None, "anonymous connection "
+                                                         "cap of one address"]
+    assert slots.take(True, "b") is None
+    assert slots.take(True, "c") == "anonymous connection cap of this process"
+    assert [slots.take(False) for _ in range(3)] == [None, None,
+                                                     "connection cap of this process"]
+    slots.release(True, "a")
+    slots.release(False)
+    assert slots.take(False) is None
+    for address in ("a", "b"):
+        slots.release(True, address)
+    assert (slots.total, slots.anonymous, slots.by_address) == (2, 0, {})
+    with override_settings(WS_MAX_CONNECTIONS=0, WS_MAX_ANONYMOUS_CONNECTIONS=0,
+                           WS_MAX_CONNECTIONS_PER_ADDRESS=0):
+        assert all(slots.take(True, "a") is None for _ in range(50))
