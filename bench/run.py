@@ -162,8 +162,10 @@ class Bench:
         env.update(
             DEBUG="false", SECRET_KEY="bench-" + "s" * 50, JWT_SECRET=SECRET, LOG_LEVEL="WARNING",
             # The reference has no limits; these would cap echo at 20 frames/s per
-            # connection and the idle test at 10,000 connections.
-            WS_RATE_LIMIT="0", WS_MAX_CONNECTIONS="0", SQLITE_PATH=str(self.db),
+            # connection and 20 sockets from one address, and the idle test at 10,000
+            # connections.
+            WS_RATE_LIMIT="0", WS_MAX_CONNECTIONS="0", WS_MAX_CONNECTIONS_PER_ADDRESS="0",
+            SQLITE_PATH=str(self.db),
             # The reference and the project's uvicorn run with --no-access-log.
             ACCESS_LOG="false",
         )

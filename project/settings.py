@@ -251,6 +251,12 @@ WS_RATE_LIMIT = env_int("WS_RATE_LIMIT", 20)
 WS_RATE_BURST = env_int("WS_RATE_BURST", 40)
 WS_MAX_CONNECTIONS = env_int("WS_MAX_CONNECTIONS", 10000)
 WS_MAX_CONNECTIONS_PER_USER = env_int("WS_MAX_CONNECTIONS_PER_USER", 10)
+# Anonymous sockets (/ws/echo/) of this process: at most this many of its
+# WS_MAX_CONNECTIONS (default a tenth, at least 1), so that the rest stays for
+# authenticated users; and at most WS_MAX_CONNECTIONS_PER_ADDRESS per client address.
+WS_MAX_ANONYMOUS_CONNECTIONS = env_int(
+    "WS_MAX_ANONYMOUS_CONNECTIONS", max(1, WS_MAX_CONNECTIONS // 10) if WS_MAX_CONNECTIONS else 0)
+WS_MAX_CONNECTIONS_PER_ADDRESS = env_int("WS_MAX_CONNECTIONS_PER_ADDRESS", 20)
 NOTIFICATIONS_QUEUE_LIMIT = env_int("NOTIFICATIONS_QUEUE_LIMIT", 100, minimum=1)
 # Bytes the server may hold for one client that does not read (a stalled or very
 # slow peer in a busy room); past it the connection is closed with 4010 and the

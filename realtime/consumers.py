@@ -135,11 +135,13 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             metrics.inc("realtime_auth_failures_total", code=str(int(auth_error)))
             await self.close_with(auth_error)
             return
-        if settings.WS_MAX_CONNECTIONS and self.hub.connections >= settings.WS_MAX_CONNECTIONS:
-            logger.warning("connection cap of this process reached (%d)", self.hub.connections)
+        self._address = str((self.scope.get("client") or [""])[0])  # daphne: host, port
+        over = self.hub.slots.take(not self.requires_user, self._address)
+        if over:  # the anonymous caps are the expected answer to a flood: info
+            level = logging.INFO if over.startswith("anonymous") else logging.WARNING
+            logger.log(level, "%s reached: closed a %s connection", over, self.endpoint)
             await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
             return
-        self.hub.connections += 1
         self._counted = True
         metrics.inc("realtime_connections_total", endpoint=self.endpoint)
         metrics.inc("realtime_connections_open", endpoint=self.endpoint)
@@ -159,25 +161,36 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await self.connect()
 
     async def websocket_disconnect(self, message) -> None:
-        """:meth:`disconnect` (if :meth:`connect` ran), then unregister."""
+        """Free the connection's slots, then :meth:`disconnect` (if :meth:`connect` ran).
+
+        The slots go first: a client whose close handshake has completed finds
+        its slot free, even while this connection's disconnect work (leaving
+        rooms, writing acks) goes on.
+        """
         self.closing = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._counted:
+            self._counted = False
+            self.hub.slots.release(not self.requires_user, self._address)
+            metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
+        unregistered = None
+        if self._registered:  # the per-user slot: Redis's round trip runs beside disconnect()
+            self._registered = False
+            self.hub.remove_user_connection(self.user.username, self)
+            unregistered = asyncio.ensure_future(
+                self.hub.registry.unregister(self.user.username, self.conn))
         try:
             if self._connected:
                 await self.disconnect(message.get("code"))
         except Exception:
             logger.exception("error while leaving a %s connection", self.endpoint)
         finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
-            if self._registered:
-                self.hub.remove_user_connection(self.user.username, self)
+            if unregistered is not None:
                 try:
-                    await self.hub.registry.unregister(self.user.username, self.conn)
+                    await unregistered
                 except Exception:
                     logger.exception("could not unregister a connection")
-            if self._counted:
-                self.hub.connections -= 1
-                metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
         raise StopConsumer()
 
     async def connect(self) -> None:

@@ -19,6 +19,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from realtime import layers
+from realtime.limits import ConnectionSlots
 from realtime.registry import Reach, connection_prefix, new_registry
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Hub:
         self.layer = get_channel_layer()
         self.registry = new_registry(self.proc_id)
         self.groups: dict[str, set[Listener]] = {}
-        self.connections = 0
+        self.slots = ConnectionSlots()  # this process's WebSocket slots (the caps)
         # Authenticated consumers of this process by endpoint, then username (to revoke
         # a user, to hand a NOTE to its user's connections). Endpoints are never removed.
         self.user_connections: dict[str, dict[str, set]] = {}

@@ -1,5 +1,5 @@
-"""The limits on what a client sends and costs: frame size, frame rate, the pace of
-large answers and the per-address budget of costly ones."""
+"""The limits on what a client sends and costs: frame size, frame rate, this process's
+connection slots, the pace of large answers and the per-address budget of costly ones."""
 
 import asyncio
 import contextlib
@@ -146,3 +146,48 @@ class AddressBudget:
 
 def _free(nbytes: int) -> None:
     """The charge of a disabled budget."""
+
+
+class ConnectionSlots:
+    """This process's WebSocket slots (settings read at call time; 0 disables a cap).
+
+    ``WS_MAX_CONNECTIONS`` counts every socket; at most ``WS_MAX_ANONYMOUS_CONNECTIONS``
+    of them are anonymous (endpoints without a user), and at most
+    ``WS_MAX_CONNECTIONS_PER_ADDRESS`` anonymous ones per client address. So anonymous
+    sockets never take the last ``WS_MAX_CONNECTIONS - WS_MAX_ANONYMOUS_CONNECTIONS``
+    slots: those stay for authenticated users (each capped by the registry).
+    An address is counted only while it holds a slot.
+    """
+
+    __slots__ = ("anonymous", "by_address", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.anonymous = 0
+        self.by_address: dict[str, int] = {}
+
+    def take(self, anonymous: bool, address: str = "") -> str | None:
+        """Take a slot; or, over a cap, take none and say which cap."""
+        if settings.WS_MAX_CONNECTIONS and self.total >= settings.WS_MAX_CONNECTIONS:
+            return "connection cap of this process"
+        if anonymous:
+            if (settings.WS_MAX_ANONYMOUS_CONNECTIONS
+                    and self.anonymous >= settings.WS_MAX_ANONYMOUS_CONNECTIONS):
+                return "anonymous connection cap of this process"
+            held = self.by_address.get(address, 0)
+            per_address = settings.WS_MAX_CONNECTIONS_PER_ADDRESS
+            if per_address and held >= per_address:
+                return "anonymous connection cap of one address"
+            self.anonymous += 1
+            self.by_address[address] = held + 1
+        self.total += 1
+        return None
+
+    def release(self, anonymous: bool, address: str = "") -> None:
+        """Give back a slot that :meth:`take` gave."""
+        self.total -= 1
+        if anonymous:
+            self.anonymous -= 1
+            held = self.by_address.pop(address) - 1
+            if held:
+                self.by_address[address] = held

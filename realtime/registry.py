@@ -110,12 +110,14 @@ class LocalRegistry:
 
 # KEYS/ARGV layouts are documented at each script. Hash fields are connection names.
 _REGISTER = """
+for i = 5, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
 local n = redis.call('HLEN', KEYS[1])
 if tonumber(ARGV[3]) > 0 and n >= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[4])
 return 1
-"""  # KEYS: user hash, proc users set; ARGV: conn, endpoint, limit, user
+"""  # KEYS: user hash, proc users set; ARGV: conn, endpoint, limit, user, then the
+#    user's connections this process has closed whose HDEL may not have landed yet
 
 _UNREGISTER = """
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -184,6 +186,9 @@ class RedisRegistry:
         self.own_conns: dict[str, tuple[str, str]] = {}
         # Departures reaped by a call that then failed: the next call returns them.
         self.unannounced: list = []
+        # Closed connections by user whose HDEL has not been confirmed: the user's next
+        # register deletes them first, so a slot is free here as soon as it is released.
+        self.releasing: dict[str, set[str]] = {}
         self.scripts = self.register_scripts(
             register=_REGISTER, unregister=_UNREGISTER, reach=_REACH, reap_user=_REAP_USER)
         self.apps: dict[str, Extension] = {
@@ -198,15 +203,31 @@ class RedisRegistry:
 
     async def register(self, user: str, conn: str, endpoint: str, limit: int) -> bool:
         keys = [self.key("user", user), self.key("proc", self.proc_id, "users")]
-        if not await self.scripts["register"](keys, [conn, endpoint, limit, user]):
+        released = list(self.releasing.get(user, ()))
+        registered = await self.scripts["register"](
+            keys, [conn, endpoint, limit, user, *released])
+        self._released(user, released)
+        if not registered:
             return False
         self.own_conns[conn] = (user, endpoint)
         return True
 
     async def unregister(self, user: str, conn: str) -> None:
+        """Free the connection's slot; on this process at once, even before Redis has it
+        (a failed HDEL is retried by the user's next register here)."""
         self.own_conns.pop(conn, None)
+        self.releasing.setdefault(user, set()).add(conn)
         keys = [self.key("user", user), self.key("proc", self.proc_id, "users")]
         await self.scripts["unregister"](keys, [conn, connection_prefix(self.proc_id), user])
+        self._released(user, [conn])
+
+    def _released(self, user: str, conns: list[str]) -> None:
+        """``conns`` of ``user`` are gone from Redis."""
+        pending = self.releasing.get(user)
+        if pending is not None:
+            pending.difference_update(conns)
+            if not pending:
+                del self.releasing[user]
 
     async def connections_on(self, endpoint: str, users: list[str]) -> Reach:
         """The users' connections on ``endpoint``, in one round trip.

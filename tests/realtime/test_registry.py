@@ -210,3 +210,38 @@ async def test_a_process_set_of_users_loses_a_user_with_its_last_connection(redi
         assert not await registry.redis.exists(mine, registry.key("user", "ann"))
     finally:
         await registry.close()
+
+
+async def test_a_released_slot_is_free_here_before_redis_has_the_release(redis_url):
+    """A user's slot is free on this process once ``unregister`` has started: the next
+    register deletes what the HDEL in flight (or a failed one) would have deleted."""
+    registry = RedisRegistry("slot-proc", redis_url, settings.REDIS_PREFIX)
+    original, landed = registry.scripts["unregister"], asyncio.Event()
+
+    async def slow_unregister(*args):
+        await landed.wait()
+        return await original(*args)
+
+    try:
+        assert await registry.register("ann", "slot-proc|1", "chat", 1)
+        registry.scripts["unregister"] = slow_unregister
+        unregistering = asyncio.ensure_future(registry.unregister("ann", "slot-proc|1"))
+        await asyncio.sleep(0)
+        assert await registry.register("ann", "slot-proc|2", "chat", 1)
+        assert not await registry.register("ann", "slot-proc|3", "chat", 1)
+        landed.set()
+        await unregistering
+        assert registry.releasing == {}
+
+        async def failing_unregister(*args):
+            raise ConnectionError("Redis went away")
+
+        registry.scripts["unregister"] = failing_unregister
+        with pytest.raises(ConnectionError):
+            await registry.unregister("ann", "slot-proc|2")
+        registry.scripts["unregister"] = original
+        assert await registry.register("ann", "slot-proc|4", "chat", 1)
+        assert registry.releasing == {}
+        assert (await registry.connections_on("chat", ["ann"])).counts == [1]
+    finally:
+        await registry.close()
