@@ -23,7 +23,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime import metrics, protocol, servers, tokens, wire
+from realtime import metrics, protocol, servers, shutdown, tokens, wire
 from realtime.hub import Hub, get_hub
 from realtime.limits import TokenBucket, too_large
 from realtime.middleware import get_active_user
@@ -139,7 +139,11 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             logger.warning("connection cap of this process reached (%d)", self.hub.connections)
             await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
             return
+        if shutdown.stopping():
+            await self.close_with(CloseCode.SERVER_RESTARTING)
+            return
         self.hub.connections += 1
+        self.hub.consumers.add(self)
         self._counted = True
         metrics.inc("realtime_connections_total", endpoint=self.endpoint)
         metrics.inc("realtime_connections_open", endpoint=self.endpoint)
@@ -177,6 +181,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                     logger.exception("could not unregister a connection")
             if self._counted:
                 self.hub.connections -= 1
+                self.hub.consumers.discard(self)
                 metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
         raise StopConsumer()
 
