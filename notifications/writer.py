@@ -65,6 +65,15 @@ async def flush_acks(user_id: int | None = None) -> None:
     await writer().flush_acks(user_id)
 
 
+async def finish() -> None:
+    """A graceful stop's handler: store every pending ack and finish the batch in progress."""
+    found = _writers.get(asyncio.get_running_loop())
+    if found is None:
+        return
+    await found.flush_acks()
+    if found.task is not None and not found.task.done():
+        await asyncio.shield(found.task)
+
 
 class Writer:
     """Stores this event loop's posts and acks in batches, then pushes what it stored.

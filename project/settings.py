@@ -285,6 +285,10 @@ SESSION_SWEEP_SECONDS = env_int("SESSION_SWEEP_SECONDS", 2, minimum=1)
 
 # --- Server (used by `manage.py serve`) ---------------------------------------
 
+# A graceful stop (SIGTERM under daphne) closes WebSockets with 4012, answers the
+# requests it has read, stores pending acks, and takes at most this long.
+SHUTDOWN_GRACE_SECONDS = env_int("SHUTDOWN_GRACE_SECONDS", 10, minimum=1)
+
 SERVER_HOST = env_str("HOST", "127.0.0.1")
 SERVER_PORT = env_int("PORT", 8000, minimum=1)
 WS_PING_INTERVAL = env_int("WS_PING_INTERVAL", 20, minimum=1)

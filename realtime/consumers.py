@@ -23,7 +23,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime import metrics, protocol, servers, tokens, wire
+from realtime import metrics, protocol, servers, shutdown, tokens, wire
 from realtime.hub import Hub, get_hub
 from realtime.limits import TokenBucket, too_large
 from realtime.middleware import get_active_user
@@ -135,6 +135,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             metrics.inc("realtime_auth_failures_total", code=str(int(auth_error)))
             await self.close_with(auth_error)
             return
+        if shutdown.stopping():
+            await self.close_with(CloseCode.SERVER_RESTARTING)
+            return
         self._address = str((self.scope.get("client") or [""])[0])  # daphne: host, port
         over = self.hub.slots.take(not self.requires_user, self._address)
         if over:  # the anonymous caps are the expected answer to a flood: info
@@ -142,6 +145,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             logger.log(level, "%s reached: closed a %s connection", over, self.endpoint)
             await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
             return
+        self.hub.consumers.add(self)
         self._counted = True
         metrics.inc("realtime_connections_total", endpoint=self.endpoint)
         metrics.inc("realtime_connections_open", endpoint=self.endpoint)
@@ -191,6 +195,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                     await unregistered
                 except Exception:
                     logger.exception("could not unregister a connection")
+            self.hub.consumers.discard(self)
         raise StopConsumer()
 
     async def connect(self) -> None:

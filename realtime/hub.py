@@ -57,6 +57,8 @@ class Hub:
         self.registry = new_registry(self.proc_id)
         self.groups: dict[str, set[Listener]] = {}
         self.slots = ConnectionSlots()  # this process's WebSocket slots (the caps)
+        # Every counted WebSocket consumer of this process (a graceful stop closes them).
+        self.consumers: set = set()
         # Authenticated consumers of this process by endpoint, then username (to revoke
         # a user, to hand a NOTE to its user's connections). Endpoints are never removed.
         self.user_connections: dict[str, dict[str, set]] = {}

@@ -26,6 +26,8 @@ class CloseCode(IntEnum):
     # Not in PROTOCOL.md: the client stopped reading and its backlog reached
     # WS_MAX_SEND_BUFFER_BYTES.
     SLOW_CONSUMER = 4010
+    # The process stops gracefully (SIGTERM): PROTOCOL.md's "server restarting".
+    SERVER_RESTARTING = 4012
     TOO_MANY_CONNECTIONS = 4013
 
 

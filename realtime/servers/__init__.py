@@ -17,11 +17,12 @@ import importlib
 import importlib.metadata
 import logging
 import re
+import sys
 
 from realtime.servers.asgi import AsgiWriter
 
-__all__ = ["AsgiWriter", "adapters", "prepare_daphne", "send_http_response", "switch_off",
-           "untested", "writer_for"]
+__all__ = ["AsgiWriter", "adapters", "prepare_daphne", "prepare_uvicorn", "send_http_response",
+           "switch_off", "untested", "writer_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,3 +119,14 @@ def prepare_daphne() -> None:
     adapter = adapters().get("daphne")
     if adapter is not None:
         adapter.apply_patches()
+
+
+def prepare_uvicorn() -> None:
+    """What ``project.asgi`` does as uvicorn loads it: the uvicorn adapter's graceful stop.
+
+    uvicorn runs no start-up code of ours but the application's import; nothing
+    is done where uvicorn is not the server that imports it.
+    """
+    adapter = adapters().get("uvicorn")
+    if adapter is not None and "uvicorn.server" in sys.modules:
+        adapter.stop_gracefully()

@@ -1,12 +1,14 @@
-"""The daphne adapter: frames straight to the socket, and two start-up patches.
+"""The daphne adapter: frames straight to the socket, and the start-up patches.
 
 Everything here reads or changes private parts of daphne, Twisted and autobahn,
 so it is on only for the versions in :data:`TESTED` (see :mod:`realtime.servers`).
 """
 
+import asyncio
 import errno
 import functools
 import logging
+import time
 
 from realtime.servers.asgi import AsgiWriter
 
@@ -162,6 +164,7 @@ def apply_patches() -> None:
     plain_autobahn_log_arguments()
     skip_twisted_form_parsing()
     bound_request_bodies()
+    stop_gracefully()
 
 
 def plain_autobahn_log_arguments() -> None:
@@ -246,3 +249,65 @@ def refuse_body(request) -> None:
         b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
     request.channel.transport.loseConnection()
+
+
+def stop_gracefully() -> None:
+    """On SIGTERM (or SIGINT), stop listening and stop gracefully before daphne cancels.
+
+    Twisted stops the reactor on SIGTERM: its "before shutdown" triggers run
+    (daphne's :meth:`~daphne.server.Server.kill_all_applications` cancels every
+    application instance at once: running requests go unanswered, consumers'
+    ``disconnect()`` never runs), then "during shutdown" closes every socket,
+    listening ports last of all. Here daphne's trigger first closes the
+    listening ports, then waits (a Deferred on an asyncio future: Twisted waits
+    for it) for :func:`realtime.shutdown.graceful_stop` and for the answers to
+    leave Twisted's buffers, all within ``SHUTDOWN_GRACE_SECONDS``; what is
+    left then is daphne's to cancel, as before.
+    """
+    from daphne.server import Server
+    from twisted.internet import defer
+
+    from realtime import shutdown
+
+    original = Server.kill_all_applications
+    if getattr(original, "stops_gracefully", False):
+        return
+
+    def kill_all_applications(self):
+        stop_listening()
+        done = defer.Deferred.fromFuture(
+            asyncio.ensure_future(shutdown.graceful_stop(last=flush_transports)))
+        done.addErrback(lambda failure: logger.error("graceful stop failed: %s", failure))
+        done.addBoth(lambda _: original(self))
+        return done
+
+    kill_all_applications.stops_gracefully = True
+    Server.kill_all_applications = kill_all_applications
+
+
+def stop_listening() -> None:
+    """Close daphne's listening ports: new connections are refused, not left waiting."""
+    from twisted.internet import reactor, tcp
+
+    for reader in list(reactor.getReaders()):
+        if isinstance(reader, tcp.Port):
+            reader.stopListening()
+
+
+#: How long the stop waits for answers to leave Twisted's buffers (within the grace).
+FLUSH_SECONDS = 2.0
+
+
+async def flush_transports() -> None:
+    """Wait until Twisted has handed every connection's buffered bytes to the kernel.
+
+    Twisted writes a buffer when the socket is writable; "during shutdown" it
+    drops every connection with whatever is still buffered (the last answers).
+    """
+    from twisted.internet import reactor, tcp
+
+    deadline = time.monotonic() + FLUSH_SECONDS
+    while time.monotonic() < deadline:
+        if not any(isinstance(writer, tcp.Connection) for writer in reactor.getWriters()):
+            return
+        await asyncio.sleep(0.01)

@@ -176,3 +176,31 @@ async def send_http_response(send, status: int, headers: list[tuple[bytes, bytes
     cycle.message_event.set()
     cycle.on_response()
     return True
+
+
+def stop_gracefully() -> None:
+    """On SIGTERM, run :func:`realtime.shutdown.graceful_stop` before uvicorn's own shutdown.
+
+    uvicorn's ``Server.shutdown`` stops listening, then closes every WebSocket
+    with 1012 (which daphne cannot send, so the contract says 4012) and waits for
+    running requests and tasks; its lifespan shutdown comes after all that (and
+    the README runs it with ``--lifespan off``). Here listening stops first, then
+    the graceful stop closes the sockets with 4012, answers or refuses requests
+    and stores pending acks, then uvicorn's shutdown does the rest.
+    """
+    from uvicorn.server import Server
+
+    from realtime import shutdown
+
+    original = Server.shutdown
+    if getattr(original, "stops_gracefully", False):
+        return
+
+    async def graceful_shutdown(self, sockets=None) -> None:
+        for server in self.servers:
+            server.close()  # uvicorn's first step too: no new connection meanwhile
+        await shutdown.graceful_stop()
+        await original(self, sockets)
+
+    graceful_shutdown.stops_gracefully = True
+    Server.shutdown = graceful_shutdown
