@@ -116,9 +116,9 @@ TEMPLATES = [
 # --- Database ---------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL")
-# FULL: a commit (a 202, a stored message) survives power loss; NORMAL: a process or OS
-# crash, but a power cut may undo the last commits (bench/RESULTS.md measured both).
-SQLITE_SYNCHRONOUS = (env_str("SQLITE_SYNCHRONOUS") or "normal").upper()
+# FULL (default): a commit (a 202, a stored message) survives power loss; NORMAL: a process
+# crash, but an OS crash or power cut may undo the last commits (bench/RESULTS.md measured both).
+SQLITE_SYNCHRONOUS = (env_str("SQLITE_SYNCHRONOUS") or "full").upper()
 if SQLITE_SYNCHRONOUS not in {"FULL", "NORMAL"}:
     raise ImproperlyConfigured(
         f"SQLITE_SYNCHRONOUS must be 'full' or 'normal', not {SQLITE_SYNCHRONOUS.lower()!r}")
