@@ -18,6 +18,7 @@ from notifications.push import counted, push_notes
 from notifications.store import ACK_BATCH, Post, Stored, store_batch, undelivered_frames
 from realtime import db
 from realtime.batching import MAX_BATCH, ServiceUnavailable, each_alone
+from realtime.protocol import json_problem
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,23 @@ MAX_PENDING_ACKS = ACK_BATCH
 GATHER_TURNS = 8
 
 
-def check_data(data: Any) -> None:
+def check_type(data: Any) -> None:
     """Refuse (``TypeError``) data that is not a dict (a JSON object)."""
     if not isinstance(data, dict):
         raise TypeError(f"notification data must be a dict (a JSON object), not {type(data)}")
+
+
+def check_data(data: Any) -> None:
+    """Refuse data that could not be stored and sent, before anything is stored.
+
+    ``TypeError`` if it is not a dict; ``ValueError`` for what an API body is
+    refused for (:func:`realtime.protocol.json_problem`: NaN, infinities,
+    nesting past ``API_MAX_JSON_DEPTH``, NUL, lone surrogates).
+    """
+    check_type(data)
+    problem = json_problem(data)
+    if problem is not None:
+        raise ValueError(f"notification data cannot be stored and sent: {problem}")
 
 
 async def aundelivered_frames(user_id: int) -> list[tuple[int, str]]:
@@ -274,7 +288,7 @@ async def post_notification(target: str | None, data: dict[str, Any] | None, *,
     ``forbidden``, ``not_found``) or :class:`ServiceUnavailable`.
     """
     if data is not None:
-        check_data(data)
+        check_type(data)  # the rest was checked with the body (realtime.api.parse_json_object)
     return await writer().submit(Post(target=target, data=data, actor=actor))
 
 
