@@ -155,6 +155,36 @@ async def test_numbers_that_round_trip_are_stored_as_posted(staff):
     assert row.data["int"] == 10**300
 
 
+@pytest.mark.parametrize("way", ["edge", "chunked"])
+@pytest.mark.parametrize("target", ["x\x00y", "x\ud800y"])
+async def test_a_non_staff_token_gets_403_whatever_the_target(staff, way, target):
+    """The staff check answers before any lookup of the target: a NUL in it is no 500."""
+    path = "/api/notify/" + target
+    status, answer = await via_edge(path, "{}", bearer("bea"), chunked=way == "chunked")
+    assert (status, answer.get("error")) == (403, "forbidden"), answer
+
+
+@pytest.mark.parametrize("way", ["edge", "chunked"])
+async def test_a_staff_token_gets_404_for_a_target_no_user_can_have(staff, way):
+    """A username with a NUL names nobody: 404, after the body's checks."""
+    status, answer = await via_edge("/api/notify/x\x00y", "{}", bearer("boss"),
+                                    chunked=way == "chunked")
+    assert (status, answer.get("error")) == (404, "not_found"), answer
+    status, answer = await via_edge("/api/notify/x\x00y", "[]", bearer("boss"),
+                                    chunked=way == "chunked")
+    assert (status, answer.get("error")) == (400, "invalid_body"), answer
+    assert await Notification.objects.acount() == 0
+
+
+async def test_a_session_post_to_a_nul_target_is_404(staff):
+    client = AsyncClient()
+    await client.aforce_login(staff)
+    response = await client.post("/api/notify/x%00y", data="{}",
+                                 content_type="application/json")
+    assert response.status_code == 404, response.content
+    assert response.json()["error"] == "not_found"
+
+
 # --- The Python API refuses the same data ------------------------------------------
 
 
