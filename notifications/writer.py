@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from notifications.protocol import BROADCAST, note_item
+from notifications.protocol import BROADCAST, QUEUED, note_item
 from notifications.push import counted, push_notes
 from notifications.store import ACK_BATCH, Post, Stored, store_batch, undelivered_frames
 from realtime import db
@@ -219,22 +219,14 @@ class Writer:
         try:
             results = await db.run(store_batch, posts, acks)
         except Exception:
-            if acks:
+            if not posts:
                 logger.warning("a batch of acks failed; its notifications come again",
                                exc_info=True)
-            if len(posts) > 1 or (posts and acks):
-                logger.warning("a batch of %d notifications failed; storing them one by one",
-                               len(posts))
-            results = []
-
-            async def alone(post: Post) -> None:
-                results.extend(await db.run(store_batch, [post], {}))
-
-            def failed(post: Post) -> None:
-                logger.exception("could not store a notification")
-                results.append(ServiceUnavailable("could not store"))
-
-            await each_alone(posts, alone, failed)
+                return
+            if len(posts) > 1 or acks:
+                logger.warning("a batch of %d notifications and the acks of %d users failed;"
+                               " storing each alone", len(posts), len(acks), exc_info=True)
+            results = await self._each_alone(posts, acks)
         stored: list[tuple[Post, Stored]] = []
         for post, result in zip(posts, results, strict=True):
             if isinstance(result, Stored):
@@ -243,15 +235,65 @@ class Writer:
                 _settle(post, exception=result)
             else:
                 _settle(post, result=(None, result))
-        if not stored:
-            return
-        # Pushed once the transaction has committed, in id order, in one event.
-        statuses = await push_notes([
-            note_item(row, None if row.broadcast else post.target) for post, row in stored
-        ])
-        for post, row in stored:
-            status = BROADCAST if row.broadcast else statuses[post.target]
-            _settle(post, result=(row.pk, counted(status)))
+        if stored:
+            await _push_stored(stored)
+
+    @staticmethod
+    async def _each_alone(posts: list[Post], acks: dict[int, set[int]]
+                          ) -> list[Stored | Exception | str]:
+        """After a failed batch: its acks in a transaction of their own, then each post.
+
+        So a post the database refuses fails only itself, never an ack or
+        another post.
+        """
+        if acks:
+            try:
+                await db.run(store_batch, [], acks)
+            except Exception:
+                logger.warning("a batch of acks failed; its notifications come again",
+                               exc_info=True)
+        results: list[Stored | Exception | str] = []
+
+        async def alone(post: Post) -> None:
+            results.extend(await db.run(store_batch, [post], {}))
+
+        def failed(post: Post) -> None:
+            logger.exception("could not store a notification")
+            results.append(ServiceUnavailable("could not store"))
+
+        await each_alone(posts, alone, failed)
+        return results
+
+
+async def _push_stored(stored: list[tuple[Post, Stored]]) -> None:
+    """Push what a batch stored, in id order in one event; answer each post with its id.
+
+    Everything here comes after the commit: whatever fails (a NOTE that cannot
+    be encoded, the push), each post is answered as stored (``queued`` when its
+    NOTE was not pushed), never as "could not store": a client that retried
+    would store it twice.
+    """
+    items, unsent = [], set()
+    for post, row in stored:
+        try:
+            items.append(note_item(row, None if row.broadcast else post.target))
+        except Exception:
+            logger.exception("notification %d is stored but its NOTE cannot be encoded", row.pk)
+            unsent.add(row.pk)
+    statuses: dict[str, str] = {}
+    try:
+        if items:
+            statuses = await push_notes(items)
+    except Exception:
+        logger.exception("could not push notifications; they stay queued")
+    for post, row in stored:
+        if row.broadcast:
+            status = BROADCAST
+        elif unsent and row.pk in unsent:
+            status = QUEUED
+        else:
+            status = statuses.get(post.target, QUEUED)
+        _settle(post, result=(row.pk, counted(status)))
 
 
 def _settle(post: Post, *, result: Any = None, exception: Exception | None = None) -> None:

@@ -8,14 +8,16 @@ with a session. A 202 means stored, a 5xx means not stored; one bad post never
 fails another post or an ack. Run on SQLite and on PostgreSQL (``DATABASE_URL``).
 """
 
+import asyncio
 import json
 import math
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import HttpCommunicator
 from django.test import AsyncClient
 
-from notifications import api
+from notifications import api, errors, store, views, writer
 from notifications.models import Notification
 from project.asgi import application
 from realtime import protocol, tokens
@@ -183,6 +185,124 @@ async def test_a_session_post_to_a_nul_target_is_404(staff):
                                  content_type="application/json")
     assert response.status_code == 404, response.content
     assert response.json()["error"] == "not_found"
+
+
+# --- One bad post in a batch --------------------------------------------------------
+
+
+@pytest.fixture
+def batches(monkeypatch) -> list[tuple[int, int]]:
+    """Record ``(posts, ack users)`` of every transaction the writer runs."""
+    seen: list[tuple[int, int]] = []
+    original = store.store_batch
+
+    def recording(posts, acks):
+        seen.append((len(posts), len(acks)))
+        return original(posts, acks)
+
+    monkeypatch.setattr(writer, "store_batch", recording)
+    return seen
+
+
+async def undelivered_ids(user) -> list[int]:
+    return [row.pk for row in await database_sync_to_async(store.undelivered)(user.pk)]
+
+
+async def test_bad_posts_beside_good_posts_and_acks_lose_nothing(staff, amake_user,
+                                                                 monkeypatch):
+    """Carol's acks ride with a batch where bad posts came too: all applied, good ones 202."""
+    monkeypatch.setattr(writer, "ACK_DELAY_SECONDS", 3600)  # the acks wait for the posts
+    carol = await amake_user("carol")
+    ids = [(await api.anotify(carol, {"n": n}))[0] for n in range(5)]
+    await views.ensure_hub()
+    writer.acknowledge_later(carol.pk, ids)
+    good = bearer("boss")
+    answers = await asyncio.gather(
+        via_edge(NOTIFY, '{"x": NaN}', good),
+        via_edge("/api/notify/x\x00y", "{}", bearer("bea")),
+        via_edge(NOTIFY, '{"a": 1e400}', good),
+        via_edge(NOTIFY, nested(975), good),
+        via_edge(NOTIFY, '{"ok": 1}', good),
+        via_edge("/api/notify/carol", '{"ok": 2}', good),
+    )
+    assert [status for status, _ in answers] == [400, 403, 400, 400, 202, 202], answers
+    await writer.flush_acks()
+    assert await undelivered_ids(carol) == [answers[5][1]["id"]], "the acks were applied"
+    stored = [row.data async for row in Notification.objects.filter(id__gt=ids[-1])]
+    assert stored == [{"ok": 1}, {"ok": 2}]
+
+
+async def test_a_failed_batch_retries_its_acks_on_their_own(amake_user, batches, monkeypatch):
+    """A post the database refuses fails alone; the acks of its batch are still written."""
+    monkeypatch.setattr(writer, "ACK_DELAY_SECONDS", 3600)
+    bob = await amake_user("bob")
+    ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(3)]
+    batches.clear()
+    writer.acknowledge_later(bob.pk, ids)
+    results = await asyncio.gather(
+        api.anotify(bob, {"n": 3}), api.anotify(bob, {"bad": object()}),
+        api.anotify(bob, {"n": 5}), return_exceptions=True)
+    assert isinstance(results[1], errors.ServiceUnavailable)
+    assert [status for _, status in (results[0], results[2])] == ["queued", "queued"]
+    assert batches[0] == (3, 1)
+    assert await undelivered_ids(bob) == [results[0][0], results[2][0]]
+
+
+async def test_a_failed_batch_of_acks_alone_is_not_retried_in_a_loop(amake_user, batches,
+                                                                    monkeypatch):
+    """Acks whose own transaction fails are given up (they come again): no endless retry."""
+    bob = await amake_user("bob")
+    note_id, _ = await api.anotify(bob, {})
+    batches.clear()
+
+    def broken(posts, acks):
+        batches.append((len(posts), len(acks)))
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(writer, "store_batch", broken)
+    writer.acknowledge_later(bob.pk, [note_id])
+    await writer.flush_acks(bob.pk)
+    assert batches == [(0, 1)]
+
+
+# --- A 202 means stored, a 5xx means not stored ------------------------------------
+
+
+async def test_a_row_stored_but_not_encodable_is_answered_as_stored(amake_user, connect,
+                                                                    monkeypatch):
+    """If a stored row's frame cannot be built, its post is answered (id, queued), not 5xx."""
+    bob = await amake_user("bob")
+    tab = await connect("bob")
+    await send(tab, {"type": "ping"})
+    assert (await receive(tab))["type"] == "pong"
+    original = writer.note_item
+
+    def fragile(row, username):
+        if row.data.get("fragile"):
+            raise RecursionError("maximum recursion depth exceeded")
+        return original(row, username)
+
+    monkeypatch.setattr(writer, "note_item", fragile)
+    results = await asyncio.gather(
+        api.anotify(bob, {"n": 0}), api.anotify(bob, {"fragile": 1}), api.anotify(bob, {"n": 2}),
+        return_exceptions=True)
+    assert [status for _, status in results] == ["sent", "queued", "sent"], results
+    assert await Notification.objects.acount() == 3
+    frames = [await receive(tab) for _ in range(2)]
+    assert [f["id"] for f in frames] == [results[0][0], results[2][0]]
+
+
+async def test_a_failed_push_after_storing_is_answered_as_stored(amake_user, monkeypatch):
+    """Whatever fails after the commit, every stored post gets its id."""
+    bob = await amake_user("bob")
+
+    async def broken(items):
+        raise RuntimeError("push broke")
+
+    monkeypatch.setattr(writer, "push_notes", broken)
+    results = await asyncio.gather(api.anotify(bob, {"n": 0}), api.abroadcast({"n": 1}))
+    assert [status for _, status in results] == ["queued", "broadcast"]
+    assert await Notification.objects.acount() == 2
 
 
 # --- The Python API refuses the same data ------------------------------------------
