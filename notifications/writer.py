@@ -88,8 +88,10 @@ class Writer:
     post pays one round trip. Acks also wait (up to ``ACK_DELAY_SECONDS``) for
     a post to ride with, so a busy process writes no transactions of acks
     alone. Notifications are pushed only once their batch has committed
-    ("stored, then pushed"), in id order. A batch that fails is retried one
-    post at a time, so one bad row does not fail the others.
+    ("stored, then pushed"), in id order. A batch that fails is retried as
+    its acks alone, then one post at a time, so one bad row fails neither the
+    other posts nor the acks; once a row is committed its post is answered as
+    stored, whatever fails after.
     """
 
     def __init__(self) -> None:
