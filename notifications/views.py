@@ -21,6 +21,7 @@ from notifications.errors import Refused
 from notifications.writer import post_notification
 from realtime.api import ApiError, api_view, read_json_object
 from realtime.hub import Hub, get_hub
+from realtime.protocol import storable
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,25 @@ async def post(target: str | None, data: dict[str, Any] | None, *,
     ``target`` is a username (``None``: a broadcast); ``actor`` the username of
     a Bearer token, checked (active, staff) in the same database round trip as
     the insert. ``refused`` is the answer to a body that was refused: it comes
-    once the credentials have passed, as the contract orders the checks.
+    once the credentials have passed, as the contract orders the checks, and
+    so does the 404 of a target no user can have (a NUL or a lone surrogate,
+    which PostgreSQL could not even look up: it is never looked up).
     """
     await ensure_hub()
-    try:
-        note_id, status = await post_notification(target, None if refused else data, actor=actor)
-    except Refused as exc:
-        raise ApiError(exc.code, exc.message) from None
+    nobody = target is not None and not storable(target)
+    if refused is not None or nobody:
+        data = None  # only the credentials are checked
+    if data is not None or actor is not None:
+        try:
+            note_id, status = await post_notification(
+                None if nobody else target, data, actor=actor)
+        except Refused as exc:
+            raise ApiError(exc.code, exc.message) from None
     if refused is not None:
         raise refused
+    if nobody:
+        unknown = Refused.no_such_user(target)
+        raise ApiError(unknown.code, unknown.message)
     return 202, {"status": status, "id": note_id}
 
 

@@ -13,11 +13,12 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from notifications.protocol import BROADCAST, note_item
+from notifications.protocol import BROADCAST, QUEUED, note_item
 from notifications.push import counted, push_notes
 from notifications.store import ACK_BATCH, Post, Stored, store_batch, undelivered_frames
 from realtime import db
 from realtime.batching import MAX_BATCH, ServiceUnavailable, each_alone
+from realtime.protocol import json_problem
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,23 @@ MAX_PENDING_ACKS = ACK_BATCH
 GATHER_TURNS = 8
 
 
-def check_data(data: Any) -> None:
+def check_type(data: Any) -> None:
     """Refuse (``TypeError``) data that is not a dict (a JSON object)."""
     if not isinstance(data, dict):
         raise TypeError(f"notification data must be a dict (a JSON object), not {type(data)}")
+
+
+def check_data(data: Any) -> None:
+    """Refuse data that could not be stored and sent, before anything is stored.
+
+    ``TypeError`` if it is not a dict; ``ValueError`` for what an API body is
+    refused for (:func:`realtime.protocol.json_problem`: NaN, infinities,
+    nesting past ``API_MAX_JSON_DEPTH``, NUL, lone surrogates).
+    """
+    check_type(data)
+    problem = json_problem(data)
+    if problem is not None:
+        raise ValueError(f"notification data cannot be stored and sent: {problem}")
 
 
 async def aundelivered_frames(user_id: int) -> list[tuple[int, str]]:
@@ -83,8 +97,10 @@ class Writer:
     post pays one round trip. Acks also wait (up to ``ACK_DELAY_SECONDS``) for
     a post to ride with, so a busy process writes no transactions of acks
     alone. Notifications are pushed only once their batch has committed
-    ("stored, then pushed"), in id order. A batch that fails is retried one
-    post at a time, so one bad row does not fail the others.
+    ("stored, then pushed"), in id order. A batch that fails is retried as
+    its acks alone, then one post at a time, so one bad row fails neither the
+    other posts nor the acks; once a row is committed its post is answered as
+    stored, whatever fails after.
     """
 
     def __init__(self) -> None:
@@ -214,22 +230,14 @@ class Writer:
         try:
             results = await db.run(store_batch, posts, acks)
         except Exception:
-            if acks:
+            if not posts:
                 logger.warning("a batch of acks failed; its notifications come again",
                                exc_info=True)
-            if len(posts) > 1 or (posts and acks):
-                logger.warning("a batch of %d notifications failed; storing them one by one",
-                               len(posts))
-            results = []
-
-            async def alone(post: Post) -> None:
-                results.extend(await db.run(store_batch, [post], {}))
-
-            def failed(post: Post) -> None:
-                logger.exception("could not store a notification")
-                results.append(ServiceUnavailable("could not store"))
-
-            await each_alone(posts, alone, failed)
+                return
+            if len(posts) > 1 or acks:
+                logger.warning("a batch of %d notifications and the acks of %d users failed;"
+                               " storing each alone", len(posts), len(acks), exc_info=True)
+            results = await self._each_alone(posts, acks)
         stored: list[tuple[Post, Stored]] = []
         for post, result in zip(posts, results, strict=True):
             if isinstance(result, Stored):
@@ -238,15 +246,65 @@ class Writer:
                 _settle(post, exception=result)
             else:
                 _settle(post, result=(None, result))
-        if not stored:
-            return
-        # Pushed once the transaction has committed, in id order, in one event.
-        statuses = await push_notes([
-            note_item(row, None if row.broadcast else post.target) for post, row in stored
-        ])
-        for post, row in stored:
-            status = BROADCAST if row.broadcast else statuses[post.target]
-            _settle(post, result=(row.pk, counted(status)))
+        if stored:
+            await _push_stored(stored)
+
+    @staticmethod
+    async def _each_alone(posts: list[Post], acks: dict[int, set[int]]
+                          ) -> list[Stored | Exception | str]:
+        """After a failed batch: its acks in a transaction of their own, then each post.
+
+        So a post the database refuses fails only itself, never an ack or
+        another post.
+        """
+        if acks:
+            try:
+                await db.run(store_batch, [], acks)
+            except Exception:
+                logger.warning("a batch of acks failed; its notifications come again",
+                               exc_info=True)
+        results: list[Stored | Exception | str] = []
+
+        async def alone(post: Post) -> None:
+            results.extend(await db.run(store_batch, [post], {}))
+
+        def failed(post: Post) -> None:
+            logger.exception("could not store a notification")
+            results.append(ServiceUnavailable("could not store"))
+
+        await each_alone(posts, alone, failed)
+        return results
+
+
+async def _push_stored(stored: list[tuple[Post, Stored]]) -> None:
+    """Push what a batch stored, in id order in one event; answer each post with its id.
+
+    Everything here comes after the commit: whatever fails (a NOTE that cannot
+    be encoded, the push), each post is answered as stored (``queued`` when its
+    NOTE was not pushed), never as "could not store": a client that retried
+    would store it twice.
+    """
+    items, unsent = [], set()
+    for post, row in stored:
+        try:
+            items.append(note_item(row, None if row.broadcast else post.target))
+        except Exception:
+            logger.exception("notification %d is stored but its NOTE cannot be encoded", row.pk)
+            unsent.add(row.pk)
+    statuses: dict[str, str] = {}
+    try:
+        if items:
+            statuses = await push_notes(items)
+    except Exception:
+        logger.exception("could not push notifications; they stay queued")
+    for post, row in stored:
+        if row.broadcast:
+            status = BROADCAST
+        elif unsent and row.pk in unsent:
+            status = QUEUED
+        else:
+            status = statuses.get(post.target, QUEUED)
+        _settle(post, result=(row.pk, counted(status)))
 
 
 def _settle(post: Post, *, result: Any = None, exception: Exception | None = None) -> None:
@@ -283,7 +341,7 @@ async def post_notification(target: str | None, data: dict[str, Any] | None, *,
     ``forbidden``, ``not_found``) or :class:`ServiceUnavailable`.
     """
     if data is not None:
-        check_data(data)
+        check_type(data)  # the rest was checked with the body (realtime.api.parse_json_object)
     return await writer().submit(Post(target=target, data=data, actor=actor))
 
 

@@ -8,6 +8,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
+from math import isfinite
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +20,14 @@ from django.views.decorators.csrf import csrf_exempt
 
 from realtime import tokens
 from realtime.middleware import get_active_user
-from realtime.protocol import API_MAX_BODY_BYTES, storable
+from realtime.protocol import (
+    API_MAX_BODY_BYTES,
+    API_MAX_JSON_DEPTH,
+    NOT_FINITE,
+    TOO_DEEP,
+    leaf_problem,
+    too_deep,
+)
 
 STATUS_OF = {
     "unauthorized": 401,
@@ -133,21 +141,72 @@ def check_declared_length(content_length: str | None) -> None:
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """``body`` as a storable JSON object of at most ``API_MAX_BODY_BYTES`` bytes.
+    """``body`` as a JSON object that can be stored and sent as it is.
 
-    Raises ``ApiError``: ``too_large``, ``invalid_json`` or ``invalid_body``.
+    The one check of every API body. Raises ``ApiError``: ``too_large`` (over
+    ``API_MAX_BODY_BYTES``), ``invalid_json`` (not JSON), ``invalid_body`` (not
+    an object, or what :func:`~realtime.protocol.json_problem` refuses: NaN,
+    infinities and numbers beyond a double, which Python's parser takes but
+    no database stores; nesting past ``API_MAX_JSON_DEPTH``, which the NOTE
+    frame's encoder could not take; NUL and lone surrogates).
     """
     if len(body) > API_MAX_BODY_BYTES:
         raise ApiError(*TOO_LARGE)
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = _loads(body)
+    except _NotFinite:
+        raise ApiError(*_not_finite_or_not_json(body)) from None
+    except RecursionError:
+        # Far past API_MAX_JSON_DEPTH; the parser gave up before reaching the end.
+        raise ApiError("invalid_body", TOO_DEEP) from None
+    except ValueError:
         raise ApiError("invalid_json", "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_body", "body must be a JSON object")
-    if not plainly_storable(body) and not storable_json(data):
-        raise ApiError("invalid_body", "strings must be valid Unicode without NUL characters")
+    # Neither can be wrong without these bytes: most bodies need no walk.
+    if body.count(b"[") + body.count(b"{") > API_MAX_JSON_DEPTH and too_deep(data):
+        raise ApiError("invalid_body", TOO_DEEP)
+    if not plainly_storable(body):
+        problem = leaf_problem(data)
+        if problem is not None:
+            raise ApiError("invalid_body", problem)
     return data
+
+
+class _NotFinite(ValueError):
+    """A ``NaN``, an ``Infinity`` or a number beyond a double in a body."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+#: ``json``'s decoder, refusing (``_NotFinite``) what Python's JSON takes beyond JSON's
+#: numbers: ``NaN``, ``Infinity``, ``-Infinity``, and floats that round to infinity.
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads(body)`` with :data:`_DECODER` (the same decoding of the bytes)."""
+    return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+
+
+def _not_finite_or_not_json(body: bytes) -> tuple[str, str]:
+    """The answer to a body with a non-finite number: is the rest of it JSON at all?"""
+    try:
+        json.loads(body)
+    except RecursionError:
+        return "invalid_body", TOO_DEEP
+    except ValueError:
+        return "invalid_json", "body is not valid JSON"
+    return "invalid_body", NOT_FINITE
 
 
 def plainly_storable(body: bytes) -> bool:
@@ -163,26 +222,6 @@ def plainly_storable(body: bytes) -> bool:
         body.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return True
-
-
-def storable_json(value: Any) -> bool:
-    """Whether every string (keys too) in a parsed JSON value is ``protocol.storable``.
-
-    JSON escapes allow lone surrogates and NUL: PostgreSQL refuses both (text and
-    jsonb), and a lone surrogate cannot be encoded into a UTF-8 WebSocket frame.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if not storable(item):
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
     return True
 
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
+from math import isfinite
 from typing import Any
 
 
@@ -56,6 +57,11 @@ class ProtocolError(Exception):
 
 # Fixed limits of the contract (the configurable ones live in settings).
 API_MAX_BODY_BYTES = 65536
+#: How deeply objects and arrays may nest in an API body (the body itself is level 1).
+#: Far below the interpreter's recursion limit (1000), which the C JSON encoder and
+#: decoder count against: a body the parser takes must also encode into a NOTE
+#: frame from any stack depth, and SQLite's JSON functions stop at 1000 levels.
+API_MAX_JSON_DEPTH = 64
 # Ids are stored as 64-bit integers; larger cursors mean "beyond every id".
 MAX_ID = 2**63 - 1
 
@@ -153,6 +159,70 @@ def storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+#: Why :func:`json_problem` refuses a value (the ``message`` of an API's ``invalid_body``).
+UNSTORABLE_STRING = "strings must be valid Unicode without NUL characters"
+NOT_FINITE = "numbers must be finite: no NaN, Infinity or values beyond a double (1e400)"
+TOO_DEEP = f"objects and arrays may nest at most {API_MAX_JSON_DEPTH} levels"
+
+
+def json_problem(value: Any) -> str | None:
+    """Why a JSON value could not be stored and sent as it is, else ``None``.
+
+    Refused: objects and arrays nested deeper than :data:`API_MAX_JSON_DEPTH`
+    (:func:`too_deep`), a string (keys too) that is not :func:`storable`, a
+    float that is NaN or infinite (no database's JSON holds one, and the frame
+    would not be JSON). Other types are left to the encoder.
+    """
+    if too_deep(value):
+        return TOO_DEEP
+    return leaf_problem(value, floats=True)
+
+
+def too_deep(value: Any) -> bool:
+    """Whether objects and arrays nest deeper than :data:`API_MAX_JSON_DEPTH` in ``value``.
+
+    ``value`` itself is level 1. Level by level, without recursion, looking
+    only at containers, and never further down than the limit.
+    """
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    for _ in range(API_MAX_JSON_DEPTH):
+        below: list = []
+        for item in level:
+            below.extend([child for child in (item.values() if isinstance(item, dict) else item)
+                          if isinstance(child, _CONTAINERS)])
+        if not below:
+            return False
+        level = below
+    return True
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def leaf_problem(value: Any, *, floats: bool = False) -> str | None:
+    """Why a string (keys too) in a JSON value is not :func:`storable`, else ``None``.
+
+    With ``floats``, a float that is not finite is a problem too (parsed
+    bodies have none: the API's parser refuses them). JSON escapes allow lone
+    surrogates and NUL: PostgreSQL refuses both (text and jsonb), and a lone
+    surrogate cannot be encoded into a UTF-8 WebSocket frame.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not storable(item):
+                return UNSTORABLE_STRING
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif floats and isinstance(item, float) and not isfinite(item):
+            return NOT_FINITE
+    return None
 
 
 # --- Client frames -----------------------------------------------------------------
