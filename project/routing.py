@@ -4,7 +4,7 @@ from django.urls import re_path
 
 from chat.routing import websocket_urlpatterns as chat_routes
 from notifications.routing import websocket_urlpatterns as notification_routes
-from realtime.consumers import EchoConsumer, RefusingConsumer
+from realtime.echo import EchoConsumer, RefusingConsumer
 
 websocket_urlpatterns = [
     re_path(r"^ws/echo/$", EchoConsumer.as_asgi()),

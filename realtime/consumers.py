@@ -1,4 +1,4 @@
-"""The base of every WebSocket consumer, and the echo consumer.
+"""The base of every WebSocket consumer.
 
 :class:`ProtocolConsumer` applies what the contract says of every endpoint:
 the auth outcomes (accept, then close 4001/4002/4003), the connection caps
@@ -57,6 +57,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     _counted = False
     _registered = False
     _connected = False
+    _tracked = False  # in hub.consumers (a graceful stop closes those)
     _expiry: asyncio.TimerHandle | None = None
     _direct = None  # the connection's writer (realtime.servers), set at the accept
     _takes_frames = False  # whether it takes encoded text frames (else ASGI messages)
@@ -146,6 +147,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.close_with(CloseCode.TOO_MANY_CONNECTIONS)
             return
         self.hub.consumers.add(self)
+        self._tracked = True
         self._counted = True
         metrics.inc("realtime_connections_total", endpoint=self.endpoint)
         metrics.inc("realtime_connections_open", endpoint=self.endpoint)
@@ -195,7 +197,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                     await unregistered
                 except Exception:
                     logger.exception("could not unregister a connection")
-            self.hub.consumers.discard(self)
+            if self._tracked:  # a refused handshake never was
+                self.hub.consumers.discard(self)
         raise StopConsumer()
 
     async def connect(self) -> None:
@@ -333,7 +336,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         """A JSON frame: call its type's ``on_<type>`` with the decoded frame.
 
         A type without a handler gets ``unknown_type``; an endpoint of raw
-        frames overrides this method (see :class:`EchoConsumer`).
+        frames overrides this method (see :class:`realtime.echo.EchoConsumer`).
         """
         frame = protocol.load_frame(text_data, bytes_data)
         name = self.frame_handlers.get(frame["type"])
@@ -377,24 +380,3 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.scope.get("token_expires_at") is not None:
             self.schedule_expiry(claims.expires_at)
         await self.send(protocol.auth_ok(claims.expires_at))
-
-
-class EchoConsumer(ProtocolConsumer):
-    """``/ws/echo/``: text ``X`` comes back as ``Echo: X``, bytes as themselves."""
-
-    requires_user = False
-    endpoint = "echo"
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Raw frames, not JSON: even ``ping`` is echoed."""
-        if text_data is not None:
-            await self.send("Echo: " + text_data)
-        elif bytes_data:
-            await self.send(bytes_data=bytes_data)
-
-
-class RefusingConsumer(AsyncWebsocketConsumer):
-    """Any WebSocket path without a route: refused at the handshake (HTTP 403)."""
-
-    async def websocket_connect(self, message) -> None:
-        await self.close()

@@ -14,24 +14,6 @@ from tests.chat.helpers import open_chat, receive, receive_type, request, send
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def alice(make_user, token_for):
-    make_user("alice")
-    return token_for("alice")
-
-
-@pytest.fixture
-def bob(make_user, token_for):
-    make_user("bob")
-    return token_for("bob")
-
-
-@pytest.fixture
-def carol(make_user, token_for):
-    make_user("carol")
-    return token_for("carol")
-
-
 def store(room: str, username: str, count: int, recipient: str | None = None) -> list[int]:
     from django.contrib.auth import get_user_model
 

@@ -16,18 +16,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def alice(make_user, token_for):
-    make_user("alice")
-    return token_for("alice")
-
-
-@pytest.fixture
-def bob(make_user, token_for):
-    make_user("bob")
-    return token_for("bob")
-
-
-@pytest.fixture
 def backlog(monkeypatch, settings) -> list[int]:
     """What every chat connection reports as unsent: ``backlog[0]`` bytes."""
     settings.WS_MAX_SEND_BUFFER_BYTES = 1000

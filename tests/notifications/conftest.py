@@ -61,3 +61,26 @@ async def assert_closed(communicator: WebsocketCommunicator, code: int) -> None:
 
 async def send(communicator: WebsocketCommunicator, frame: dict) -> None:
     await communicator.send_to(text_data=json.dumps(frame))
+
+
+@pytest.fixture
+def batches(monkeypatch) -> list[tuple[int, int]]:
+    """Record ``(posts, ack users)`` of every transaction the writer runs."""
+    from notifications import store, writer
+
+    seen: list[tuple[int, int]] = []
+    original = store.store_batch
+
+    def recording(posts, acks):
+        seen.append((len(posts), len(acks)))
+        return original(posts, acks)
+
+    monkeypatch.setattr(writer, "store_batch", recording)
+    return seen
+
+
+async def undelivered_ids(user) -> list[int]:
+    """The ids of the user's undelivered notifications, oldest first."""
+    from notifications import store
+
+    return [row.pk for row in await database_sync_to_async(store.undelivered)(user.pk)]

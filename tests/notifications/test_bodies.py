@@ -13,15 +13,14 @@ import json
 import math
 
 import pytest
-from channels.db import database_sync_to_async
 from channels.testing import HttpCommunicator
 from django.test import AsyncClient
 
-from notifications import api, errors, store, views, writer
+from notifications import api, errors, views, writer
 from notifications.models import Notification
 from project.asgi import application
 from realtime import protocol, tokens
-from tests.notifications.conftest import receive, send
+from tests.notifications.conftest import receive, send, undelivered_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -188,24 +187,6 @@ async def test_a_session_post_to_a_nul_target_is_404(staff):
 
 
 # --- One bad post in a batch --------------------------------------------------------
-
-
-@pytest.fixture
-def batches(monkeypatch) -> list[tuple[int, int]]:
-    """Record ``(posts, ack users)`` of every transaction the writer runs."""
-    seen: list[tuple[int, int]] = []
-    original = store.store_batch
-
-    def recording(posts, acks):
-        seen.append((len(posts), len(acks)))
-        return original(posts, acks)
-
-    monkeypatch.setattr(writer, "store_batch", recording)
-    return seen
-
-
-async def undelivered_ids(user) -> list[int]:
-    return [row.pk for row in await database_sync_to_async(store.undelivered)(user.pk)]
 
 
 async def test_bad_posts_beside_good_posts_and_acks_lose_nothing(staff, amake_user,

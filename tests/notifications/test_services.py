@@ -14,14 +14,9 @@ from notifications import protocol as note_protocol
 from notifications.models import Notification
 from notifications.protocol import NOTIFICATIONS
 from realtime import hub as hub_module
-from tests.notifications.conftest import receive, receive_notes
+from tests.notifications.conftest import receive, receive_notes, undelivered_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def undelivered_ids(user) -> list[int]:
-    rows = await database_sync_to_async(store.undelivered)(user.pk)
-    return [row.pk for row in rows]
 
 
 async def test_anotify_offline_stores_and_queues(amake_user):

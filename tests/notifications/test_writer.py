@@ -9,32 +9,13 @@ user's queue is read again (at-least-once, never a redelivery we could avoid).
 import asyncio
 
 import pytest
-from channels.db import database_sync_to_async
 
 from notifications import api, errors, push, store, writer
 from notifications import protocol as note_protocol
 from notifications.models import Notification
-from tests.notifications.conftest import receive, receive_notes, send
+from tests.notifications.conftest import receive, receive_notes, send, undelivered_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def batches(monkeypatch) -> list[tuple[int, int]]:
-    """Record ``(posts, ack users)`` of every transaction the writer runs."""
-    seen: list[tuple[int, int]] = []
-    original = store.store_batch
-
-    def recording(posts, acks):
-        seen.append((len(posts), len(acks)))
-        return original(posts, acks)
-
-    monkeypatch.setattr(writer, "store_batch", recording)
-    return seen
-
-
-async def undelivered_ids(user) -> list[int]:
-    return [row.pk for row in await database_sync_to_async(store.undelivered)(user.pk)]
 
 
 async def test_concurrent_posts_share_one_transaction_in_posting_order(amake_user, batches):

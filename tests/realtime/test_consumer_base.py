@@ -8,7 +8,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from django.urls import re_path
 
-from realtime import consumers, metrics, protocol
+from realtime import echo, metrics, protocol
 from realtime.consumers import CloseCode, ProtocolConsumer
 from realtime.gapless import Gapless
 from tests.realtime.support import close_code, receive_json
@@ -71,7 +71,7 @@ async def test_a_type_without_handler_is_unknown_type(frame_type):
 def test_handlers_are_collected_per_class():
     """Each class maps frame types to its own and inherited ``on_<type>`` methods."""
     assert set(ShoutConsumer.frame_handlers) == {"ping", "auth", "shout"}
-    assert set(consumers.EchoConsumer.frame_handlers) == {"ping", "auth"}
+    assert set(echo.EchoConsumer.frame_handlers) == {"ping", "auth"}
 
 
 @pytest.mark.parametrize("attributes", [{"groups": ["chat.lobby"]},
@@ -155,7 +155,7 @@ async def test_binary_echo_closes_a_client_over_the_send_buffer_bound(monkeypatc
     """Binary echo goes through ``send()``: an unread backlog over the bound closes it 4010."""
     from project.asgi import application
 
-    monkeypatch.setattr(consumers.EchoConsumer, "unsent_bytes", lambda self: 2048)
+    monkeypatch.setattr(echo.EchoConsumer, "unsent_bytes", lambda self: 2048)
     comm = WebsocketCommunicator(application, "/ws/echo/")
     connected, _ = await comm.connect()
     assert connected

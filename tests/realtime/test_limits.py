@@ -17,6 +17,7 @@ from django.test import override_settings
 
 from project.asgi import application
 from realtime import consumers, limits
+from realtime.echo import EchoConsumer
 from tests.realtime.support import close_code, communicator, forge, receive_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -429,7 +430,7 @@ async def test_a_close_that_would_wait_for_a_stalled_reader_goes_on_aside(monkey
     """The caller (a room's fan-out, the notification feed) does not wait for the close;
     a client that still takes nothing after CLOSE_WAIT_SECONDS is dropped."""
     monkeypatch.setattr(consumers, "CLOSE_WAIT_SECONDS", 0.05)
-    consumer = consumers.EchoConsumer()
+    consumer = EchoConsumer()
     consumer._direct = PausedWriter()
     closes = []
 
@@ -445,7 +446,7 @@ async def test_a_close_that_would_wait_for_a_stalled_reader_goes_on_aside(monkey
 
 
 async def test_a_close_the_server_can_send_at_once_is_awaited():
-    consumer = consumers.EchoConsumer()
+    consumer = EchoConsumer()
     consumer._direct = PausedWriter()
     consumer._direct.paused = False
     closes = []
