@@ -122,6 +122,16 @@ SQLITE_SYNCHRONOUS = (env_str("SQLITE_SYNCHRONOUS") or "full").upper()
 if SQLITE_SYNCHRONOUS not in {"FULL", "NORMAL"}:
     raise ImproperlyConfigured(
         f"SQLITE_SYNCHRONOUS must be 'full' or 'normal', not {SQLITE_SYNCHRONOUS.lower()!r}")
+#: What every SQLite database of the project runs with, however it is named (SQLITE_PATH or
+#: DATABASE_URL=sqlite:///...): WAL lets readers run beside the writer; IMMEDIATE takes the
+#: write lock at BEGIN, so concurrent writers queue on the busy timeout instead of failing
+#: with "database is locked" on a lock upgrade; SQLITE_SYNCHRONOUS is what a commit waits
+#: for (docs/security.md, "Durability").
+SQLITE_OPTIONS = {
+    "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SQLITE_SYNCHRONOUS};",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+}
 if DATABASE_URL:
     # conn_max_age=0: connections opened in the async thread pool are closed after
     # each use instead of lingering in threads that Django cannot reach to close.
@@ -131,19 +141,12 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": env_str("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
-            "OPTIONS": {
-                # WAL lets readers run beside the writer; IMMEDIATE takes the write lock
-                # at BEGIN so concurrent writers queue on the busy timeout instead of
-                # failing with "database is locked" on a lock upgrade.
-                # SQLITE_SYNCHRONOUS: what a commit waits for (docs/security.md, "Durability").
-                "init_command":
-                    f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SQLITE_SYNCHRONOUS};",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
             "TEST": {"NAME": env_str("SQLITE_TEST_PATH") or None},
         }
     }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["OPTIONS"] = {**SQLITE_OPTIONS,
+                                       **DATABASES["default"].get("OPTIONS", {})}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer ----------------------------------------------------------

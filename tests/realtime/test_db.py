@@ -272,3 +272,22 @@ def test_an_unknown_sqlite_synchronous_is_refused_at_start():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "SQLITE_SYNCHRONOUS must be 'full' or 'normal', not 'off'" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["SQLITE_PATH", "DATABASE_URL"])
+def test_a_sqlite_database_gets_the_same_settings_however_it_is_named(tmp_path, how):
+    """DATABASE_URL=sqlite:///... runs with the embedded default's WAL, BEGIN IMMEDIATE,
+    busy timeout and synchronous setting, as SQLITE_PATH does."""
+    path = tmp_path / "named.sqlite3"
+    env = {**os.environ, "DEBUG": "true", "SQLITE_SYNCHRONOUS": "full",
+           "SQLITE_PATH": str(path) if how == "SQLITE_PATH" else "",
+           "DATABASE_URL": f"sqlite:///{path}" if how == "DATABASE_URL" else ""}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    script = ("from django.db import connection as c; k = c.cursor(); out = []\n"
+              "for p in ('journal_mode', 'synchronous', 'busy_timeout'):\n"
+              "    k.execute('PRAGMA ' + p); out.append(str(k.fetchone()[0]))\n"
+              "print(' '.join(out), c.transaction_mode, c.settings_dict['NAME'])")
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-5:] == ["wal", "2", "20000", "IMMEDIATE", str(path)]
