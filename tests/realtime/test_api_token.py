@@ -237,25 +237,26 @@ async def _parallel_logins(alice: str, right_slot: int, count: int) -> list[int]
 
 @override_settings(LOGIN_MAX_FAILURES=5)
 async def test_parallel_attempts_get_at_most_the_limit_of_password_checks(alice, monkeypatch):
-    """40 simultaneous attempts, the right password in slot 38: at most 5 passwords are
-    checked (401 or 200), every other attempt gets 429; afterwards the user is throttled
-    unless the right one was among the checked."""
+    """40 simultaneous attempts, the right password in slot 38: at most 5 wrong passwords
+    are checked (401), every other wrong one gets 429; afterwards the user is throttled
+    unless the right one was among the checked. (A right password that was checked and
+    settled early frees its place, as it would have come first one at a time.)"""
     from django.contrib.auth.backends import ModelBackend
 
-    checked = 0
+    wrong_checked = 0
     original = ModelBackend.authenticate
 
     def counting(self, *args, **kwargs):
-        nonlocal checked
-        checked += 1
+        nonlocal wrong_checked
+        wrong_checked += kwargs.get("password") != PASSWORD
         time.sleep(0.01)  # a real hash takes long enough for requests to overlap
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ModelBackend, "authenticate", counting)
     codes = await _parallel_logins(alice, 38, 40)
     assert set(codes) <= {200, 401, 429}
-    assert codes.count(401) + codes.count(200) <= 5, codes
-    assert checked <= 5
+    assert codes.count(401) <= 5 and codes.count(200) <= 1, codes
+    assert wrong_checked <= 5
     if 200 not in codes:
         again = await _parallel_logins(alice, 0, 1)
         assert again == [429]
@@ -263,7 +264,8 @@ async def test_parallel_attempts_get_at_most_the_limit_of_password_checks(alice,
 
 @pytest.mark.daphne
 def test_parallel_attempts_over_daphne_are_throttled(daphne_server, alice, settings):
-    """Against a real daphne, 40 simultaneous attempts from threads: at most 5 checks."""
+    """Against a real daphne, 40 simultaneous attempts from threads: at most 5 wrong
+    passwords checked."""
     from django.contrib.auth import get_user_model
 
     # The server checks with the project's hashers, which do not include the fast one.
@@ -295,4 +297,4 @@ def test_parallel_attempts_over_daphne_are_throttled(daphne_server, alice, setti
     with ThreadPoolExecutor(40) as pool:
         codes = list(pool.map(at_once, range(40)))
     assert set(codes) <= {200, 401, 429}
-    assert codes.count(401) + codes.count(200) <= 5, codes
+    assert codes.count(401) <= 5 and codes.count(200) <= 1, codes
