@@ -57,9 +57,8 @@ class ChatConsumer(Gapless, ProtocolConsumer):
         client has taken most of it, so a reader at a normal pace is never closed
         with 4010.
         """
-        client = self.scope.get("client")
         budget = self.hub.apps.setdefault("chat.history_budget", AddressBudget())
-        async with budget.turn(client[0] if client else "",
+        async with budget.turn(self.address,
                                settings.CHAT_HISTORY_BYTES_PER_SECOND,
                                settings.CHAT_HISTORY_BURST_BYTES) as charge:
             if charge is None:

@@ -58,6 +58,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     _registered = False
     _connected = False
     _tracked = False  # in hub.consumers (a graceful stop closes those)
+    #: The client's address (behind a proxy with PROXY_HEADERS: X-Forwarded-For).
+    address = ""
     _expiry: asyncio.TimerHandle | None = None
     _direct = None  # the connection's writer (realtime.servers), set at the accept
     _takes_frames = False  # whether it takes encoded text frames (else ASGI messages)
@@ -139,8 +141,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if shutdown.stopping():
             await self.close_with(CloseCode.SERVER_RESTARTING)
             return
-        self._address = str((self.scope.get("client") or [""])[0])  # daphne: host, port
-        over = self.hub.slots.take(not self.requires_user, self._address)
+        self.address = str((self.scope.get("client") or [""])[0])  # daphne: host, port
+        over = self.hub.slots.take(not self.requires_user, self.address)
         if over:  # the anonymous caps are the expected answer to a flood: info
             level = logging.INFO if over.startswith("anonymous") else logging.WARNING
             logger.log(level, "%s reached: closed a %s connection", over, self.endpoint)
@@ -178,7 +180,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             self._expiry.cancel()
         if self._counted:
             self._counted = False
-            self.hub.slots.release(not self.requires_user, self._address)
+            self.hub.slots.release(not self.requires_user, self.address)
             metrics.inc("realtime_connections_open", -1, endpoint=self.endpoint)
         unregistered = None
         if self._registered:  # the per-user slot: Redis's round trip runs beside disconnect()
