@@ -19,6 +19,7 @@ import urllib.request
 
 import pytest
 import websockets
+from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne, pytest.mark.redis]
@@ -171,14 +172,24 @@ async def test_a_member_leaving_on_b_closes_their_socket_on_a(two_servers, peopl
     await alice.close()
 
 
-async def test_a_member_removed_by_the_service_outside_daphne_is_closed(two_servers, people):
+@pytest.fixture
+def servers_on_this_layer(daphne_server, redis_url):
+    """Two processes on the channel layer this test process uses, so that it can publish
+    to them itself (as the admin or a script does)."""
+    env = {"REDIS_URL": redis_url, "REDIS_LAYER": settings.REDIS_LAYER,
+           "HUB_HEARTBEAT_SECONDS": "1", "HUB_DEAD_AFTER_SECONDS": "3"}
+    return daphne_server(**env), daphne_server(**env)
+
+
+async def test_a_member_removed_by_the_service_outside_daphne_is_closed(servers_on_this_layer,
+                                                                        people):
     """Removed from the test process itself (as the admin or a script would, on no daphne at
     all): bob's sockets on both processes close with 4004."""
     from django.contrib.auth import get_user_model
 
     from chat import services
 
-    server_a, server_b = two_servers
+    server_a, server_b = servers_on_this_layer
     await private_room(server_a, "ops", "alice", ["bob"], people)
     alice, _ = await join(server_a, "ops", people["alice"])
     bob_a, _ = await join(server_a, "ops", people["bob"])
@@ -395,6 +406,43 @@ async def test_a_private_deletion_reaches_only_its_two_users_across_processes(tw
         assert "message_deleted" not in await kinds_until_pong(ws)
     for ws in (alice, alice_b, bob, *carols):
         await ws.close()
+
+
+def admin_delete(message_ids: list[int]) -> None:
+    """The admin's delete action on messages, from this (non-daphne) process."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    root = get_user_model().objects.create(username="root", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(root)
+    response = client.post("/admin/chat/message/", {
+        "action": "delete_selected", "_selected_action": message_ids, "post": "yes"})
+    assert response.status_code == 302, response.content[:500]
+
+
+async def test_an_admin_deletion_reaches_both_processes(servers_on_this_layer, people):
+    """Deleting two messages in the admin (another process than either daphne): every
+    connection on both processes gets message_deleted for each."""
+    server_a, server_b = servers_on_this_layer
+    alice, _ = await join(server_a, "adm", people["alice"])
+    bob, _ = await join(server_b, "adm", people["bob"])
+    ids = []
+    for n in range(3):
+        await alice.send(json.dumps({"type": "message", "content": f"spam{n}"}))
+        ids.append((await recv_type(alice, "message"))["id"])
+    for message_id in ids:
+        assert (await recv_type(bob, "message"))["id"] == message_id
+    await asyncio.to_thread(admin_delete, ids[:2])
+    for ws in (alice, bob):
+        got = {(await recv_type(ws, "message_deleted", timeout=AT_ONCE + 2))["id"]
+               for _ in range(2)}
+        assert got == set(ids[:2])
+    for server in (server_a, server_b):
+        status, body = await api("GET", server, "/api/rooms/adm/messages", people["carol"])
+        assert status == 200 and [m["id"] for m in body["messages"]] == ids[2:]
+    await alice.close()
+    await bob.close()
 
 
 # --- typing -------------------------------------------------------------------------------
