@@ -322,28 +322,28 @@ async def test_deletions_amid_a_burst_keep_one_order_on_every_connection(two_ser
             await alice.send(json.dumps({"type": "delete", "id": message_id}))
 
     await asyncio.gather(burst(bob, "b"), burst(carol, "c"), delete_all())
-    # Once each sender has its own last message back and alice saw her last deletion,
-    # everything above is in the room's order; alice's "last" comes after all of it.
-    assert (await recv_type(bob, "message"))["content"] == "b0"
-    last_of = {bob: "b29", carol: "c29"}
-    seen_by_alice = []
-    while len([k for k, _ in seen_by_alice if k == "message_deleted"]) < len(mine):
-        frame = await recv(alice)
-        if frame["type"] in {"message", "message_deleted"}:
-            seen_by_alice.append((frame["type"], frame["id"]))
-    for ws, content in last_of.items():
-        while (await recv_type(ws, "message"))["content"] != content:
-            pass
+    # Once one watcher has seen both bursts end and every deletion, all of it has its
+    # place in the room's order; alice's "last" comes after all of it.
+    observer = watchers[-1]
+    observed, waiting = [], {"b29", "c29"}
+    while waiting or len([k for k, _ in observed if k == "message_deleted"]) < len(mine):
+        frame = await recv(observer)
+        if frame["type"] == "message_deleted":
+            observed.append(("message_deleted", frame["id"]))
+        elif frame["type"] == "message" and frame["id"] > mine[-1]:
+            observed.append(("message", frame["id"]))
+            waiting.discard(frame["content"])
     await alice.send(json.dumps({"type": "message", "content": "last"}))
-    sequences = []
+    sequences, contents = [], {}
     for ws in watchers:
-        seen = []
+        seen = observed if ws is observer else []
         while True:
             frame = await recv(ws)
             if frame["type"] == "message_deleted":
                 seen.append(("message_deleted", frame["id"]))
             elif frame["type"] == "message" and frame["id"] > mine[-1]:
                 seen.append(("message", frame["id"]))
+                contents[frame["id"]] = frame["content"]
                 if frame["content"] == "last":
                     break
         sequences.append(seen)
@@ -354,7 +354,12 @@ async def test_deletions_amid_a_burst_keep_one_order_on_every_connection(two_ser
         assert len(sent) == 61
         for kind, message_id in seen:
             assert kind == "message" or message_id in mine
-    assert all(seen == sequences[0] for seen in sequences), "connections disagree on the order"
+    def around_deletions(seen):  # what came just before each deletion
+        return [contents.get(seen[i - 1][1], "del") if i else "-"
+                for i, (kind, _) in enumerate(seen) if kind == "message_deleted"]
+    assert all(seen == sequences[0] for seen in sequences), (
+        "connections disagree on the order; before each deletion came "
+        f"(on A: alice, carol; on B: bob, alice): {[around_deletions(s) for s in sequences]}")
     for ws in watchers:
         await ws.close()
 
