@@ -327,3 +327,45 @@ async def test_a_private_join_costs_at_most_one_indexed_query_more(users, token_
         for table in ("chat_roommember", "chat_roomban"):
             if touches(sql, table):
                 assert assert_searched_by_index(plan, table), plan
+
+
+async def test_the_joins_database_call_counts_the_same_for_public_and_private(
+        users, token_for, make_user, monkeypatch):
+    """The one database call a join makes (``chat.rooms.join``, run by the consumer through
+    ``chat.services.join``), counted on the thread that runs it: a member's join to a private
+    room, a staff user's, and a refused one cost no more than one query over a public join."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from chat import rooms
+
+    alice, bob, _ = users
+    await sync_to_async(make_join_rooms)(alice, bob)
+    await sync_to_async(make_user)("root", staff=True)
+    await sync_to_async(make_user)("dave")
+    counted: list[tuple[str, int, list[str]]] = []
+    original = rooms.join
+
+    def join(name, user, **kwargs):
+        with CaptureQueriesContext(connections["default"]) as queries:
+            joined = original(name, user, **kwargs)
+        counted.append((name, len(queries), [q["sql"] for q in queries]))
+        return joined
+
+    monkeypatch.setattr(rooms, "join", join)
+    await join_statements("warm", token_for("alice"))
+    cost = {}
+    for label, room, who in (("public", "pub", "alice"), ("private member", "priv", "alice"),
+                             ("private staff", "priv", "root"), ("public staff", "pub", "root")):
+        counted.clear()
+        await join_statements(room, token_for(who))
+        ((_, cost[label], _),) = counted
+    counted.clear()
+    chat, _, _ = await open_chat("priv", token_for("dave"), join=False)  # refused: 4004
+    assert (await chat.receive_output(5))["code"] == 4004
+    ((_, cost["private refused"], _),) = counted
+    print("queries of the join's database call:", cost)
+    assert cost["private member"] <= cost["public"] + 1, cost
+    assert cost["private staff"] <= cost["public staff"] + 1, cost
+    assert cost["private refused"] <= cost["public"], cost
