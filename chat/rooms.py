@@ -117,11 +117,13 @@ def room_body(access: RoomAccess) -> dict:
     if access.owner_id is not None:
         owner = get_user_model().objects.filter(pk=access.owner_id).values_list(
             "username", flat=True).first()
-    members = []
-    if access.private:
-        members = sorted(RoomMember.objects.filter(room_id=access.id).values_list(
-            "user__username", flat=True))
+    members = member_names(access.name) if access.private else []
     return {"room": access.name, "private": access.private, "owner": owner, "members": members}
+
+
+def member_names(name: str) -> list[str]:
+    return sorted(RoomMember.objects.filter(room__name=name).values_list(
+        "user__username", flat=True))
 
 
 def create_room(name: str, user, *, private: bool) -> dict:
