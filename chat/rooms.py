@@ -250,8 +250,9 @@ def move_read_marker(access: RoomAccess, user, message_id: int) -> bool:
         return created
 
 
-def rooms_overview(user) -> list[dict]:
-    """``GET /api/rooms``: one query, whatever the number of rooms.
+def rooms_overview(user, *, limit: int | None = None) -> list[dict]:
+    """``GET /api/rooms`` (the lobby: its first ``limit``): one query, whatever the
+    number of rooms.
 
     Each room's newest visible message, the user's marker and the unread count
     are subqueries on the (room, id) index of messages; the count walks only
@@ -274,6 +275,6 @@ def rooms_overview(user) -> list[dict]:
         .annotate(unread=Coalesce(Subquery(unread), 0))
         .order_by(F("last_id").desc(nulls_last=True), "-created_at", "name")
         .values("name", "private", "last_id", "read_id", "unread")
-    )
+    )[:limit]
     return [{"room": r["name"], "private": r["private"], "last_id": r["last_id"],
              "read_id": r["read_id"], "unread": r["unread"]} for r in rooms]
