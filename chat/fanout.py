@@ -77,7 +77,7 @@ class LocalRoom:
         elif kind == "departures":
             for item in event["items"]:
                 await self.deliver(item)
-        elif kind in ("relay", "deleted"):
+        elif kind in ("relay", "deleted"):  # "deleted": from the admin, not in a batch
             await self.relay(event)
         elif kind == "evict":
             for member in list(self.members.values()):
@@ -117,7 +117,11 @@ class LocalRoom:
             self._catching_up.remove(entry)
 
     async def deliver(self, item: dict) -> None:
-        """Send one item to every member that may see it, or buffer it if joining."""
+        """Send one item of a batch to every member that may see it, or buffer it if
+        joining (a deletion among them goes to :meth:`relay`)."""
+        if "deleted" in item:
+            await self.relay(item)
+            return
         audience, skip = item.get("to"), item.get("skip")
         encoded = None
         for member in list(self.members.values()):
