@@ -36,6 +36,7 @@ class Member(Gapless):
 
     conn: str
     username: str
+    is_staff: bool
     last_id: int
     presence_version: int
 
@@ -79,8 +80,9 @@ class LocalRoom:
         elif kind in ("relay", "deleted"):
             await self.relay(event)
         elif kind == "evict":
-            for member in [m for m in self.members.values() if m.username == event["user"]]:
-                await member.evict()
+            for member in list(self.members.values()):
+                if evicted(member, event):
+                    await member.evict()
 
     def note_publication(self, number: Publication) -> None:
         """The room's batches up to ``number`` have reached this process."""
@@ -149,6 +151,14 @@ class LocalRoom:
                     member.pending.append(item)
             elif not stale(member, item):
                 await member.send(item["frame"])
+
+
+def evicted(member: Member, event: dict) -> bool:
+    """Whether an ``evict`` event closes ``member``: it names the member's user, or
+    (a room made private) lists the members and the member is neither one nor staff."""
+    if "user" in event:
+        return member.username == event["user"]
+    return member.username not in event["except"] and not member.is_staff
 
 
 def stale(member: Member, item: dict) -> bool:

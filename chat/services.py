@@ -162,3 +162,8 @@ def deleted_blocking(deletions: list[tuple[str, rooms.Deleted]]) -> None:
 
 def evict_blocking(room: str, username: str) -> None:
     tell_room_blocking(room, {"kind": "evict", "user": username})
+
+
+def evict_outsiders_blocking(room: str) -> None:
+    """The room was made private: close the connections of all but members and staff."""
+    tell_room_blocking(room, {"kind": "evict", "except": rooms.member_names(room)})
