@@ -118,11 +118,20 @@ async def recv_skipping_presence(ws, timeout: float = 5) -> dict:
             return frame
 
 
-async def recv_type(ws, kind: str, timeout: float = 5) -> dict:
-    """The next frame of ``kind``; only presence frames may come before it."""
-    frame = await recv_skipping_presence(ws, timeout)
-    assert frame["type"] == kind, frame
-    return frame
+async def recv_type(ws, kind: str, timeout: float = 5,
+                    skip: frozenset[str] = PRESENCE) -> dict:
+    """The next frame of ``kind``; only frames of the ``skip`` types may come before it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await recv(ws, max(0.05, deadline - time.monotonic()))
+        if frame["type"] == kind:
+            return frame
+        assert frame["type"] in skip, f"{frame} before a {kind!r} frame"
+
+
+async def after_messages(ws, kind: str, timeout: float = 5) -> dict:
+    """The next frame of ``kind``, passing over room messages, PRIVs and presence."""
+    return await recv_type(ws, kind, timeout, skip=PRESENCE | {"message", "private"})
 
 
 async def join(server, room: str, token: str, since: int | None = None):
@@ -187,9 +196,10 @@ async def request(ws, frame: dict) -> dict:
     return await recv_skipping_presence(ws)
 
 
-async def pong(ws) -> None:
-    """A ping, and its pong as the very next frame (presence aside): nothing else was queued."""
-    assert await request(ws, {"type": "ping"}) == {"type": "pong"}
+async def nothing_came(ws) -> None:
+    """A ping, and its pong as the very next frame: nothing at all was waiting."""
+    await ws.send(json.dumps({"type": "ping"}))
+    assert await recv(ws) == {"type": "pong"}
 
 
 async def close_all(*sockets) -> None:
