@@ -1,4 +1,5 @@
-"""``/ws/chat/<room>/``: history on join, presence, messages, private messages."""
+"""``/ws/chat/<room>/``: history on join, presence, messages, private messages,
+deletions, read markers and typing."""
 
 import logging
 from urllib.parse import parse_qs
@@ -7,8 +8,9 @@ from django.conf import settings
 
 from chat import fanout, services
 from chat import protocol as chat_protocol
-from chat.errors import InvalidTarget, NotInRoom, ServiceUnavailable
+from chat.errors import Forbidden, InvalidTarget, NotFound, NotInRoom, ServiceUnavailable
 from chat.protocol import HISTORY_ON_JOIN, HISTORY_SINCE_MAX
+from chat.rooms import RoomAccess
 from realtime import protocol, wire
 from realtime.consumers import ProtocolConsumer
 from realtime.gapless import Gapless
@@ -28,6 +30,7 @@ class ChatConsumer(Gapless, ProtocolConsumer):
 
     endpoint = "chat"
     local: fanout.LocalRoom | None = None
+    access: RoomAccess | None = None
     announced = False
     last_id = 0
     presence_version = 0
@@ -84,23 +87,34 @@ class ChatConsumer(Gapless, ProtocolConsumer):
         await fanout.go_live(self)
 
     async def read_history(self) -> str | None:
-        """The history frame of the join; ``None``: unavailable, and the connection closed."""
+        """The history frame of the join; ``None``: the connection is closed, with
+        4004 if the user may not see the room."""
         try:
             if self.since is None:
-                items, truncated = await services.history(
-                    self.room, self.user, limit=HISTORY_ON_JOIN)
+                joined = await services.join(self.room, self.user, after=None,
+                                             limit=HISTORY_ON_JOIN)
             else:
-                items, truncated = await services.history(
-                    self.room, self.user, after=self.since, limit=HISTORY_SINCE_MAX)
+                joined = await services.join(self.room, self.user, after=self.since,
+                                             limit=HISTORY_SINCE_MAX)
         except Exception:
             logger.exception("could not read the history of room %s", self.room)
             await self.send(protocol.error(
                 ErrorCode.UNAVAILABLE, "history is unavailable; reconnect later"))
             await self.close()
             return None
-        if items:
-            self.last_id = items[-1]["id"]
-        return chat_protocol.history(self.room, items, truncated)
+        if not joined.access.visible:
+            logger.info("refused a chat join: the room is private or the user banned")
+            await self.close_with(CloseCode.NOT_FOUND)
+            return None
+        self.access = joined.access
+        if joined.items:
+            self.last_id = joined.items[-1]["id"]
+        return chat_protocol.history(self.room, joined.items, joined.truncated)
+
+    async def evict(self) -> None:
+        """The user was removed from the room or banned: 4004."""
+        logger.info("closing a chat connection: its user was removed or banned")
+        await self.close_with(CloseCode.NOT_FOUND)
 
     async def disconnect(self, code: int | None) -> None:
         await fanout.leave(self.hub, self.room, self, announced=self.announced)
@@ -119,9 +133,24 @@ class ChatConsumer(Gapless, ProtocolConsumer):
     async def on_history(self, frame: dict) -> None:
         request = chat_protocol.parse_history(frame)
         items, truncated = await services.history(
-            self.room, self.user, before=request.before, limit=request.limit)
+            self.access, self.user, before=request.before, limit=request.limit)
         await self.send(
             chat_protocol.history(self.room, items, truncated, before=request.before))
+
+    async def on_delete(self, frame: dict) -> None:
+        delete = chat_protocol.parse_delete(frame)
+        await self.call_service(services.delete(
+            local=self.local, access=self.access, user=self.user, message_id=delete.id))
+
+    async def on_read(self, frame: dict) -> None:
+        read = chat_protocol.parse_read(frame)
+        await self.call_service(services.read(
+            local=self.local, access=self.access, user=self.user, message_id=read.id,
+            origin=self.conn))
+
+    async def on_typing(self, frame: dict) -> None:
+        chat_protocol.parse_typing(frame)
+        await services.typing(local=self.local, user=self.user)
 
     async def call_service(self, action) -> None:
         """Await a chat service; its errors become the contract's error codes."""
@@ -133,3 +162,7 @@ class ChatConsumer(Gapless, ProtocolConsumer):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, str(exc)) from None
         except InvalidTarget as exc:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
+        except NotFound as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, exc.message) from None
+        except Forbidden as exc:
+            raise ProtocolError(ErrorCode.FORBIDDEN, exc.message) from None

@@ -43,6 +43,9 @@ class Member(Gapless):
 
     def send_now(self, encoded: bytes) -> bool: ...
 
+    async def evict(self) -> None:
+        """Close: the user may no longer see the room (4004)."""
+
 
 class LocalRoom:
     """The sockets of one room on this process, and the room's sequencer."""
@@ -73,6 +76,11 @@ class LocalRoom:
         elif kind == "departures":
             for item in event["items"]:
                 await self.deliver(item)
+        elif kind in ("relay", "deleted"):
+            await self.relay(event)
+        elif kind == "evict":
+            for member in [m for m in self.members.values() if m.username == event["user"]]:
+                await member.evict()
 
     def note_publication(self, number: Publication) -> None:
         """The room's batches up to ``number`` have reached this process."""
@@ -121,6 +129,35 @@ class LocalRoom:
             # The common case is a plain write: no coroutine per member.
             if claim(member, item) and (own_ref(member, item) or not member.send_now(encoded)):
                 await send_claimed(member, item, encoded)
+
+
+    async def relay(self, item: dict) -> None:
+        """Send a frame that is no message (``read``, ``typing``, ``message_deleted``)
+        to the members it is for.
+
+        ``to`` and ``skip`` as for messages; ``skip_user``: every connection of that
+        user is left out; ``deleted``: only members who have seen that id get it.
+        A joining member holds it (but ``typing``, which is stale by then).
+        """
+        audience, skip, skip_user = item.get("to"), item.get("skip"), item.get("skip_user")
+        for member in list(self.members.values()):
+            if (member.conn == skip or member.username == skip_user
+                    or (audience and member.username not in audience)):
+                continue
+            if member.pending is not None:
+                if skip_user is None:
+                    member.pending.append(item)
+            elif not stale(member, item):
+                await member.send(item["frame"])
+
+
+def stale(member: Member, item: dict) -> bool:
+    """Whether a joining member leaves out ``item`` when it goes live: what history
+    held, and the deletion of a message it never saw."""
+    deleted = item.get("deleted")
+    if deleted is not None:
+        return member.last_id < deleted
+    return not claim(member, item)
 
 
 def claim(member: Member, item: dict) -> bool:
@@ -189,7 +226,7 @@ async def announce_join(local: LocalRoom, member: Member) -> None:
 
 async def go_live(member: Member) -> None:
     """Send what arrived while joining (minus what history held), then stream."""
-    await member.release(lambda item: not claim(member, item),
+    await member.release(lambda item: stale(member, item),
                          lambda item: send_claimed(member, item))
 
 

@@ -124,6 +124,19 @@ class LocalPresence(Extension):
         self.room_conns: dict[str, dict[str, str]] = defaultdict(dict)
         self.locks: dict[str, _LocalLock] = {}
         self.version = 0
+        #: When each (room, user) last had its ``typing`` relayed (monotonic seconds).
+        self.typed: dict[tuple[str, str], float] = {}
+
+    async def typing_turn(self, room: str, user: str, interval: float) -> bool:
+        """Whether ``user``'s ``typing`` in ``room`` may be relayed now (once per
+        ``interval`` seconds)."""
+        now = time.monotonic()
+        if now - self.typed.get((room, user), -interval) < interval:
+            return False
+        if len(self.typed) > 10_000:  # forget the turns that are over
+            self.typed = {k: t for k, t in self.typed.items() if now - t < interval}
+        self.typed[room, user] = now
+        return True
 
     def _bump(self) -> int:
         self.version += 1
@@ -232,6 +245,11 @@ class RedisPresence(Extension):
 
     async def room_has_user(self, room: str, user: str) -> bool:
         return user in await self.redis.hvals(self.key("room", room))
+
+    async def typing_turn(self, room: str, user: str, interval: float) -> bool:
+        """Whether ``user``'s ``typing`` in ``room`` may be relayed now, on any process."""
+        return bool(await self.redis.set(self.key("typing", room, user), 1, nx=True,
+                                         px=max(1, int(interval * 1000))))
 
     @contextlib.asynccontextmanager
     async def room_lock(self, room: str) -> AsyncIterator[RoomTurn]:

@@ -30,6 +30,8 @@ HISTORY_ON_JOIN = 50
 HISTORY_SINCE_MAX = 1000
 HISTORY_PAGE_DEFAULT = 50
 HISTORY_PAGE_MAX = 100
+#: A user's ``typing`` is relayed at most once per this many seconds per room.
+TYPING_INTERVAL_SECONDS = 2.0
 
 _ROOM_RE = re.compile(ROOM_PATTERN)
 
@@ -72,6 +74,40 @@ class HistoryRequest:
     limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class Delete:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    pass
+
+
+def _message_id(frame: dict[str, Any]) -> int:
+    value = frame.get("id")
+    if not positive_int(value) or value > MAX_ID:
+        raise invalid("'id' must be a positive integer")
+    return value
+
+
+def parse_delete(frame: dict[str, Any]) -> Delete:
+    return Delete(_message_id(frame))
+
+
+def parse_read(frame: dict[str, Any]) -> Read:
+    return Read(_message_id(frame))
+
+
+def parse_typing(frame: dict[str, Any]) -> Typing:
+    return Typing()
+
+
 def parse_message(frame: dict[str, Any]) -> SendMessage:
     ref = frame.get("ref")
     if ref is not None and not (
@@ -103,12 +139,15 @@ _CHAT_PARSERS = {
     "message": parse_message,
     "private": parse_private,
     "history": parse_history,
+    "delete": parse_delete,
+    "read": parse_read,
+    "typing": parse_typing,
 }
 
 
 def parse_chat_frame(
     text: str | None, data: bytes | None
-) -> Ping | Auth | SendMessage | SendPrivate | HistoryRequest:
+) -> Ping | Auth | SendMessage | SendPrivate | HistoryRequest | Delete | Read | Typing:
     """Parse a client frame of ``/ws/chat/<room>/``."""
     return parse(_CHAT_PARSERS, text, data)
 
@@ -146,3 +185,16 @@ def private_item(
     """PRIV as a dict."""
     return {"type": "private", "id": id, "room": room, "from": sender, "to": recipient,
             "content": content, "timestamp": moment}
+
+
+def message_deleted(room: str, id: int, moment: str) -> str:
+    return encode({"type": "message_deleted", "room": room, "id": id, "timestamp": moment})
+
+
+def read(room: str, id: int) -> str:
+    """The read marker moved, for the user's other connections to the room."""
+    return encode({"type": "read", "room": room, "id": id})
+
+
+def typing(room: str, user_id: str) -> str:
+    return encode({"type": "typing", "room": room, "user_id": user_id})

@@ -3,7 +3,7 @@
 from django.db.models import Q, QuerySet
 
 from chat import protocol
-from chat.models import Message, Room
+from chat.models import Message
 from realtime.protocol import timestamp
 
 
@@ -28,19 +28,18 @@ def message_to_item(message: Message, room: str) -> dict:
 
 
 def history_page(
-    room: str, user, *, after: int | None = None, before: int | None = None, limit: int
+    room_id: int, room: str, user, *, after: int | None = None, before: int | None = None,
+    limit: int,
 ) -> tuple[list[dict], bool]:
-    """The newest ``limit`` visible messages in the range, oldest first.
+    """The newest ``limit`` messages of the room ``room_id`` visible to ``user`` in the
+    range, oldest first.
 
     Returns the items and ``truncated``: whether visible messages of the range
-    (``id > after``, ``id < before``) were left out because of ``limit``.
+    (``id > after``, ``id < before``) were left out because of ``limit``. The
+    room is given by id, as a constant: joined by name, PostgreSQL's planner
+    walked the whole table backwards by id for a room whose messages are far
+    back (or for a room that does not exist), instead of the (room, id) index.
     """
-    # The room's id first, as a constant: joined by name, PostgreSQL's planner walked
-    # the whole table backwards by id for a room whose messages are far back (or for
-    # a room that does not exist), instead of the room's (room, id) index.
-    room_id = Room.objects.filter(name=room).values_list("pk", flat=True).first()
-    if room_id is None:
-        return [], False
     messages = visible_messages(room_id, user).select_related("sender", "recipient")
     if after is not None:
         messages = messages.filter(id__gt=after)

@@ -74,6 +74,13 @@ class RoomSequencer:
         #: The publication of a batch that was not delivered here first, while it
         #: may be out: the next batch waits for it instead of overtaking it here.
         self.through_layer: asyncio.Task | None = None
+        #: The publication of the last batch stored here (each waits for the one before).
+        self.last_publication: asyncio.Task | None = None
+
+    async def published(self) -> None:
+        """Return once every batch stored here so far has been published."""
+        if self.last_publication is not None:
+            await asyncio.shield(self.last_publication)
 
     async def submit(self, outgoing: Outgoing) -> int:
         self.queue.append(outgoing)
@@ -186,6 +193,7 @@ class RoomSequencer:
                 # As the hub does for its listeners: what is stored stays stored.
                 logger.exception("delivering in room %s failed", local.name)
         task = asyncio.create_task(self.publish(event, accepted, turn, publishing))
+        self.last_publication = task
         if not delivered_here:
             self.through_layer = task
         return task

@@ -38,6 +38,7 @@ STATUS_OF = {
     "invalid_body": 400,
     "invalid_query": 400,
     "too_large": 413,
+    "conflict": 409,
     "throttled": 429,
 }
 

@@ -22,6 +22,8 @@ class CloseCode(IntEnum):
     TOKEN_EXPIRED = 4001
     INVALID_CREDENTIALS = 4002
     NO_CREDENTIALS = 4003
+    # A room the user may not see (private and not a member, or banned), or no longer.
+    NOT_FOUND = 4004
     RATE_LIMITED = 4008
     MESSAGE_TOO_BIG = 4009
     # Not in PROTOCOL.md: the client stopped reading and its backlog reached
@@ -41,6 +43,8 @@ class ErrorCode(StrEnum):
     NOT_IN_ROOM = "not_in_room"
     INVALID_TOKEN = "invalid_token"
     RATE_LIMITED = "rate_limited"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
     # Not a client mistake: the database or channel layer failed; nothing was stored
     # (or, for a stored message, it is in history and comes back through ?since=).
     UNAVAILABLE = "unavailable"

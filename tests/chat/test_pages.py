@@ -3,14 +3,12 @@
 import logging
 import re
 import urllib.request
-from datetime import timedelta
 
 import pytest
 from django.contrib.staticfiles import finders
 from django.test import Client
-from django.utils import timezone
 
-from chat.models import Room
+from chat.models import Message, Room, RoomMember
 
 PASSWORD = "correct horse battery staple"
 
@@ -64,17 +62,20 @@ def test_logout_is_a_post(client_alice):
     assert client_alice.get("/").status_code == 302
 
 
-def test_lobby_lists_rooms_newest_activity_first(client_alice):
-    """Rooms are listed by last_message_at, newest first; rooms without messages last."""
-    now = timezone.now()
-    Room.objects.create(name="old", last_message_at=now - timedelta(days=2))
-    Room.objects.create(name="empty")
-    Room.objects.create(name="fresh", last_message_at=now - timedelta(minutes=1))
+def test_lobby_lists_rooms_newest_activity_first(client_alice, alice):
+    """The lobby lists the rooms of ``GET /api/rooms``: newest visible message first, then
+    the user's private rooms without messages; a room with none visible is left out."""
+    old, empty, fresh = (Room.objects.create(name=name) for name in ("old", "empty", "fresh"))
+    Message.objects.create(room=old, sender=alice, content="first")
+    Message.objects.create(room=fresh, sender=alice, content="second")
+    mine = Room.objects.create(name="mine", private=True, owner=alice)
+    RoomMember.objects.create(room=mine, user=alice)
     response = client_alice.get("/")
     assert response.status_code == 200
     html = response.content.decode()
     names = re.findall(r'href="/chat/([^/"]+)/"', html)
-    assert names == ["fresh", "old", "empty"]
+    assert names == ["fresh", "old", "mine"]
+    assert empty.name not in names
 
 
 def test_lobby_form_opens_a_valid_room(client_alice):

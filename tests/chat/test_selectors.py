@@ -6,13 +6,13 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import selectors
+from chat import rooms, selectors
 from chat.models import Message, Room
 
 pytestmark = pytest.mark.django_db
 
 
-def test_a_history_page_reads_the_room_by_its_id(make_user):
+def test_a_join_reads_the_room_then_its_messages_by_its_id(make_user):
     """One query finds the room, the next reads its messages by ``room_id``, not by a join.
 
     Joined by the room's name, PostgreSQL's planner walked the whole messages table
@@ -23,8 +23,9 @@ def test_a_history_page_reads_the_room_by_its_id(make_user):
     room = Room.objects.create(name="far")
     Message.objects.create(room=room, sender=alice, content="hi")
     with CaptureQueriesContext(connection) as queries:
-        items, truncated = selectors.history_page("far", alice, limit=10)
-    assert ([item["content"] for item in items], truncated) == (["hi"], False)
+        joined = rooms.join("far", alice, after=None, limit=10)
+    assert ([item["content"] for item in joined.items], joined.truncated) == (["hi"], False)
+    assert len(queries) == 2
     reads = [query["sql"] for query in queries if "chat_message" in query["sql"]]
     assert len(reads) == 1
     assert '"chat_room"' not in reads[0] and '"room_id" = ' in reads[0]
@@ -33,7 +34,7 @@ def test_a_history_page_reads_the_room_by_its_id(make_user):
 def test_a_room_that_does_not_exist_reads_no_messages(make_user):
     alice = make_user("alice")
     with CaptureQueriesContext(connection) as queries:
-        assert selectors.history_page("nowhere", alice, limit=10) == ([], False)
+        assert rooms.room_history("nowhere", alice, before=None, limit=10) == ([], False)
     assert not [query for query in queries if "chat_message" in query["sql"]]
 
 
@@ -61,7 +62,7 @@ def test_pages_hold_exactly_what_each_reader_may_see(make_user, seed):
             and (m.recipient_id is None or reader.pk in (m.sender_id, m.recipient_id))
             and (after is None or m.pk > after) and (before is None or m.pk < before)
         ]
-        items, truncated = selectors.history_page(room.name, reader, after=after,
+        items, truncated = selectors.history_page(room.pk, room.name, reader, after=after,
                                                   before=before, limit=limit)
         assert [item["content"] for item in items] == visible[-limit:]
         assert truncated == (len(visible) > limit)
