@@ -199,7 +199,8 @@ async def request(ws, frame: dict) -> dict:
 async def nothing_came(ws) -> None:
     """A ping, and its pong as the very next frame: nothing at all was waiting."""
     await ws.send(json.dumps({"type": "ping"}))
-    assert await recv(ws) == {"type": "pong"}
+    frame = await recv(ws)
+    assert frame == {"type": "pong"}, f"{frame} came before the pong"
 
 
 async def close_all(*sockets) -> None:

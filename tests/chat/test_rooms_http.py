@@ -58,7 +58,8 @@ class Sync:
     """A chat socket (websockets' sync client) that sends and waits for its own copies."""
 
     def __init__(self, server, room: str, token: str) -> None:
-        self.ws = connect(f"{server.ws_url}/ws/chat/{room}/?token={token}", open_timeout=10)
+        self.ws = connect(f"{server.ws_url}/ws/chat/{room}/?token={token}", open_timeout=10,
+                          legacy=True)
         assert self.frame()["type"] == "history"
         assert self.frame()["type"] == "user_joined"
 

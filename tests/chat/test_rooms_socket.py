@@ -457,11 +457,11 @@ async def test_typing_reaches_every_other_users_connections_only(team):
 async def test_typing_is_relayed_at_most_once_every_2_seconds_per_user_and_room(team):
     """typing is relayed at most once every 2 s per user and room; the extra ones are
     dropped silently (no error), whichever of the user's connections sends them."""
+    bob, _ = await enter(team, "desk", "bob")
+    bob_other, _ = await enter(team, "desk-2", "bob")
     alice1, _ = await enter(team, "desk", "alice")
     alice2, _ = await enter(team, "desk", "alice")
     alice_other, _ = await enter(team, "desk-2", "alice")
-    bob, _ = await enter(team, "desk", "bob")
-    bob_other, _ = await enter(team, "desk-2", "bob")
     typing = {"type": "typing", "room": "desk", "user_id": "alice"}
 
     started = time.monotonic()
