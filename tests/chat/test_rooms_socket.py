@@ -374,6 +374,17 @@ async def test_read_moves_the_marker_and_tells_the_users_other_connections(team)
     rooms = (await http(team, "alice", "GET", "/api/rooms")).body["rooms"]
     assert rooms == [{"room": "book", "private": False, "last_id": last, "read_id": ids[2],
                       "unread": 2}]
+
+    # A deleted message is no longer visible: not the last_id, not unread; a room whose
+    # only message was deleted has no visible message and leaves the list.
+    await bob.send(json.dumps({"type": "delete", "id": last}))
+    assert (await recv_type(alice1, "message_deleted"))["id"] == last
+    only = (await say(other_room, "soon gone"))["id"]
+    await other_room.send(json.dumps({"type": "delete", "id": only}))
+    assert (await recv_type(other_room, "message_deleted"))["id"] == only
+    rooms = (await http(team, "alice", "GET", "/api/rooms")).body["rooms"]
+    assert rooms == [{"room": "book", "private": False, "last_id": ids[3], "read_id": ids[2],
+                      "unread": 1}]
     await close_all(alice1, alice2, bob, other_room)
 
 
@@ -475,9 +486,9 @@ async def test_typing_is_relayed_at_most_once_every_2_seconds_per_user_and_room(
     await nothing_came(alice1)  # dropped silently: no error
     await nothing_came(alice2)
     said = (await say(alice1, "barrier"))["id"]
+    assert time.monotonic() - started < 1.8, "too slow to test the throttle"
     assert (await recv_type(bob, "message"))["id"] == said  # no second typing before it
     assert (await recv_type(alice2, "message"))["id"] == said
-    assert time.monotonic() - started < 1.8, "too slow to test the throttle"
 
     await asyncio.sleep(max(0.0, started + 2.3 - time.monotonic()))
     await alice2.send(json.dumps({"type": "typing"}))
