@@ -211,6 +211,39 @@ async def test_program_stops_when_the_room_refuses_it(live, token_for, stdin):
     assert stdout == b""
 
 
+def api_call(server, token: str, method: str, path: str, body: dict | None = None) -> int:
+    request = urllib.request.Request(
+        f"{server.url}{path}", data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+@pytest.mark.daphne
+async def test_client_stops_when_removed_from_the_room(live, token_for):
+    """Removed from a private room while connected (4004): the client stops (Refused), it
+    does not reconnect."""
+    bob = token_for("bob")
+    await asyncio.to_thread(create_room, live, bob, "inner-circle", private=True)
+    assert await asyncio.to_thread(api_call, live, bob, "POST", "/api/rooms/inner-circle/members",
+                                   {"user_id": "alice"}) == 200
+    status: list[str] = []
+    client = client_module.ChatClient(live.ws_url, token_for("alice"), "inner-circle",
+                                      out=lambda _: None, status=status.append)
+    task = asyncio.create_task(client.run())
+    try:
+        await _wait(lambda: client.heard)
+        assert await asyncio.to_thread(api_call, live, bob, "DELETE",
+                                       "/api/rooms/inner-circle/members/alice") == 204
+        with pytest.raises(client_module.Refused, match="4004"):
+            await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+    assert sum("connecting to" in line for line in status) == 1, status
+
+
 @pytest.mark.daphne
 async def test_program_deletes_and_shows_typing_and_deletions(live, token_for):
     """'/delete ID' deletes one's own message; others' typing and every deletion are printed."""
