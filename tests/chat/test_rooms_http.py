@@ -178,12 +178,18 @@ def test_names_are_one_namespace(team):
 
 def test_a_room_that_does_not_exist_is_404_but_its_messages_are_an_empty_list(team):
     """GET /api/rooms/<room> of a room that does not exist → 404; GET
-    /api/rooms/<room>/messages of such a room stays 200 with an empty list."""
+    /api/rooms/<room>/messages of such a room stays 200 with an empty list. The members and
+    bans endpoints of such a room, and every path of a name outside the pattern: 404."""
     assert_error(team.alice.get("/api/rooms/nowhere"), 404, "not_found")
     answer = team.alice.get("/api/rooms/nowhere/messages")
     assert answer.status == 200
     assert answer.body == {"room": "nowhere", "messages": [], "truncated": False}
-    assert_error(team.alice.get("/api/rooms/" + "x" * 65), 404, "not_found")
+    for caller in (team.alice, team.ops):
+        for answer in every_room_path(caller, "nowhere", "bob")[3:]:
+            assert_error(answer, 404, "not_found")
+        for answer in every_room_path(caller, "x" * 65, "bob"):
+            assert_error(answer, 404, "not_found")
+    assert_error(team.alice.get("/api/rooms/nowhere"), 404, "not_found")  # none was made
 
 
 # --- Access over HTTP ---------------------------------------------------------------------
