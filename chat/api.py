@@ -28,10 +28,16 @@ def room_name(room: str) -> str:
     return room
 
 
-def user_id_of(body: dict) -> str:
-    user_id = body.get("user_id")
-    if not isinstance(user_id, str) or not user_id or not protocol.storable(user_id):
-        raise ApiError("invalid_body", "'user_id' must be a non-empty string")
+async def user_id_of(request: HttpRequest, room: str) -> str:
+    """The body's ``user_id``; a bad body is refused only once the room is known to be
+    visible (for anyone else it does not exist: 404 first)."""
+    try:
+        user_id = read_json_object(request).get("user_id")
+        if not isinstance(user_id, str) or not user_id or not protocol.storable(user_id):
+            raise ApiError("invalid_body", "'user_id' must be a non-empty string")
+    except ApiError:
+        await answer(services.room(room, request.api_user))
+        raise
     return user_id
 
 
@@ -60,7 +66,8 @@ async def room(request: HttpRequest, room: str) -> JsonResponse:
 @api_view("POST")
 async def members(request: HttpRequest, room: str) -> JsonResponse:
     """Add a member to a private room (the owner or staff)."""
-    name, user_id = room_name(room), user_id_of(read_json_object(request))
+    name = room_name(room)
+    user_id = await user_id_of(request, name)
     return JsonResponse(await answer(services.add_member(name, request.api_user, user_id)))
 
 
@@ -74,7 +81,8 @@ async def member(request: HttpRequest, room: str, user_id: str) -> HttpResponse:
 @api_view("POST")
 async def bans(request: HttpRequest, room: str) -> HttpResponse:
     """Ban a user from the room: 204."""
-    name, user_id = room_name(room), user_id_of(read_json_object(request))
+    name = room_name(room)
+    user_id = await user_id_of(request, name)
     await answer(services.ban(name, request.api_user, user_id))
     return HttpResponse(status=204)
 

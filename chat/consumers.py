@@ -51,6 +51,10 @@ class ChatConsumer(Gapless, ProtocolConsumer):
     def username(self) -> str:
         return self.user.username
 
+    @property
+    def is_staff(self) -> bool:
+        return self.user.is_staff
+
     async def connect(self) -> None:
         """History, then ``user_joined``, then what the room published meanwhile.
 

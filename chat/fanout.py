@@ -36,6 +36,7 @@ class Member(Gapless):
 
     conn: str
     username: str
+    is_staff: bool
     last_id: int
     presence_version: int
 
@@ -76,11 +77,12 @@ class LocalRoom:
         elif kind == "departures":
             for item in event["items"]:
                 await self.deliver(item)
-        elif kind in ("relay", "deleted"):
+        elif kind in ("relay", "deleted"):  # "deleted": from the admin, not in a batch
             await self.relay(event)
         elif kind == "evict":
-            for member in [m for m in self.members.values() if m.username == event["user"]]:
-                await member.evict()
+            for member in list(self.members.values()):
+                if evicted(member, event):
+                    await member.evict()
 
     def note_publication(self, number: Publication) -> None:
         """The room's batches up to ``number`` have reached this process."""
@@ -115,7 +117,11 @@ class LocalRoom:
             self._catching_up.remove(entry)
 
     async def deliver(self, item: dict) -> None:
-        """Send one item to every member that may see it, or buffer it if joining."""
+        """Send one item of a batch to every member that may see it, or buffer it if
+        joining (a deletion among them goes to :meth:`relay`)."""
+        if "deleted" in item:
+            await self.relay(item)
+            return
         audience, skip = item.get("to"), item.get("skip")
         encoded = None
         for member in list(self.members.values()):
@@ -149,6 +155,14 @@ class LocalRoom:
                     member.pending.append(item)
             elif not stale(member, item):
                 await member.send(item["frame"])
+
+
+def evicted(member: Member, event: dict) -> bool:
+    """Whether an ``evict`` event closes ``member``: it names the member's user, or
+    (a room made private) lists the members and the member is neither one nor staff."""
+    if "user" in event:
+        return member.username == event["user"]
+    return member.username not in event["except"] and not member.is_staff
 
 
 def stale(member: Member, item: dict) -> bool:

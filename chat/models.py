@@ -1,6 +1,7 @@
 """Chat history and rooms: messages (room-wide or private), owners, members, bans, read markers."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -79,6 +80,13 @@ class RoomBan(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} banned from {self.room}"
+
+    def clean(self) -> None:
+        """The owner and staff cannot be banned (the API answers 400 the same)."""
+        if self.user_id is None or self.room_id is None:
+            return
+        if self.user.is_staff or self.user_id == self.room.owner_id:
+            raise ValidationError({"user": "The room's owner and staff cannot be banned."})
 
 
 class ReadMarker(models.Model):

@@ -117,11 +117,13 @@ def room_body(access: RoomAccess) -> dict:
     if access.owner_id is not None:
         owner = get_user_model().objects.filter(pk=access.owner_id).values_list(
             "username", flat=True).first()
-    members = []
-    if access.private:
-        members = sorted(RoomMember.objects.filter(room_id=access.id).values_list(
-            "user__username", flat=True))
+    members = member_names(access.name) if access.private else []
     return {"room": access.name, "private": access.private, "owner": owner, "members": members}
+
+
+def member_names(name: str) -> list[str]:
+    return sorted(RoomMember.objects.filter(room__name=name).values_list(
+        "user__username", flat=True))
 
 
 def create_room(name: str, user, *, private: bool) -> dict:
@@ -248,8 +250,9 @@ def move_read_marker(access: RoomAccess, user, message_id: int) -> bool:
         return created
 
 
-def rooms_overview(user) -> list[dict]:
-    """``GET /api/rooms``: one query, whatever the number of rooms.
+def rooms_overview(user, *, limit: int | None = None) -> list[dict]:
+    """``GET /api/rooms`` (the lobby: its first ``limit``): one query, whatever the
+    number of rooms.
 
     Each room's newest visible message, the user's marker and the unread count
     are subqueries on the (room, id) index of messages; the count walks only
@@ -272,6 +275,6 @@ def rooms_overview(user) -> list[dict]:
         .annotate(unread=Coalesce(Subquery(unread), 0))
         .order_by(F("last_id").desc(nulls_last=True), "-created_at", "name")
         .values("name", "private", "last_id", "read_id", "unread")
-    )
+    )[:limit]
     return [{"room": r["name"], "private": r["private"], "last_id": r["last_id"],
              "read_id": r["read_id"], "unread": r["unread"]} for r in rooms]

@@ -54,13 +54,19 @@ HOLD_SECONDS = 0.02
 
 @dataclass
 class Outgoing:
-    """A message waiting for its turn; ``done`` gets its id or its error."""
+    """A message waiting for its turn; ``done`` gets its id or its error.
 
-    sender: Any
-    content: str
+    With ``notice`` it is no message but a room item already made (a deletion):
+    nothing is stored, and it is published in its place among the messages, so
+    that every connection on every process gets it in the same order.
+    """
+
+    sender: Any = None
+    content: str = ""
     origin: str | None = None
     ref: str | None = None
     recipient: str | None = None
+    notice: dict | None = None
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -74,13 +80,6 @@ class RoomSequencer:
         #: The publication of a batch that was not delivered here first, while it
         #: may be out: the next batch waits for it instead of overtaking it here.
         self.through_layer: asyncio.Task | None = None
-        #: The publication of the last batch stored here (each waits for the one before).
-        self.last_publication: asyncio.Task | None = None
-
-    async def published(self) -> None:
-        """Return once every batch stored here so far has been published."""
-        if self.last_publication is not None:
-            await asyncio.shield(self.last_publication)
 
     async def submit(self, outgoing: Outgoing) -> int:
         self.queue.append(outgoing)
@@ -167,15 +166,21 @@ class RoomSequencer:
         that publishes it after ``publishing``, the previous batch's.
         """
         local = self.local
-        stored = await store_messages(local.name, batch)
-        metrics.inc("realtime_messages_stored_total", sum(1 for m in stored if m))
+        messages = [outgoing for outgoing in batch if outgoing.notice is None]
+        stored = iter(await store_messages(local.name, messages) if messages else ())
         items, accepted = [], []
-        for outgoing, message in zip(batch, stored, strict=True):
+        for outgoing in batch:
+            if outgoing.notice is not None:
+                items.append(outgoing.notice)
+                accepted.append((outgoing, 0))
+                continue
+            message = next(stored)
             if message is None:
                 outgoing.done.set_exception(NotInRoom("that user is not in this room"))
                 continue
             items.append(event_item(local.name, outgoing, message))
-            accepted.append((outgoing, message))
+            accepted.append((outgoing, message.pk))
+        metrics.inc("realtime_messages_stored_total", sum(1 for _, pk in accepted if pk))
         if not items:
             return publishing
         if self.through_layer is not None:
@@ -193,12 +198,11 @@ class RoomSequencer:
                 # As the hub does for its listeners: what is stored stays stored.
                 logger.exception("delivering in room %s failed", local.name)
         task = asyncio.create_task(self.publish(event, accepted, turn, publishing))
-        self.last_publication = task
         if not delivered_here:
             self.through_layer = task
         return task
 
-    async def publish(self, event: dict, accepted: list[tuple[Outgoing, Message]],
+    async def publish(self, event: dict, accepted: list[tuple[Outgoing, int]],
                       turn: RoomTurn, previous: asyncio.Task | None) -> None:
         """Publish one batch after ``previous``; answer its senders.
 
@@ -215,11 +219,11 @@ class RoomSequencer:
             await local.hub.publish(local.group, event)
         except Exception:
             logger.exception("publishing to room %s failed", local.name)
-            for outgoing, message in accepted:
+            for outgoing, stored_id in accepted:
                 if not outgoing.done.done():
                     outgoing.done.set_exception(ServiceUnavailable(
                         "stored, but maybe not delivered live; it comes back with history",
-                        stored_id=message.pk,
+                        stored_id=stored_id,
                     ))
             return
         turn.advance()
@@ -227,9 +231,9 @@ class RoomSequencer:
             # Seen here already; a batch that went through the layer is noted when it
             # comes back, so that nothing local overtakes it.
             local.note_publication(number)
-        for outgoing, message in accepted:
+        for outgoing, stored_id in accepted:
             if not outgoing.done.done():
-                outgoing.done.set_result(message.pk)
+                outgoing.done.set_result(stored_id)
 
 
 def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:

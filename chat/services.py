@@ -63,12 +63,11 @@ async def private_send(*, local: LocalRoom, user, target: str, content: str) -> 
 async def delete(*, local: LocalRoom, access: RoomAccess, user, message_id: int) -> None:
     """Delete a message, then tell every connection that has seen it.
 
-    The notice goes through the channel layer after every batch this process
-    has published, so on every process it comes after the message itself.
+    The notice takes its turn in the room's sequencer like a message, so every
+    connection, on every process, gets it in the same place among the messages.
     """
     deleted = await db.run(rooms.delete_message, access, user, message_id)
-    await local.sequencer.published()
-    await local.hub.publish(local.group, deleted_event(access.name, deleted))
+    await local.sequencer.submit(Outgoing(notice=deleted_event(access.name, deleted)))
 
 
 async def read(*, local: LocalRoom, access: RoomAccess, user, message_id: int,
@@ -162,3 +161,8 @@ def deleted_blocking(deletions: list[tuple[str, rooms.Deleted]]) -> None:
 
 def evict_blocking(room: str, username: str) -> None:
     tell_room_blocking(room, {"kind": "evict", "user": username})
+
+
+def evict_outsiders_blocking(room: str) -> None:
+    """The room was made private: close the connections of all but members and staff."""
+    tell_room_blocking(room, {"kind": "evict", "except": rooms.member_names(room)})

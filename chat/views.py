@@ -44,7 +44,7 @@ def lobby(request: HttpRequest) -> HttpResponse:
     form = OpenRoomForm(request.GET) if "room" in request.GET else OpenRoomForm()
     if form.is_bound and form.is_valid():
         return redirect("chat:room", room=form.cleaned_data["room"])
-    overview = rooms.rooms_overview(request.user)[:LOBBY_ROOM_LIMIT]
+    overview = rooms.rooms_overview(request.user, limit=LOBBY_ROOM_LIMIT)
     status = 400 if form.is_bound else 200
     return render(request, "chat/lobby.html", {"form": form, "rooms": overview}, status=status)
 

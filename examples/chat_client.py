@@ -11,7 +11,10 @@ the room sends is printed::
 
     hello everyone            <- a message to the room
     /msg bob see you at 3     <- a private message to bob (he must be in the room)
+    /delete 12                <- delete message #12 (yours; any, for owners, staff, moderators)
     /quit                     <- leave (end of input does the same)
+
+Others typing show as ``* alice is typing…``, a deletion as ``* message 12 was deleted``.
 
 Listen for notifications and acknowledge each one once printed::
 
@@ -28,8 +31,9 @@ Why it is written the way it is:
   by every client in the same instant, and it resumes with ``?since=<last id>``:
   ids rise strictly within a room, so the server sends exactly what was missed
   and the client skips any id it has already printed (no gap, no duplicate).
-* Close codes 4001/4002/4003 mean the credentials are wrong or expired:
-  retrying cannot help, so the client stops (exit status 2). 4008 (too fast)
+* Close codes 4001/4002/4003 mean the credentials are wrong or expired, and
+  4004 that the room is private or you are banned from it (or were just
+  removed or banned): retrying cannot help, so the client stops (exit status 2). 4008 (too fast)
   and 4013 (too many connections) wait longer before retrying.
 * Notifications are delivered at least once, so they are deduplicated by id,
   and acknowledged in batches (a reconnect may bring a hundred at once and
@@ -54,10 +58,11 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-AUTH_FAILURES = {
+REFUSALS = {
     4001: "the token has expired: get a new one",
     4002: "the token was refused (bad signature, unknown or inactive user)",
     4003: "no credentials were sent",
+    4004: "no access to this room (private and not a member, or banned; or just removed)",
 }
 SLOW_RETRY = {4008: 10.0, 4013: 30.0}  # close code -> minimum wait in seconds
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
@@ -70,7 +75,8 @@ def _status(line: str) -> None:
 
 
 class Refused(Exception):
-    """The server refused us for good (credentials, or the handshake): retrying won't help."""
+    """The server refused us for good (credentials, room access, or the handshake):
+    retrying won't help."""
 
 
 def next_delay(attempt: int, *, base: float = 1.0, cap: float = 30.0,
@@ -107,6 +113,10 @@ def format_frame(frame: dict[str, Any]) -> str | None:
     if kind in {"user_joined", "user_left"}:
         verb = "joined" if kind == "user_joined" else "left"
         return f"* {frame['user_id']} {verb}; here: {', '.join(frame.get('users', []))}"
+    if kind == "typing":
+        return f"* {frame['user_id']} is typing…"
+    if kind == "message_deleted":
+        return f"* message {frame['id']} was deleted"
     if kind == "error":
         return f"! error {frame.get('code')}: {frame.get('message')}"
     if kind == "notification":
@@ -117,9 +127,15 @@ def format_frame(frame: dict[str, Any]) -> str | None:
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
-    """A typed line as a client frame: ``/msg USER TEXT`` is private, the rest goes to the room."""
+    """A typed line as a client frame: ``/msg USER TEXT`` is private, ``/delete ID``
+    deletes a message, the rest goes to the room."""
     text = line.rstrip("\r\n")
     if not text.strip():
+        return None
+    if text.startswith("/delete ") or text.strip() == "/delete":
+        argument = text[len("/delete"):].strip().removeprefix("#")
+        if argument.isascii() and argument.isdecimal() and int(argument) > 0:
+            return {"type": "delete", "id": int(argument)}
         return None
     if text.startswith("/msg "):
         _, target, *rest = text.split(" ", 2)
@@ -157,6 +173,8 @@ class ChatClient:
         frame = parse_line(line)
         if frame is not None:
             self.outbox.put_nowait(frame)
+        elif line.strip().split(" ", 1)[0] == "/delete":
+            self.status("* usage: /delete ID (the number after # in a message line)")
 
     def finish(self) -> None:
         """Leave after what is already queued has been sent."""
@@ -196,8 +214,8 @@ class ChatClient:
                     return  # finished on purpose
             except ConnectionClosed as closed:
                 code = closed.rcvd.code if closed.rcvd else 1006
-                if code in AUTH_FAILURES:
-                    raise Refused(f"closed with {code}: {AUTH_FAILURES[code]}") from None
+                if code in REFUSALS:
+                    raise Refused(f"closed with {code}: {REFUSALS[code]}") from None
                 min_wait = SLOW_RETRY.get(code, 0.0)
                 self.status(f"* connection lost (code {code})")
             except (OSError, InvalidHandshake, TimeoutError) as exc:
@@ -252,7 +270,7 @@ class ChatClient:
 
     async def _drain(self, reader: asyncio.Task) -> None:
         """Before leaving, wait (a little) for the server's first frame and for our own
-        messages to come back; a refusal (4001-4003) in the meantime is raised."""
+        messages to come back; a refusal (4001-4004) in the meantime is raised."""
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while (self.unconfirmed or not self.heard) and not reader.done():
             if asyncio.get_running_loop().time() > deadline:
@@ -260,7 +278,7 @@ class ChatClient:
             await asyncio.sleep(0.05)
         closed = reader.exception() if reader.done() else None
         code = closed.rcvd.code if isinstance(closed, ConnectionClosed) and closed.rcvd else None
-        if code in AUTH_FAILURES:
+        if code in REFUSALS:
             raise closed
 
     async def _read(self, ws: ClientConnection) -> None:
@@ -305,8 +323,8 @@ class NotificationListener:
                     await self._session(ws)
             except ConnectionClosed as closed:
                 code = closed.rcvd.code if closed.rcvd else 1006
-                if code in AUTH_FAILURES:
-                    raise Refused(f"closed with {code}: {AUTH_FAILURES[code]}") from None
+                if code in REFUSALS:
+                    raise Refused(f"closed with {code}: {REFUSALS[code]}") from None
                 min_wait = SLOW_RETRY.get(code, 0.0)
                 self.status(f"* connection lost (code {code})")
             except (OSError, InvalidHandshake, TimeoutError) as exc:

@@ -8,6 +8,11 @@
  *   the recovery history is truncated (more than 1000 missed), the hole is
  *   filled with history requests paging back until it meets what was seen.
  * - Every piece of message data is set with textContent, never innerHTML.
+ * - Rooms (PROTOCOL.md "Rooms: access, moderation, read state"): a delete
+ *   button on the messages one may delete, "alice is typing…", and the read
+ *   marker: while the page is visible it sends {"type": "read"} for the newest
+ *   message shown, and tells the user's other tabs (the lobby's unread badges)
+ *   on the BroadcastChannel "rt-rooms".
  * - window.chatDebug is a test hook (drop the socket, read the state).
  */
 (function () {
@@ -20,10 +25,16 @@
 
   var ME = root.dataset.user;
   var ROOM = root.dataset.room;
+  var CAN_MODERATE = root.dataset.canModerate === "true";
   var MAX_CHARS = 4000;
   var PAGE = 50;
   var GAP_PAGE = 100;
   var UNCONFIRMED_AFTER_MS = 10000;
+  var TYPING_SEND_EVERY_MS = 2000; /* the server relays at most one per 2 s anyway */
+  var TYPING_SHOW_MS = 3000;
+  var DELETE_CONFIRM_MS = 4000;
+  var NO_ACCESS_TEXT =
+    "You do not have access to this room (it is private, or you were removed or banned)";
 
   var list = document.getElementById("messages");
   var pendingList = document.getElementById("pending");
@@ -41,6 +52,7 @@
   var input = document.getElementById("message-input");
   var recipient = document.getElementById("recipient");
   var sendButton = document.getElementById("send-button");
+  var typingLine = document.getElementById("typing");
 
   var ids = []; /* sorted ids on the page */
   var byId = new Map();
@@ -54,6 +66,11 @@
   var awaitingInitialHistory = false;
   var retryButton = null;
   var countdown = null;
+  var typers = new Map(); /* user -> timer that forgets them */
+  var lastTypingSent = 0;
+  var readSent = 0; /* highest id this user's read marker is known to be at */
+  var readTimer = null;
+  var tabs = "BroadcastChannel" in window ? new BroadcastChannel("rt-rooms") : null;
 
   /* ---- connection state ------------------------------------------------ */
 
@@ -78,6 +95,8 @@
       countdown = setInterval(tick, 1000);
     } else if (state === "offline" && info.reason === "no network") {
       connText.textContent = "Offline: no network";
+    } else if (state === "offline" && info.reason === "no access") {
+      connText.textContent = "No access";
     } else {
       connText.textContent = STATE_TEXT[state] || state;
     }
@@ -131,6 +150,8 @@
     not_in_room: "That person is no longer in the room; the private message was not sent.",
     invalid_token: "The credentials were refused.",
     rate_limited: "You are sending too fast; a message was dropped.",
+    forbidden: "You may not do that",
+    not_found: "That message is gone or was never visible to you",
     unavailable: "The server is having trouble; try again in a moment.",
   };
 
@@ -138,7 +159,9 @@
     var base = ERROR_TEXT[frame.code] || "Error";
     var detail = typeof frame.message === "string" && frame.message ? frame.message : "";
     var text = base;
-    if (frame.code === "invalid_message" && detail) text = base + ": " + detail;
+    if ((frame.code === "invalid_message" || frame.code === "forbidden") && detail) {
+      text = base + ": " + detail;
+    }
     else if (!ERROR_TEXT[frame.code] && detail) text = base + " (" + String(frame.code) + "): " + detail;
     var box = showAlert(text, "error");
     box.dataset.code = String(frame.code || "");
@@ -177,9 +200,22 @@
     time.dateTime = String(msg.timestamp || "");
     time.title = when.full;
     meta.appendChild(time);
+    if (mayDelete(msg)) {
+      var remove = el("button", "button-link msg-delete", "Delete");
+      remove.type = "button";
+      remove.setAttribute("aria-label", "Delete this message");
+      meta.appendChild(remove);
+    }
     item.appendChild(meta);
     item.appendChild(el("p", "msg-content", msg.content));
     return item;
+  }
+
+  /* One's own messages; any room message for owners, staff and moderators. A private
+     message only by its sender (PROTOCOL.md: only the sender may delete it). */
+  function mayDelete(msg) {
+    if (msg.type === "private") return msg.from === ME;
+    return msg.user_id === ME || CAN_MODERATE;
   }
 
   function validMessage(msg) {
@@ -211,6 +247,33 @@
     if (msg.id > lastId) lastId = msg.id;
     return true;
   }
+
+  function removeMessage(id) {
+    var node = byId.get(id);
+    if (!node) return;
+    node.remove();
+    byId.delete(id);
+    ids.splice(ids.indexOf(id), 1);
+  }
+
+  /* Delete takes two clicks: "Delete", then "Confirm delete" within a few seconds. */
+  list.addEventListener("click", function (event) {
+    var button = event.target.closest(".msg-delete");
+    if (!button) return;
+    var id = Number(button.closest(".msg").dataset.id);
+    if (button.dataset.armed) {
+      if (!socket.send({ type: "delete", id: id })) {
+        showAlert("Not connected: the message was not deleted.", "info");
+      }
+      return;
+    }
+    button.dataset.armed = "true";
+    button.textContent = "Confirm delete";
+    setTimeout(function () {
+      delete button.dataset.armed;
+      button.textContent = "Delete";
+    }, DELETE_CONFIRM_MS);
+  });
 
   function insertMany(messages, keepViewport) {
     var bulk = messages && messages.length > 1;
@@ -434,6 +497,73 @@
     }
   });
 
+  /* ---- read marker ---------------------------------------------------------- */
+
+  /* The newest message shown is read once the page is visible; a burst of messages
+     (a history, a busy room) sends one frame. */
+  function markRead() {
+    if (readTimer) return;
+    readTimer = setTimeout(function () {
+      readTimer = null;
+      if (document.visibilityState !== "visible" || !ids.length) return;
+      var newest = ids[ids.length - 1];
+      if (newest <= readSent) return;
+      if (!socket.send({ type: "read", id: newest })) return;
+      readSent = newest;
+      tellTabs(newest);
+    }, 250);
+  }
+
+  function tellTabs(id) {
+    if (tabs) tabs.postMessage({ type: "read", room: ROOM, id: id });
+  }
+
+  /* Another connection of this user read up to id: nothing to send for those. */
+  function onRead(frame) {
+    if (!Number.isInteger(frame.id) || frame.id <= readSent) return;
+    readSent = frame.id;
+    tellTabs(frame.id);
+  }
+
+  document.addEventListener("visibilitychange", markRead);
+
+  /* ---- typing --------------------------------------------------------------- */
+
+  input.addEventListener("input", function () {
+    var t = Date.now();
+    if (!input.value.trim() || t - lastTypingSent < TYPING_SEND_EVERY_MS) return;
+    if (socket.send({ type: "typing" })) lastTypingSent = t;
+  });
+
+  function onTyping(user) {
+    if (typeof user !== "string" || user === ME) return;
+    clearTimeout(typers.get(user));
+    typers.set(
+      user,
+      setTimeout(function () {
+        stopTyping(user);
+      }, TYPING_SHOW_MS)
+    );
+    showTyping();
+  }
+
+  function stopTyping(user) {
+    if (!typers.has(user)) return;
+    clearTimeout(typers.get(user));
+    typers.delete(user);
+    showTyping();
+  }
+
+  function showTyping() {
+    var names = Array.from(typers.keys()).sort();
+    var text = "";
+    if (names.length === 1) text = names[0] + " is typing…";
+    else if (names.length === 2) text = names[0] + " and " + names[1] + " are typing…";
+    else if (names.length === 3) text = names[0] + ", " + names[1] + " and " + names[2] + " are typing…";
+    else if (names.length > 3) text = "Several people are typing…";
+    typingLine.textContent = text;
+  }
+
   /* ---- frames --------------------------------------------------------------- */
 
   var sinceOfThisConnection = 0;
@@ -445,6 +575,7 @@
           awaitingInitialHistory = false;
           onInitialHistory(frame, sinceOfThisConnection);
           socket.markLive();
+          markRead();
         } else {
           onHistoryAnswer(frame);
         }
@@ -452,11 +583,25 @@
       case "message":
       case "private":
         if (frame.type === "message" && typeof frame.ref === "string") confirmPending(frame.ref);
+        stopTyping(frame.type === "message" ? frame.user_id : frame.from);
         insertMany([frame], false);
+        markRead();
+        break;
+      case "message_deleted":
+        if (Number.isInteger(frame.id)) removeMessage(frame.id);
+        break;
+      case "read":
+        onRead(frame);
+        break;
+      case "typing":
+        onTyping(frame.user_id);
         break;
       case "user_joined":
       case "user_left":
         setUsers(frame.users);
+        typers.forEach(function (timer, user) {
+          if (users.indexOf(user) < 0) stopTyping(user);
+        });
         break;
       case "error":
         showError(frame);
@@ -473,6 +618,17 @@
     var C = R.CLOSE;
     var next = encodeURIComponent(window.location.pathname);
     var loginHref = root.dataset.loginUrl + "?next=" + next;
+    if (code === C.NO_ACCESS) {
+      /* private room, or removed or banned: retrying would only be refused again */
+      showAlert(NO_ACCESS_TEXT, "error", {
+        sticky: true,
+        link: { text: "Back to the lobby", href: root.dataset.lobbyUrl },
+      });
+      typers.forEach(function (timer, user) {
+        stopTyping(user);
+      });
+      return { stop: true, reason: "no access" };
+    }
     if (code === C.NO_CREDENTIALS) {
       /* the session is gone: log in again (once; nothing to retry) */
       showAlert("You are logged out.", "error", {

@@ -25,6 +25,7 @@
     TOKEN_EXPIRED: 4001,
     INVALID_CREDENTIALS: 4002,
     NO_CREDENTIALS: 4003,
+    NO_ACCESS: 4004,
     RATE_LIMITED: 4008,
     MESSAGE_TOO_BIG: 4009,
     TOO_MANY_CONNECTIONS: 4013,
@@ -276,9 +277,56 @@
     return { short: short, full: date.toLocaleString() };
   }
 
+  /* Django's CSRF cookie (set by every page that has a form with {% csrf_token %}). */
+  function csrfToken() {
+    var match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  /**
+   * A call to the JSON API with the session cookie and the CSRF header.
+   * Resolves to the parsed body (null for 204); rejects with an Error whose
+   * message is the API's {"error", "message"} body as one line, and whose
+   * .code and .status say what went wrong.
+   */
+  function api(method, path, body) {
+    var init = {
+      method: method,
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    };
+    if (method !== "GET") init.headers["X-CSRFToken"] = csrfToken();
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    return fetch(path, init).then(function (response) {
+      if (response.status === 204) return null;
+      return response.json().then(
+        function (data) {
+          if (response.ok) return data;
+          throw apiError(response.status, data);
+        },
+        function () {
+          throw apiError(response.status, null);
+        }
+      );
+    });
+  }
+
+  function apiError(status, data) {
+    var code = data && typeof data.error === "string" ? data.error : "http_" + status;
+    var detail = data && typeof data.message === "string" ? data.message : "";
+    var error = new Error(detail ? code + ": " + detail : code + " (HTTP " + status + ")");
+    error.code = code;
+    error.status = status;
+    return error;
+  }
+
   window.Realtime = {
     CLOSE: CLOSE,
     ReconnectingSocket: ReconnectingSocket,
+    api: api,
     el: el,
     formatTime: formatTime,
     wsUrl: wsUrl,

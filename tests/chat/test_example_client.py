@@ -100,8 +100,34 @@ def test_typed_lines_become_frames():
                                            "content": " see you"}
     assert parse("   \n") is None
     assert parse("/msg bob\n") is None
+    assert parse("/delete 12\n") == {"type": "delete", "id": 12}
+    assert parse("/delete #12\n") == {"type": "delete", "id": 12}
+    for bad in ("/delete\n", "/delete x\n", "/delete 0\n", "/delete -3\n", "/delete 1.5\n",
+                "/delete ١٢\n"):
+        assert parse(bad) is None, bad
     assert client_module.chat_url("ws://h:1/", "r", 0) == "ws://h:1/ws/chat/r/"
     assert client_module.chat_url("ws://h:1", "r", 42) == "ws://h:1/ws/chat/r/?since=42"
+
+
+def test_typing_and_deletions_are_printed_reads_are_not():
+    """typing and message_deleted frames get a line each; a read echo gets none."""
+    fmt = client_module.format_frame
+    assert fmt({"type": "typing", "room": "r", "user_id": "alice"}) == "* alice is typing…"
+    assert fmt({"type": "message_deleted", "room": "r", "id": 12,
+                "timestamp": "2026-01-01T00:00:00Z"}) == "* message 12 was deleted"
+    assert fmt({"type": "read", "room": "r", "id": 12}) is None
+
+
+def test_a_bad_delete_line_says_how_to_use_it():
+    """'/delete x' is not sent as a message: the client says how to use /delete."""
+    status: list[str] = []
+    client = client_module.ChatClient("ws://h:1", "t", "r", out=lambda _: None,
+                                      status=status.append)
+    client.say("/delete x\n")
+    assert client.outbox.empty()
+    assert status and "/delete ID" in status[0]
+    client.say("/delete 7\n")
+    assert client.outbox.get_nowait() == {"type": "delete", "id": 7}
 
 
 @pytest.mark.daphne
@@ -154,6 +180,108 @@ async def test_program_stops_on_a_refused_token(live):
     assert process.returncode == 2
     assert "4002" in stderr.decode()
     assert stderr.decode().count("connecting to") == 1
+
+
+def create_room(server, token: str, name: str, *, private: bool) -> dict:
+    request = urllib.request.Request(
+        f"{server.url}/api/rooms", data=json.dumps({"name": name, "private": private}).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        return json.loads(response.read())
+
+
+@pytest.mark.daphne
+@pytest.mark.parametrize("stdin", ["pipe", "closed"])
+async def test_program_stops_when_the_room_refuses_it(live, token_for, stdin):
+    """A private room closes a non-member's socket with 4004: the program exits 2 at once."""
+    await asyncio.to_thread(create_room, live, token_for("bob"), "hideout", private=True)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(SCRIPT), "--url", live.ws_url, "--token", token_for("nora"),
+        "hideout",
+        stdin=asyncio.subprocess.PIPE if stdin == "pipe" else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 2, stderr.decode()
+    assert "4004" in stderr.decode()
+    assert stderr.decode().count("connecting to") == 1
+    assert stdout == b""
+
+
+def api_call(server, token: str, method: str, path: str, body: dict | None = None) -> int:
+    request = urllib.request.Request(
+        f"{server.url}{path}", data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+@pytest.mark.daphne
+async def test_client_stops_when_removed_from_the_room(live, token_for):
+    """Removed from a private room while connected (4004): the client stops (Refused), it
+    does not reconnect."""
+    bob = token_for("bob")
+    await asyncio.to_thread(create_room, live, bob, "inner-circle", private=True)
+    assert await asyncio.to_thread(api_call, live, bob, "POST", "/api/rooms/inner-circle/members",
+                                   {"user_id": "alice"}) == 200
+    status: list[str] = []
+    client = client_module.ChatClient(live.ws_url, token_for("alice"), "inner-circle",
+                                      out=lambda _: None, status=status.append)
+    task = asyncio.create_task(client.run())
+    try:
+        await _wait(lambda: client.heard)
+        assert await asyncio.to_thread(api_call, live, bob, "DELETE",
+                                       "/api/rooms/inner-circle/members/alice") == 204
+        with pytest.raises(client_module.Refused, match="4004"):
+            await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+    assert sum("connecting to" in line for line in status) == 1, status
+
+
+@pytest.mark.daphne
+async def test_program_deletes_and_shows_typing_and_deletions(live, token_for):
+    """'/delete ID' deletes one's own message; others' typing and every deletion are printed."""
+    bob = await Peer.open(live, token_for("bob"), "cli-moderation")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(SCRIPT), "--url", live.ws_url, "--token", token_for("alice"),
+        "cli-moderation",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    seen: list[str] = []
+    try:
+        await bob.next_of("user_joined")
+        process.stdin.write(b"a message to take back\n")
+        await process.stdin.drain()
+        mine = await bob.next_of("message")
+        await read_until(process.stdout, f"#{mine['id']} alice: a message to take back", seen)
+
+        await bob.ws.send(json.dumps({"type": "typing"}))
+        await read_until(process.stdout, "* bob is typing…", seen)
+
+        process.stdin.write(f"/delete {mine['id']}\n".encode())
+        await process.stdin.drain()
+        deleted = await bob.next_of("message_deleted")
+        assert (deleted["room"], deleted["id"]) == ("cli-moderation", mine["id"])
+        await read_until(process.stdout, f"* message {mine['id']} was deleted", seen)
+
+        theirs = await bob.say("bob's own")
+        process.stdin.write(f"/delete {theirs}\n".encode())
+        await process.stdin.drain()
+        await read_until(process.stdout, "! error forbidden", seen)
+        process.stdin.close()
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await bob.ws.close()
 
 
 @pytest.mark.daphne

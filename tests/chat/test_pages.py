@@ -8,7 +8,7 @@ import pytest
 from django.contrib.staticfiles import finders
 from django.test import Client
 
-from chat.models import Message, Room, RoomMember
+from chat.models import Message, Room, RoomBan, RoomMember
 
 PASSWORD = "correct horse battery staple"
 
@@ -139,6 +139,8 @@ def test_static_files_are_served_by_daphne_without_debug(daphne_server):
         ("/static/js/chat.js", b"/ws/chat/"),
         ("/static/js/realtime.js", b"ReconnectingSocket"),
         ("/static/js/notifications.js", b'type: "ack"'),
+        ("/static/js/lobby.js", b"/api/rooms"),
+        ("/static/js/room-admin.js", b"/members"),
         ("/static/css/app.css", b".messages"),
     ]:
         with urllib.request.urlopen(server.url + path, timeout=10) as response:
@@ -147,3 +149,58 @@ def test_static_files_are_served_by_daphne_without_debug(daphne_server):
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(server.url + "/static/js/missing.js", timeout=10)
     assert missing.value.code == 404
+
+
+def test_lobby_has_the_create_room_form_and_badges(client_alice, alice, make_user):
+    """The lobby offers "Create a room" (private by default; lobby.js posts it) and shows
+    each room's unread count as a badge, hidden at zero, and private rooms as such."""
+    bob = make_user("bob")
+    seen, busy = Room.objects.create(name="seen"), Room.objects.create(name="busy")
+    Message.objects.create(room=seen, sender=alice, content="mine")
+    Message.objects.create(room=busy, sender=bob, content="one")
+    Message.objects.create(room=busy, sender=bob, content="two")
+    mine = Room.objects.create(name="mine", private=True, owner=alice)
+    RoomMember.objects.create(room=mine, user=alice)
+    html = client_alice.get("/").content.decode()
+    assert 'id="create-room"' in html and 'id="create-private" checked' in html
+    assert "/static/js/lobby.js" in html and "<script>" not in html
+    badges = dict(re.findall(r'<li data-room="([^"]+)".*?<span class="badge" data-unread="(\d+)"',
+                             html, re.S))
+    assert badges == {"busy": "2", "seen": "0", "mine": "0"}
+    assert re.search(r'data-unread="0" title="unread messages" hidden', html)
+    private = re.search(r'<li data-room="mine".*?</li>', html, re.S).group()
+    assert "tag-private" in private
+
+
+def test_room_page_controls_follow_permissions(alice, make_user):
+    """The owner of a private room gets the members list with invite and remove, and the
+    ban form; a member gets the list only; a room's page tells chat.js who may delete."""
+    bob = make_user("bob")
+    room = Room.objects.create(name="team", private=True, owner=alice)
+    RoomMember.objects.create(room=room, user=alice)
+    RoomMember.objects.create(room=room, user=bob)
+    owner, member = Client(), Client()
+    owner.force_login(alice)
+    member.force_login(bob)
+
+    html = owner.get("/chat/team/").content.decode()
+    for needle in ('id="members-panel"', 'id="invite-form"', 'id="ban-form"',
+                   'data-can-manage="true"', 'data-can-moderate="true"', 'data-private="true"',
+                   'data-owner="alice"', "/static/js/room-admin.js"):
+        assert needle in html, needle
+    html = member.get("/chat/team/").content.decode()
+    assert 'id="members-panel"' in html
+    for needle in ('id="invite-form"', 'id="ban-form"'):
+        assert needle not in html, needle
+    assert 'data-can-moderate="false"' in html
+
+    public = owner.get("/chat/open-room/").content.decode()
+    assert 'id="members-panel"' not in public and 'data-private="false"' in public
+
+
+def test_room_page_404_for_a_private_room_or_a_ban(client_alice, alice, make_user):
+    """A private room alice is no member of, and a room she is banned from, have no page."""
+    Room.objects.create(name="secret", private=True, owner=make_user("bob"))
+    RoomBan.objects.create(room=Room.objects.create(name="banned-here"), user=alice)
+    assert client_alice.get("/chat/secret/").status_code == 404
+    assert client_alice.get("/chat/banned-here/").status_code == 404
