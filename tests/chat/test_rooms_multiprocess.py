@@ -257,6 +257,89 @@ async def test_a_member_banned_from_a_private_room_is_closed_everywhere(two_serv
     await alice.close()
 
 
+def admin_change_room(name: str, *, remove_member: str | None = None,
+                      ban: str | None = None) -> None:
+    """The admin's room change form, saved from this (non-daphne) process: one member's
+    inline row deleted, or one ban row added."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from chat.models import Room, RoomBan, RoomMember
+
+    users = get_user_model().objects
+    root, _ = users.get_or_create(username="root", defaults={"is_staff": True,
+                                                            "is_superuser": True})
+    client = Client()
+    client.force_login(root)
+    room = Room.objects.get(name=name)
+    data = {
+        "name": room.name, "owner": room.owner_id or "",
+        "created_at_0": room.created_at.strftime("%Y-%m-%d"),
+        "created_at_1": room.created_at.strftime("%H:%M:%S"),
+        "last_message_at_0": "", "last_message_at_1": "",
+    }
+    if room.private:
+        data["private"] = "on"
+    members = list(RoomMember.objects.filter(room=room).order_by("pk"))
+    bans = list(RoomBan.objects.filter(room=room).order_by("pk"))
+    for prefix, rows, extra in (("memberships", members, None),
+                                ("bans", bans, ban)):
+        data.update({f"{prefix}-TOTAL_FORMS": len(rows) + (1 if extra else 0),
+                     f"{prefix}-INITIAL_FORMS": len(rows),
+                     f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000})
+        for n, row in enumerate(rows):
+            data.update({f"{prefix}-{n}-id": row.pk, f"{prefix}-{n}-room": room.pk,
+                         f"{prefix}-{n}-user": row.user_id})
+            if prefix == "memberships" and row.user.username == remove_member:
+                data[f"{prefix}-{n}-DELETE"] = "on"
+        if extra:
+            data.update({f"{prefix}-{len(rows)}-room": room.pk,
+                         f"{prefix}-{len(rows)}-user": users.get(username=extra).pk})
+    response = client.post(f"/admin/chat/room/{room.pk}/change/", data)
+    if response.status_code != 302:
+        errors = [form.errors for form in [response.context["adminform"].form]]
+        errors += [formset.errors for formset in response.context["inline_admin_formsets"]]
+        pytest.fail(f"the admin refused the change: {errors}")
+
+
+async def test_a_member_removed_in_the_admin_is_closed_on_both_processes(
+        servers_on_this_layer, people):
+    """Deleting bob's member row in the admin (no daphne): his sockets on both processes
+    close with 4004 at once, and the room gets user_left."""
+    server_a, server_b = servers_on_this_layer
+    await private_room(server_a, "adminpriv", "alice", ["bob"], people)
+    alice, _ = await join(server_b, "adminpriv", people["alice"])
+    bob_a, _ = await join(server_a, "adminpriv", people["bob"])
+    bob_b, _ = await join(server_b, "adminpriv", people["bob"])
+    await asyncio.to_thread(admin_change_room, "adminpriv", remove_member="bob")
+    answered = time.monotonic()
+    assert await asyncio.gather(close_code(bob_a), close_code(bob_b)) == [4004, 4004]
+    assert time.monotonic() - answered < AT_ONCE
+    left = await recv_type(alice, "user_left", timeout=AT_ONCE + 1)
+    assert left["user_id"] == "bob" and left["users"] == ["alice"]
+    await alice.close()
+
+
+async def test_a_user_banned_in_the_admin_is_closed_on_both_processes(
+        servers_on_this_layer, people):
+    """A ban row added in the admin (no daphne): carol's sockets on both processes close
+    with 4004 at once; the room gets user_left."""
+    server_a, server_b = servers_on_this_layer
+    status, body = await api("POST", server_a, "/api/rooms", people["alice"],
+                             {"name": "adminpub"})
+    assert status == 201, body
+    alice, _ = await join(server_a, "adminpub", people["alice"])
+    carol_a, _ = await join(server_a, "adminpub", people["carol"])
+    carol_b, _ = await join(server_b, "adminpub", people["carol"])
+    await asyncio.to_thread(admin_change_room, "adminpub", ban="carol")
+    answered = time.monotonic()
+    assert await asyncio.gather(close_code(carol_a), close_code(carol_b)) == [4004, 4004]
+    assert time.monotonic() - answered < AT_ONCE
+    left = await recv_type(alice, "user_left", timeout=AT_ONCE + 1)
+    assert left["user_id"] == "carol" and left["users"] == ["alice"]
+    await alice.close()
+
+
 # --- message_deleted across processes --------------------------------------------------------
 
 
