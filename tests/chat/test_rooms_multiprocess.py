@@ -219,6 +219,7 @@ async def test_a_user_banned_on_a_is_closed_with_4004_on_b(two_servers, people):
     carol_b, _ = await join(server_b, "hall", people["carol"])
     carol_a, joined = await join(server_a, "hall", people["carol"])
     assert joined["users"] == ["alice", "bob", "carol"]
+    elsewhere, _ = await join(server_b, "corridor", people["carol"])  # another room
 
     status, body = await api("POST", server_a, "/api/rooms/hall/bans", people["alice"],
                              {"user_id": "carol"})
@@ -230,6 +231,9 @@ async def test_a_user_banned_on_a_is_closed_with_4004_on_b(two_servers, people):
     for ws in (alice, bob):
         left = await recv_type(ws, "user_left", timeout=AT_ONCE + 1)
         assert left["user_id"] == "carol" and left["users"] == ["alice", "bob"]
+    # Her connection to another room stays.
+    assert await frames_until_pong(elsewhere) == []
+    await elsewhere.close()
     for server in (server_a, server_b):
         ws = await websockets.connect(f"{server.ws_url}/ws/chat/hall/?token={people['carol']}")
         assert await close_code(ws) == 4004
