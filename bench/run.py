@@ -61,6 +61,12 @@ SCENARIOS = {
                               *FANOUT_PATIENCE], True),
     "notify": ("notify", ["--users", "100", "--posts", "1000000", "--http-conns", "8"], True),
     "connections": ("connections", [], False),
+    # Many small rooms (issue 20): 200 rooms x 10 members, 2 senders each, open loop at
+    # 2,000 and 10,000 messages/s offered (20,000 and 100,000 deliveries/s).
+    "rooms2k": ("rooms", ["--rooms", "200", "--members", "10", "--senders", "2",
+                          "--interval-ms", "200", *FANOUT_PATIENCE], True),
+    "rooms10k": ("rooms", ["--rooms", "200", "--members", "10", "--senders", "2",
+                           "--interval-ms", "40", *FANOUT_PATIENCE], True),
 }
 DEFAULT_SCENARIOS = "echo,fanout100,fanout1000,notify,connections"
 
@@ -357,7 +363,8 @@ class Bench:
             return
         raw = self.out / f"profile-{layer}-{name}.txt"
         seconds = max(4, int(self.args.duration) - 2)
-        members = {"fanout1000": 1000, "fanout100": 100, "notify": 100}.get(name, 50)
+        members = {"fanout1000": 1000, "fanout100": 100, "notify": 100, "rooms2k": 2000,
+                   "rooms10k": 2000}.get(name, 50)
 
         def spy():
             # Start once the clients are connected (and settled), not during the join storm.
@@ -424,6 +431,7 @@ KEYS = {
     "echo": ("msgs_per_s", "rtt_p99_ms"),
     "fanout": ("deliveries_per_s", "last_p99_ms", "delivered_frac"),
     "notify": ("notify_per_s", "deliver_p99_ms"),
+    "rooms": ("deliveries_per_s", "lat_p50_ms", "lat_p99_ms", "delivered_frac"),
     "connections": ("connected", "rss_per_conn_kib"),
 }
 
@@ -520,7 +528,7 @@ def main(argv=None) -> None:
         log("../shared/bench found but its requirements are missing: run with --setup for "
             "ratios against the reference; measuring the project alone")
     log(f"output: {bench.out} (client: {'loadgen' if bench.peer else 'built-in'})")
-    bench.prepare_database(max(args.conns if "connections" in names else 0, 1000))
+    bench.prepare_database(max(args.conns if "connections" in names else 0, 2000))
     kinds = ([] if args.no_daphne else ["daphne"]) + (["uvicorn"] if args.uvicorn else [])
     baseline = bench.baseline_tree()
     variants = [(name, dict(pair.split("=", 1) for pair in pairs.split(",")))

@@ -143,7 +143,7 @@ class LocalRoom:
 
         ``to`` and ``skip`` as for messages; ``skip_user``: every connection of that
         user is left out; ``deleted``: only members who have seen that id get it.
-        A joining member holds it (but ``typing``, which is stale by then).
+        A joining member holds it until it goes live, as it holds messages.
         """
         audience, skip, skip_user = item.get("to"), item.get("skip"), item.get("skip_user")
         for member in list(self.members.values()):
@@ -151,8 +151,7 @@ class LocalRoom:
                     or (audience and member.username not in audience)):
                 continue
             if member.pending is not None:
-                if skip_user is None:
-                    member.pending.append(item)
+                member.pending.append(item)
             elif not stale(member, item):
                 await member.send(item["frame"])
 

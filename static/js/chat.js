@@ -7,6 +7,8 @@
  *   strictly increasing per room, so that id says exactly what is missing. If
  *   the recovery history is truncated (more than 1000 missed), the hole is
  *   filled with history requests paging back until it meets what was seen.
+ *   Then it asks for the latest messages once more and removes the shown ones
+ *   that are missing from that answer: deleted while the page was away.
  * - Every piece of message data is set with textContent, never innerHTML.
  * - Rooms (PROTOCOL.md "Rooms: access, moderation, read state"): a delete
  *   button on the messages one may delete, "alice is typing…", and the read
@@ -29,6 +31,7 @@
   var MAX_CHARS = 4000;
   var PAGE = 50;
   var GAP_PAGE = 100;
+  var SWEEP_PAGE = 100;
   var UNCONFIRMED_AFTER_MS = 10000;
   var TYPING_SEND_EVERY_MS = 2000; /* the server relays at most one per 2 s anyway */
   var TYPING_SHOW_MS = 3000;
@@ -58,7 +61,7 @@
   var byId = new Map();
   var lastId = 0; /* highest id seen: the ?since= of the next connection */
   var olderExist = false; /* a history said `truncated` for the oldest page we hold */
-  var historyRequests = new Map(); /* String(before) -> {purpose, floor} */
+  var historyRequests = new Map(); /* String(before) -> {purpose, floor}; "null": the sweep */
   var users = [];
   var pending = new Map(); /* ref -> {content, node, sentAt} */
   var refCounter = 0;
@@ -302,7 +305,9 @@
   function requestHistory(before, limit, purpose, floor) {
     var key = String(before);
     if (historyRequests.has(key)) return true;
-    if (!socket.send({ type: "history", before: before, limit: limit })) return false;
+    var frame = { type: "history", limit: limit };
+    if (before !== null) frame.before = before;
+    if (!socket.send(frame)) return false;
     historyRequests.set(key, { purpose: purpose, floor: floor || 0 });
     return true;
   }
@@ -326,6 +331,28 @@
     }
     reconcilePending(messages);
     updateEarlier();
+    /* A reconnect: ?since= brought what is new, not what was deleted meanwhile. The
+       sweep asks for the latest (before: null, a key no paging request uses). */
+    if (since > 0) requestHistory(null, SWEEP_PAGE, "sweep", lastId);
+  }
+
+  /* The answer holds every visible message from its oldest id (from 0 when nothing is
+     older) to the newest: a shown message in that range that it lacks was deleted. As
+     it is the latest, the range reaches up to what the page held when it asked
+     (request.floor, for a sweep), so a deleted newest message goes too; messages that
+     arrived after the question are newer than that. */
+  function onSweepAnswer(frame, request) {
+    var messages = Array.isArray(frame.messages) ? frame.messages : [];
+    if (frame.truncated && !messages.length) return; /* says nothing usable */
+    var kept = new Set(messages.map(function (m) {
+      return m && m.id;
+    }));
+    var from = frame.truncated ? messages[0].id : 0;
+    var newest = messages.length ? messages[messages.length - 1].id : 0;
+    var to = Math.max(newest, request.floor);
+    ids.filter(function (id) {
+      return id >= from && id <= to && !kept.has(id);
+    }).forEach(removeMessage);
   }
 
   function onHistoryAnswer(frame) {
@@ -333,6 +360,10 @@
     var request = historyRequests.get(key);
     historyRequests.delete(key);
     var messages = Array.isArray(frame.messages) ? frame.messages : [];
+    if (request && request.purpose === "sweep") {
+      onSweepAnswer(frame, request);
+      return;
+    }
     if (!request || request.purpose === "earlier") {
       insertMany(messages, true);
       olderExist = !!frame.truncated;

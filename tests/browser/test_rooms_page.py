@@ -278,3 +278,60 @@ async def test_create_room_refusal_is_shown(live, open_page, token_for):
     await alice.click("#create-room button[type=submit]")
     await expect(alice.locator("#create-error")).to_contain_text("invalid_body")
     assert alice.url == f"{live.url}/"
+
+
+async def test_message_deleted_while_the_page_was_away_is_gone_after_it_reconnects(
+        live, open_page, token_for):
+    """alice's page shows bob's messages, then loses its connection; meanwhile bob deletes
+    three of them (one in the middle, a private one to alice, the newest) and sends one
+    more. Back online (?since= brings only the new one), the page asks for the latest
+    messages again and drops the deleted ones; the others stay, once each. Then again
+    (every reconnect) with the page's newest message deleted and nothing new: it goes too."""
+    alice = await open_page(live, "alice", "/chat/deleted-away/")
+    await wait_live(alice)
+    bob = await WsChat.open(live, token_for("bob"), "deleted-away")
+    try:
+        async def delete_while_away(message_ids: list[int]) -> None:
+            await alice.evaluate("chatDebug.dropSocket({hold: true})")
+            await expect(alice.locator("#conn-state")).to_have_attribute(
+                "data-state", "reconnecting")
+            for message_id in message_ids:
+                await bob.ws.send(json.dumps({"type": "delete", "id": message_id}))
+                while (frame := await bob.recv())["type"] != "message_deleted":
+                    assert frame["type"] != "error", frame
+                assert frame["id"] == message_id
+
+        kept = [await bob.say("keep 1")]
+        gone = [await bob.say("gone 1")]
+        await bob.ws.send(json.dumps(
+            {"type": "private", "target": "alice", "content": "gone private"}))
+        while (frame := await bob.recv())["type"] != "private":
+            assert frame["type"] != "error", frame
+        gone.append(frame["id"])
+        kept.append(await bob.say("keep 2"))
+        gone.append(await bob.say("gone newest"))
+        await shown_once(alice, "gone newest")
+        await shown_once(alice, "gone private")
+
+        await delete_while_away(gone)
+        kept.append(await bob.say("keep 3, sent while away"))
+        await alice.evaluate("chatDebug.resume()")
+        await wait_live(alice)
+        await expect(contents(alice)).to_have_text(
+            ["keep 1", "keep 2", "keep 3, sent while away"])
+
+        last = await bob.say("gone last")
+        await shown_once(alice, "gone last")
+        await delete_while_away([last])
+        await alice.evaluate("chatDebug.resume()")
+        await wait_live(alice)
+        await expect(contents(alice)).to_have_text(
+            ["keep 1", "keep 2", "keep 3, sent while away"])
+    finally:
+        await bob.close()
+    assert await alice.evaluate("chatDebug.ids()") == kept
+    # The sweep's answer is not taken for a page of "Load earlier messages".
+    await expect(alice.locator("#history-start")).to_be_visible()
+    await expect(alice.locator("#load-earlier")).to_be_hidden()
+    assert alice.errors == alice.console_errors == [], (alice.errors, alice.console_errors)
+    await expect(alice.locator("#alerts .alert")).to_have_count(0)
