@@ -96,6 +96,24 @@ async def api(method: str, server, path: str, token: str, body: dict | None = No
     return await asyncio.to_thread(http, method, server.url + path, token, body)
 
 
+def in_a_thread(func):
+    """Run ``func`` in a worker thread (``asyncio.to_thread``) and close the database
+    connections it opened there, which would otherwise keep PostgreSQL's test database
+    from being dropped at the end of the run."""
+    import functools
+
+    from django.db import connections
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    return run
+
+
 @pytest.fixture(params=["core", "pubsub"])
 def two_servers(request, daphne_server, redis_url):
     """Two processes on one Redis, with each of the two channel layers (REDIS_LAYER)."""
@@ -261,6 +279,7 @@ async def test_a_member_banned_from_a_private_room_is_closed_everywhere(two_serv
     await alice.close()
 
 
+@in_a_thread
 def admin_change_room(name: str, *, remove_member: str | None = None,
                       ban: str | None = None) -> None:
     """The admin's room change form, saved from this (non-daphne) process: one member's
@@ -502,6 +521,7 @@ async def test_a_private_deletion_reaches_only_its_two_users_across_processes(tw
         await ws.close()
 
 
+@in_a_thread
 def admin_delete(message_ids: list[int]) -> None:
     """The admin's delete action on messages, from this (non-daphne) process."""
     from django.contrib.auth import get_user_model
