@@ -410,6 +410,36 @@ async def test_a_deletion_reaches_both_processes_in_the_rooms_order(two_servers,
         await ws.close()
 
 
+async def test_a_message_from_the_other_process_just_before_a_deletion_comes_first(
+        two_servers, people):
+    """bob (B) has his message X back; at that moment alice (A) deletes m1. X was in the
+    room before the deletion was asked: every connection, on both processes, gets X
+    before message_deleted m1 (even those of A, where X may still be on its way)."""
+    server_a, server_b = two_servers
+    alice, _ = await join(server_a, "race", people["alice"])
+    bob, _ = await join(server_b, "race", people["bob"])
+    carol_a, _ = await join(server_a, "race", people["carol"])
+    carol_b, _ = await join(server_b, "race", people["carol"])
+    await alice.send(json.dumps({"type": "message", "content": "m1"}))
+    m1 = (await recv_type(alice, "message"))["id"]
+    for ws in (bob, carol_a, carol_b):
+        assert (await recv_type(ws, "message"))["id"] == m1
+    for round_ in range(5):
+        await alice.send(json.dumps({"type": "message", "content": f"victim{round_}"}))
+        victim = (await recv_type(alice, "message"))["id"]
+        await bob.send(json.dumps({"type": "message", "content": f"x{round_}"}))
+        while (frame := await recv_type(bob, "message"))["content"] != f"x{round_}":
+            pass
+        x = frame["id"]
+        await alice.send(json.dumps({"type": "delete", "id": victim}))
+        for ws in (alice, bob, carol_a, carol_b):
+            got = [] if ws is bob else await events(ws, x)  # bob has x already
+            assert ("message_deleted", victim) not in got, f"round {round_}: {got}"
+            assert (await recv_type(ws, "message_deleted"))["id"] == victim
+    for ws in (alice, bob, carol_a, carol_b):
+        await ws.close()
+
+
 async def test_deletions_amid_a_burst_keep_one_order_on_every_connection(two_servers, people):
     """bob (B) and carol (A) send a burst while alice (A, the author) deletes her messages
     one by one: every connection on both processes gets the same sequence of messages and
