@@ -260,7 +260,9 @@ def rooms_overview(user, *, limit: int | None = None) -> list[dict]:
     """
     visible = Q(recipient__isnull=True) | Q(sender=user) | Q(recipient=user)
     messages = Message.objects.filter(visible, room=OuterRef("pk"))
-    marker = ReadMarker.objects.filter(room=OuterRef("pk"), user=user).values("message_id")[:1]
+    # No ordering: the model's default one (room name) joined chat_room in every subquery.
+    marker = (ReadMarker.objects.filter(room=OuterRef("pk"), user=user).order_by()
+              .values("message_id")[:1])
     unread = (messages.filter(id__gt=Coalesce(OuterRef("read_id"), 0)).exclude(sender=user)
               .order_by().values("room").annotate(count=Count("pk")).values("count"))
     member = Exists(RoomMember.objects.filter(room=OuterRef("pk"), user=user))
