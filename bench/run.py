@@ -181,16 +181,17 @@ class Bench:
             env.update(REDIS_URL=self.args.redis, REDIS_PREFIX="bench", REDIS_LAYER=layer)
         return env
 
-    def manage(self, env: dict, *argv: str) -> None:
-        subprocess.run([sys.executable, "manage.py", *argv], env=env, cwd=ROOT, check=True,
+    def manage(self, env: dict, *argv: str, root: Path = ROOT) -> None:
+        subprocess.run([sys.executable, "manage.py", *argv], env=env, cwd=root, check=True,
                        timeout=600)
 
-    def prepare_database(self, users: int) -> None:
-        env = self.project_env("memory")
-        log(f"migrating {'DATABASE_URL' if self.args.database_url else self.db}")
-        self.manage(env, "migrate", "-v0")
+    def prepare_database(self, users: int, env: dict | None = None, root: Path = ROOT) -> None:
+        env = env or self.project_env("memory")
+        self.users = users
+        log(f"migrating {'DATABASE_URL' if self.args.database_url else env['SQLITE_PATH']}")
+        self.manage(env, "migrate", "-v0", root=root)
         self.manage(env, "shell", "-c",
-                    CREATE_USERS.format(staff=STAFF, prefix=USER_PREFIX, count=users))
+                    CREATE_USERS.format(staff=STAFF, prefix=USER_PREFIX, count=users), root=root)
 
     def flush_redis(self) -> None:
         import redis
@@ -222,7 +223,11 @@ class Bench:
             # PostgreSQL with several processes), not what a side-by-side run measures.
             own = self.db.with_name(f"bench-{label.removeprefix('project-')}.sqlite3")
             if not own.exists():
-                shutil.copyfile(self.db, own)
+                env["SQLITE_PATH"] = str(own)
+                if root != ROOT:  # the baseline's own schema, which may be older
+                    self.prepare_database(self.users, env, root)
+                else:
+                    shutil.copyfile(self.db, own)
             env["SQLITE_PATH"] = str(own)
         if kind == "daphne":
             cmd = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
