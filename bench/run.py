@@ -378,7 +378,7 @@ class Bench:
                 if len(os.listdir(f"/proc/{project.pid}/fd")) >= base + members:
                     break
                 time.sleep(0.25)
-            time.sleep(3)
+            time.sleep(self.args.profile_delay)
             subprocess.run([py_spy, "record", "--pid", str(project.pid), "--duration",
                             str(seconds), "--rate", "200", "--format", "raw", "--nonblocking",
                             "--output", str(raw)], stdout=subprocess.DEVNULL,
@@ -507,6 +507,8 @@ def main(argv=None) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="also serve this tree with extra settings (label project-<server>-NAME)")
     p.add_argument("--profile", default="", help="comma list of scenarios to profile (py-spy)")
+    p.add_argument("--profile-delay", type=float, default=3.0, metavar="S",
+                   help="start py-spy this long after the clients are connected (default 3)")
     p.add_argument("--no-peer", action="store_true", help="project only, built-in client")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
     p.add_argument("--setup", action="store_true",

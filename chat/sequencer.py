@@ -14,6 +14,7 @@ next while the last is published) until another process asks for it.
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -257,8 +258,113 @@ def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:
 
 
 async def store_messages(room: str, batch: list[Outgoing]) -> list[Message | None]:
-    """Insert a batch in one transaction; ``None`` where a recipient does not exist."""
-    return await db.run(insert_batch, room, batch)
+    """Insert a batch in one transaction; ``None`` where a recipient does not exist.
+
+    The batches of this process's rooms that wait meanwhile share that transaction
+    (:class:`RoomsWriter`): with many small rooms each message would otherwise pay
+    a database round trip and a commit of its own.
+    """
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = RoomsWriter()
+    return await writer.store(room, batch)
+
+
+class RoomsWriter:
+    """Stores the batches of several rooms in one transaction on the database worker.
+
+    A room's sequencer waits for its batch under its room lock, so each room's order
+    holds; the rooms in one transaction are independent. If the shared transaction
+    fails, each room's batch is stored alone, so one bad batch fails only its room.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, list[Outgoing], asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    async def store(self, room: str, batch: list[Outgoing]) -> list[Message | None]:
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((room, batch, done))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self.run(), name="chat-rooms-writer")
+        return await done
+
+    async def run(self) -> None:
+        while self.waiting:
+            taken, self.waiting = self.waiting, []
+            try:
+                stored = await db.run(insert_batches, [(room, batch) for room, batch, _ in taken])
+            except Exception as exc:
+                if len(taken) == 1:
+                    settle(taken[0][2], exception=exc)
+                    continue
+                logger.warning("a transaction of %d rooms failed; storing each alone",
+                               len(taken))
+                for room, batch, done in taken:
+                    await self.store_alone(room, batch, done)
+                continue
+            for (_, _, done), rows in zip(taken, stored, strict=True):
+                settle(done, rows)
+
+    @staticmethod
+    async def store_alone(room: str, batch: list[Outgoing], done: asyncio.Future) -> None:
+        try:
+            settle(done, await db.run(insert_batch, room, batch))
+        except Exception as exc:
+            settle(done, exception=exc)
+
+
+def settle(done: asyncio.Future, result: Any = None, *, exception: Exception | None = None
+           ) -> None:
+    """Answer a waiting store unless its waiter is gone (cancelled)."""
+    if done.done():
+        return
+    if exception is not None:
+        done.set_exception(exception)
+    else:
+        done.set_result(result)
+
+
+_writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomsWriter]" = (
+    weakref.WeakKeyDictionary())
+
+
+def insert_batches(batches: list[tuple[str, list[Outgoing]]]) -> list[list[Message | None]]:
+    """:func:`insert_batch` of several rooms in one transaction (four statements)."""
+    if len(batches) == 1:
+        return [insert_batch(*batches[0])]
+    now = timezone.now()
+    recipients = {o.recipient for _, batch in batches for o in batch if o.recipient is not None}
+    users = {}
+    if recipients:
+        users = {
+            u.username: u
+            for u in get_user_model().objects.filter(username__in=recipients, is_active=True)
+        }
+    with transaction.atomic():
+        names = {room for room, _ in batches}
+        rooms = {r.name: r for r in Room.objects.filter(name__in=names)}
+        for name in names - rooms.keys():
+            rooms[name], _ = Room.objects.get_or_create(name=name)
+        results = [_rows(rooms[room], batch, users, now) for room, batch in batches]
+        Message.objects.bulk_create([r for rows in results for r in rows if r is not None])
+        Room.objects.filter(pk__in=[r.pk for r in rooms.values()]).update(last_message_at=now)
+    return results
+
+
+def _rows(room_row: Room, batch: list[Outgoing], users: dict, now) -> list[Message | None]:
+    """The messages of ``batch`` (``None`` for a recipient who is no active user)."""
+    rows: list[Message | None] = []
+    for outgoing in batch:
+        if outgoing.recipient is not None and outgoing.recipient not in users:
+            rows.append(None)
+            continue
+        rows.append(Message(
+            room=room_row, sender=outgoing.sender, content=outgoing.content,
+            recipient=users.get(outgoing.recipient), created_at=now,
+        ))
+    return rows
 
 
 def insert_batch(room: str, batch: list[Outgoing]) -> list[Message | None]:
@@ -273,15 +379,7 @@ def insert_batch(room: str, batch: list[Outgoing]) -> list[Message | None]:
         }
     with transaction.atomic():
         room_row, _ = Room.objects.get_or_create(name=room)
-        rows: list[Message | None] = []
-        for outgoing in batch:
-            if outgoing.recipient is not None and outgoing.recipient not in users:
-                rows.append(None)
-                continue
-            rows.append(Message(
-                room=room_row, sender=outgoing.sender, content=outgoing.content,
-                recipient=users.get(outgoing.recipient), created_at=now,
-            ))
+        rows = _rows(room_row, batch, users, now)
         Message.objects.bulk_create([r for r in rows if r is not None])
         Room.objects.filter(pk=room_row.pk).update(last_message_at=now)
     return rows
