@@ -217,7 +217,10 @@ class RoomSequencer:
         if number is not None:
             event["number"] = number
         try:
-            await local.hub.publish(local.group, event)
+            # Delivered here already, and no other process listens (the in-memory layer
+            # can tell): the layer's round trip would only bring it back to be skipped.
+            if "delivered_by" not in event or local.hub.reaches_others(local.group):
+                await local.hub.publish(local.group, event)
         except Exception:
             logger.exception("publishing to room %s failed", local.name)
             for outgoing, stored_id in accepted:

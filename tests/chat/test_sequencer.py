@@ -5,12 +5,15 @@ import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import sequencer
+from chat import fanout, sequencer, services
 from chat.models import Message
 from chat.sequencer import Outgoing, RoomsWriter, insert_batches
+from realtime.hub import get_hub
+from tests.chat.test_services import Silent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,3 +95,31 @@ async def test_a_failing_room_fails_alone(make_user, monkeypatch):
         return_exceptions=True)
     assert isinstance(results[1], RuntimeError)
     assert results[0][0].content == "good" and results[2][0].content == "fine"
+
+
+async def test_a_batch_delivered_here_skips_the_layer_when_nobody_else_listens(make_user,
+                                                                              monkeypatch):
+    """On the in-memory layer with no other listener, a room's batch reaches its members
+    without a layer round trip; once another channel is in the group, it is published."""
+    alice = await database_sync_to_async(make_user)("alice")
+    hub = await get_hub()
+    if not isinstance(hub.layer, InMemoryChannelLayer):
+        pytest.skip("the shortcut of the in-memory layer (Redis layers always publish)")
+    member = Silent(hub.new_connection_name(), "alice")
+    local = await fanout.join(hub, "quiet", member)
+    await fanout.go_live(member)
+    sent = []
+    real_send = hub.layer.group_send
+
+    async def group_send(group, message):
+        sent.append(group)
+        await real_send(group, message)
+
+    monkeypatch.setattr(hub.layer, "group_send", group_send)
+    await services.message_send(local=local, user=alice, content="alone")
+    assert sent == [] and "alone" in member.frames[-1]
+    await hub.layer.group_add(local.group, "another-process!x")
+    await services.message_send(local=local, user=alice, content="together")
+    assert sent == [local.group] and "together" in member.frames[-1]
+    await hub.layer.group_discard(local.group, "another-process!x")
+    await fanout.leave(hub, "quiet", member, announced=False)
