@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import websockets
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -234,3 +235,22 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+async def read_until_closed(server, stalled) -> websockets.ConnectionClosed:
+    """Once ``server`` logs that it dropped the stalled client, read it to its end.
+
+    Start it as a task before stalling the client: daphne (autobahn) waits only a
+    second for the client's answer to its close before cutting the connection, and
+    a client that reads later finds the close frame gone with it. Returns how the
+    connection closed.
+    """
+    await wait_for(lambda: "stopped reading" in server.output(), timeout=60)
+    # The test kept the receive buffer tiny to stall quickly; at 4 KiB a window,
+    # the server's whole backlog may not come through within that second.
+    stalled.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(stalled.recv(), 10)
+    return closed.value

@@ -8,7 +8,7 @@ import time
 import pytest
 import websockets
 
-from tests.conftest import UVICORN, wait_for
+from tests.conftest import UVICORN, read_until_closed
 from tests.notifications.test_daphne import apost, recv_json, ws_url
 
 pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True)]
@@ -34,9 +34,6 @@ async def test_a_stalled_reader_is_dropped_and_other_users_are_served(
     sock.connect(("127.0.0.1", server.port))
     stalled = await websockets.connect(ws_url(server, token_for("stalled")), sock=sock,
                                        max_queue=1, max_size=None)
-    # Read the stalled socket as soon as the server drops it: daphne (autobahn) waits
-    # only a second for the client's answer to its close before cutting the connection,
-    # and a client that reads later finds the close frame gone with it.
     closed_task = asyncio.ensure_future(read_until_closed(server, stalled))
     async with websockets.connect(ws_url(server, token_for("reader"))) as reader:
         deadline = time.monotonic() + 30
@@ -55,11 +52,3 @@ async def test_a_stalled_reader_is_dropped_and_other_users_are_served(
     closed = await closed_task
     assert closed.rcvd is not None and closed.rcvd.code == 4010
 
-
-async def read_until_closed(server, stalled) -> websockets.ConnectionClosed:
-    """Once the server says it dropped ``stalled``, read it to its end; how it closed."""
-    await wait_for(lambda: "stopped reading" in server.output(), timeout=60)
-    with pytest.raises(websockets.ConnectionClosed) as closed:
-        while True:
-            await asyncio.wait_for(stalled.recv(), 10)
-    return closed.value
