@@ -67,7 +67,17 @@ SCENARIOS = {
                           "--interval-ms", "200", *FANOUT_PATIENCE], True),
     "rooms10k": ("rooms", ["--rooms", "200", "--members", "10", "--senders", "2",
                            "--interval-ms", "40", *FANOUT_PATIENCE], True),
+    # Reconnect storms (issue 20): every client at once, after a deploy or a proxy restart.
+    "storm": ("connections", ["--endpoint", "notifications", "--conns", "10000",
+                              "--connect-concurrency", "10000", "--hold", "2", "--timeout", "60",
+                              "--connect-deadline", "180"], True),
+    # 2,000 chat clients into one room, each with ?since= (bench/loadgen_since.py).
+    "stormchat": ("connections", ["--endpoint", "chat", "--conns", "2000",
+                                  "--connect-concurrency", "2000", "--hold", "2", "--timeout", "60",
+                                  "--connect-deadline", "180"], True),
 }
+#: Scenarios run through bench/loadgen_since.py rather than loadgen itself.
+WITH_SINCE = {"stormchat"}
 DEFAULT_SCENARIOS = "echo,fanout100,fanout1000,notify,connections"
 
 CREATE_USERS = """
@@ -295,7 +305,9 @@ class Bench:
         args = self.args
         runs = 1 if name == "connections" else args.runs
         aux = self.redis_pid() if layer != "memory" else None
-        cmd = [str(BENCH_PYTHON), str(SHARED / "loadgen.py"), kind, *extra,
+        script = (ROOT / "bench" / "loadgen_since.py" if name in WITH_SINCE
+                  else SHARED / "loadgen.py")
+        cmd = [str(BENCH_PYTHON), str(script), kind, *extra,
                "--duration", str(args.duration), "--runs", str(runs), "--jwt-secret", SECRET]
         if self.client_cpu:
             cmd += ["--client-cpus", self.client_cpu]
@@ -437,7 +449,7 @@ KEYS = {
     "fanout": ("deliveries_per_s", "last_p99_ms", "delivered_frac"),
     "notify": ("notify_per_s", "deliver_p99_ms"),
     "rooms": ("deliveries_per_s", "lat_p50_ms", "lat_p99_ms", "delivered_frac"),
-    "connections": ("connected", "rss_per_conn_kib"),
+    "connections": ("connected", "handshake_p50_ms", "handshake_p99_ms", "rss_per_conn_kib"),
 }
 
 
@@ -535,7 +547,8 @@ def main(argv=None) -> None:
         log("../shared/bench found but its requirements are missing: run with --setup for "
             "ratios against the reference; measuring the project alone")
     log(f"output: {bench.out} (client: {'loadgen' if bench.peer else 'built-in'})")
-    bench.prepare_database(max(args.conns if "connections" in names else 0, 2000))
+    bench.prepare_database(max(args.conns if "connections" in names else 0,
+                               10000 if "storm" in names else 0, 2000))
     kinds = ([] if args.no_daphne else ["daphne"]) + (["uvicorn"] if args.uvicorn else [])
     baseline = bench.baseline_tree()
     variants = [(name, dict(pair.split("=", 1) for pair in pairs.split(",")))

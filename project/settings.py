@@ -294,6 +294,10 @@ SHUTDOWN_GRACE_SECONDS = env_int("SHUTDOWN_GRACE_SECONDS", 10, minimum=1)
 
 SERVER_HOST = env_str("HOST", "127.0.0.1")
 SERVER_PORT = env_int("PORT", 8000, minimum=1)
+# Connections the kernel queues before daphne accepts them. Twisted's default of 50
+# drops the SYNs of a reconnect storm, which the clients resend 1, 3, 7 s later; the
+# kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = env_int("LISTEN_BACKLOG", 2048, minimum=1)
 WS_PING_INTERVAL = env_int("WS_PING_INTERVAL", 20, minimum=1)
 WS_PING_TIMEOUT = env_int("WS_PING_TIMEOUT", 30, minimum=1)
 WS_TIMEOUT = env_int("WS_TIMEOUT", 86400)

@@ -35,8 +35,11 @@ def missing_attributes(send) -> list[str]:
     transport = getattr(protocol, "transport", None)
     missing = [f"protocol.{name}" for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)]
     if transport is not None and is_tcp(transport):
+        # A connection lost before its accept no longer has a socket (Twisted deletes
+        # it); only a live one tells whether this Twisted has the attribute.
+        lost = not getattr(transport, "connected", True)
         missing += [f"transport.{name}" for name in TRANSPORT_ATTRIBUTES
-                    if not hasattr(transport, name)]
+                    if not hasattr(transport, name) and not (lost and name == "socket")]
     return missing
 
 
@@ -60,6 +63,10 @@ def writer_for(send):
         return None
     if not is_tcp(transport):
         _warn_untracked(type(transport).__name__)
+        return None
+    if not transport.connected or getattr(transport, "socket", None) is None:
+        # The client left before its accept (in a reconnect storm, its handshake
+        # timeout): Twisted has dropped the socket, and daphne's send ignores it.
         return None
     if protocol._perMessageCompress is None:
         return DirectWriter(protocol, transport, send)

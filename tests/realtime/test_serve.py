@@ -1,10 +1,14 @@
 """``manage.py serve``: the daphne options derived from the settings."""
 
+import shutil
+import subprocess
+
 import pytest
 from django.test import override_settings
 
 from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphne_arguments
 from realtime.servers.daphne import plain_autobahn_log_arguments, skip_twisted_form_parsing
+from tests.conftest import IN_CI
 
 
 def option(args: list[str], name: str) -> str:
@@ -17,7 +21,7 @@ def test_daphne_ceiling_is_four_times_the_message_limit():
     args = daphne_arguments("127.0.0.1", 8123)
     assert option(args, "--websocket-max-message-size") == "4000"
     assert option(args, "--websocket-max-frame-size") == "4000"
-    assert option(args, "-p") == "8123" and option(args, "-b") == "127.0.0.1"
+    assert option(args, "-e").startswith("tcp:port=8123:interface=127.0.0.1:")
     assert args[-1] == "project.asgi:application"
 
 
@@ -42,6 +46,28 @@ def test_proxy_headers_pings_and_timeout_follow_the_settings():
     assert "--proxy-headers" in args
     assert option(args, "--ping-interval") == "7" and option(args, "--ping-timeout") == "9"
     assert option(args, "--websocket_timeout") == "-1"
+
+
+@override_settings(LISTEN_BACKLOG=4096)
+def test_the_listen_backlog_follows_the_setting():
+    """daphne listens with LISTEN_BACKLOG queued connections (Twisted's own is 50)."""
+    assert option(daphne_arguments("127.0.0.1", 8000), "-e") == (
+        "tcp:port=8000:interface=127.0.0.1:backlog=4096")
+    assert option(daphne_arguments("::1", 8000), "-e") == (
+        r"tcp:port=8000:interface=\:\:1:backlog=4096")
+
+
+@pytest.mark.daphne
+def test_daphne_listens_with_that_backlog(daphne_server):
+    """A real ``manage.py serve`` socket has LISTEN_BACKLOG in its accept queue's limit."""
+    if shutil.which("ss") is None:
+        if IN_CI:
+            pytest.fail("CI: the backlog check needs iproute2's ss")
+        pytest.skip("iproute2's ss is not installed")
+    server = daphne_server(LISTEN_BACKLOG="1234")
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True,
+                               text=True, check=True).stdout.split()
+    assert listening[2] == "1234"  # State Recv-Q Send-Q: Send-Q is the backlog
 
 
 def test_autobahn_log_arguments_are_plain_text(monkeypatch):

@@ -3,8 +3,10 @@ the locked daphne and uvicorn, and an untested version falls back, loudly, with 
 slow-reader bound intact."""
 
 import asyncio
+import functools
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 from channels.db import database_sync_to_async
@@ -116,6 +118,22 @@ async def test_a_writer_missing_what_it_reads_switches_its_adapter_off(monkeypat
     assert isinstance(writer, servers.AsgiWriter)
     assert "uvicorn" not in servers.adapters()
     assert "uvicorn fast path off: protocol.writable missing" in caplog.text
+
+
+def test_a_daphne_connection_lost_before_its_accept_keeps_daphnes_send():
+    """A client that left before the accept has no socket left: daphne's send, no error."""
+    from twisted.internet.tcp import Connection
+
+    from realtime.servers import daphne
+
+    transport = Connection.__new__(Connection)  # what connectionLost leaves: no .socket
+    transport.connected, transport.disconnecting = 0, False
+    transport._tempDataLen, transport.dataBuffer, transport.offset = 0, b"", 0
+    protocol = SimpleNamespace(transport=transport, _perMessageCompress=None, STATE_OPEN=3,
+                               state=3)
+    send = functools.partial(lambda protocol, message: None, protocol)
+    assert daphne.missing_attributes(send) == []  # the fast path stays on for the others
+    assert daphne.writer_for(send) is None
 
 
 # --- Real servers -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ adapter's start-up patches (:mod:`realtime.servers.daphne`) apply first.
 import sys
 
 from daphne.cli import CommandLineInterface
+from daphne.endpoints import build_endpoint_description_strings
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -22,8 +23,9 @@ def daphne_arguments(host: str, port: int) -> list[str]:
     """The daphne command line for the current settings."""
     limit = settings.WS_MAX_MESSAGE_BYTES
     ceiling = 4 * limit if limit else HARD_CEILING_WITHOUT_LIMIT
+    (endpoint,) = build_endpoint_description_strings(host=host, port=port)
     args = [
-        "-b", host, "-p", str(port),
+        "-e", f"{endpoint}:backlog={settings.LISTEN_BACKLOG}",
         "--websocket-max-message-size", str(ceiling),
         "--websocket-max-frame-size", str(ceiling),
         "--ping-interval", str(settings.WS_PING_INTERVAL),
