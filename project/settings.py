@@ -301,6 +301,10 @@ LISTEN_BACKLOG = env_int("LISTEN_BACKLOG", 2048, minimum=1)
 WS_PING_INTERVAL = env_int("WS_PING_INTERVAL", 20, minimum=1)
 WS_PING_TIMEOUT = env_int("WS_PING_TIMEOUT", 30, minimum=1)
 WS_TIMEOUT = env_int("WS_TIMEOUT", 86400)
+# Seconds from the TCP connection to the accept before daphne drops a handshake. In a
+# reconnect storm a handshake waits its turn behind thousands of others: at 10 s daphne
+# dropped them after part of their work was done, and fewer got through (bench/RESULTS.md).
+WS_CONNECT_TIMEOUT = env_int("WS_CONNECT_TIMEOUT", 60, minimum=1)
 PROXY_HEADERS = env_bool("PROXY_HEADERS", False)
 # daphne's access log on stdout (a line per request and per WebSocket connect/close).
 ACCESS_LOG = env_bool("ACCESS_LOG", True)

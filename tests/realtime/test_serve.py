@@ -39,13 +39,15 @@ def test_proxy_headers_are_off_by_default():
     assert "--proxy-headers" not in daphne_arguments("127.0.0.1", 8000)
 
 
-@override_settings(PROXY_HEADERS=True, WS_TIMEOUT=0, WS_PING_INTERVAL=7, WS_PING_TIMEOUT=9)
+@override_settings(PROXY_HEADERS=True, WS_TIMEOUT=0, WS_PING_INTERVAL=7, WS_PING_TIMEOUT=9,
+                   WS_CONNECT_TIMEOUT=33)
 def test_proxy_headers_pings_and_timeout_follow_the_settings():
     """PROXY_HEADERS adds --proxy-headers; pings follow the settings; WS_TIMEOUT=0 is -1."""
     args = daphne_arguments("0.0.0.0", 8000)
     assert "--proxy-headers" in args
     assert option(args, "--ping-interval") == "7" and option(args, "--ping-timeout") == "9"
     assert option(args, "--websocket_timeout") == "-1"
+    assert option(args, "--websocket_connect_timeout") == "33"
 
 
 @override_settings(LISTEN_BACKLOG=4096)

@@ -31,7 +31,7 @@ def daphne_arguments(host: str, port: int) -> list[str]:
         "--ping-interval", str(settings.WS_PING_INTERVAL),
         "--ping-timeout", str(settings.WS_PING_TIMEOUT),
         "--websocket_timeout", str(settings.WS_TIMEOUT or -1),
-        "--websocket_connect_timeout", "10",
+        "--websocket_connect_timeout", str(settings.WS_CONNECT_TIMEOUT),
         "--application-close-timeout", "10",
     ]
     if settings.PROXY_HEADERS:
