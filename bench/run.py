@@ -60,6 +60,7 @@ SCENARIOS = {
                               "--settle-timeout", "120", "--connect-deadline", "120",
                               *FANOUT_PATIENCE], True),
     "notify": ("notify", ["--users", "100", "--posts", "1000000", "--http-conns", "8"], True),
+    "notify64": ("notify", ["--users", "100", "--posts", "1000000", "--http-conns", "64"], True),
     "connections": ("connections", [], False),
     # Many small rooms (issue 20): 200 rooms x 10 members, 2 senders each, open loop at
     # 2,000 and 10,000 messages/s offered (20,000 and 100,000 deliveries/s).
