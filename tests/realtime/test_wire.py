@@ -132,6 +132,7 @@ def daphne_send():
     """A send shaped like daphne's: ``partial(handle_reply, protocol)`` on a TCP transport."""
     left, right = socket.socketpair()
     transport = tcp.Connection(left, None, reactor=object())
+    transport.connected = 1  # as Twisted's tcp.Server is once accepted
     server = Server.__new__(Server)
     yield functools.partial(server.handle_reply, FakeProtocol(transport))
     left.close()
