@@ -93,6 +93,14 @@ User.objects.filter(username="{staff}").update(is_staff=True)
 """
 
 
+def users_needed(names: list[str], conns: int) -> int:
+    """Bench users the scenarios connect as: the rooms' 2,000, or a socket count above it."""
+    counts = [conns if name == "connections" else int(extra[extra.index("--conns") + 1])
+              for name in names for extra in [SCENARIOS[name][1]]
+              if name == "connections" or "--conns" in extra]
+    return max([2000, *counts])
+
+
 def log(*parts) -> None:
     print(f"[{time.strftime('%H:%M:%S')}]", *parts, file=sys.stderr, flush=True)
 
@@ -548,8 +556,7 @@ def main(argv=None) -> None:
         log("../shared/bench found but its requirements are missing: run with --setup for "
             "ratios against the reference; measuring the project alone")
     log(f"output: {bench.out} (client: {'loadgen' if bench.peer else 'built-in'})")
-    bench.prepare_database(max(args.conns if "connections" in names else 0,
-                               10000 if "storm" in names else 0, 2000))
+    bench.prepare_database(users_needed(names, args.conns))
     kinds = ([] if args.no_daphne else ["daphne"]) + (["uvicorn"] if args.uvicorn else [])
     baseline = bench.baseline_tree()
     variants = [(name, dict(pair.split("=", 1) for pair in pairs.split(",")))

@@ -64,7 +64,7 @@ def writer_for(send):
     if not is_tcp(transport):
         _warn_untracked(type(transport).__name__)
         return None
-    if not transport.connected or getattr(transport, "socket", None) is None:
+    if not transport.connected:
         # The client left before its accept (in a reconnect storm, its handshake
         # timeout): Twisted has dropped the socket, and daphne's send ignores it.
         return None
