@@ -2,7 +2,7 @@
 """Set up the project's virtual environment, then serve, test or run a command in it.
 
     python3 dev.py serve [--port P]   # venv + migrate + daphne on http://127.0.0.1:8000
-    python3 dev.py test [PYTEST ARGS] # venv + ruff + the whole pytest suite
+    python3 dev.py test [PYTEST ARGS] # venv + ruff + the whole pytest suite, 4 workers
     python3 dev.py manage COMMAND     # any manage.py command, with serve's defaults
     python3 dev.py run SCRIPT [ARGS]  # a Python script (or - for stdin) in the venv
     python3 dev.py lock [--upgrade]   # re-resolve requirements.lock from pyproject.toml
@@ -132,7 +132,24 @@ def main(argv: list[str]) -> int:
     if code:
         print("dev.py: ruff found problems (see above)")
         return code
-    return run("-m", "pytest", *rest)
+    return run("-m", "pytest", *parallel(rest), *rest)
+
+
+#: pytest-xdist workers of ``dev.py test``. Most tests wait on a daphne process, a
+#: browser or a database rather than compute, so more workers than cores pay off.
+TEST_WORKERS = 4
+
+
+def parallel(args: list[str]) -> list[str]:
+    """The pytest-xdist options, unless ``args`` choose their own (``-n 0``: none).
+
+    ``--dist loadfile`` keeps each test module on one worker: module-scoped
+    fixtures are set up once, and a module's tests see each other's effects
+    (``test_fuzz.py`` counts its own examples).
+    """
+    if any(arg.startswith(("-n", "--numprocesses", "--dist")) for arg in args):
+        return []
+    return ["-n", str(TEST_WORKERS), "--dist", "loadfile"]
 
 
 if __name__ == "__main__":

@@ -60,6 +60,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, whose other sessions end before it is dropped.
+
+    Connections that worker threads (channels' thread pool, ``realtime.db``) opened
+    stay open to the end; PostgreSQL refuses to drop a database in use, which would
+    leave it behind on the server.
+    """
+    yield
+    with django_db_blocker.unblock():
+        connection = connections["default"]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+
 @pytest.fixture
 def redis_url() -> str:
     """REDIS_URL; skips without it on a user's machine, fails under CI."""
@@ -153,15 +172,24 @@ class DaphneProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path,
                  command: list[str] | None = None) -> None:
-        self.port = free_port()
         self.log_path = log_path
-        self.log = open(log_path, "wb")  # closed in stop()
         command = command or [sys.executable, "manage.py", "serve", "--port", "{port}"]
-        self.process = subprocess.Popen(
-            [arg.format(port=self.port) for arg in command],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        self.wait_ready()
+        # free_port() frees its port before the server binds it; another pytest-xdist
+        # worker may take it in between, so a server that could not bind tries another.
+        for attempt in range(3):
+            self.port = free_port()
+            self.log = open(log_path, "wb")  # closed in stop()
+            self.process = subprocess.Popen(
+                [arg.format(port=self.port) for arg in command],
+                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            )
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError:
+                if attempt == 2 or "Address already in use" not in self.output():
+                    raise
+                self.log.close()
 
     @property
     def url(self) -> str:

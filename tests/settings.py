@@ -15,8 +15,13 @@ os.environ.setdefault("JWT_SECRET", "test-jwt-secret-" + "y" * 40)
 os.environ.setdefault(
     "SQLITE_TEST_PATH", os.path.join(tempfile.mkdtemp(prefix="rt-test-"), "test.sqlite3")
 )
-# Keys of this run live apart from anything else in the same Redis database.
+# Keys of this run live apart from anything else in the same Redis database; each
+# pytest-xdist worker of a run has its own (its processes inherit the controller's).
 os.environ.setdefault("REDIS_PREFIX", "test-" + secrets.token_hex(4))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["REDIS_PREFIX"] = (
+        os.environ["REDIS_PREFIX"].split(".")[0] + "." + os.environ["PYTEST_XDIST_WORKER"]
+    )
 
 from project.settings import *  # noqa: F403
 

@@ -1,0 +1,44 @@
+"""``dev.py test`` runs the suite on pytest-xdist workers that share nothing they write."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_dev():
+    spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("args", [[], ["tests/chat", "-x"], ["-k", "rooms"]])
+def test_the_suite_runs_on_workers_that_keep_each_module_together(args):
+    assert load_dev().parallel(args) == ["-n", "4", "--dist", "loadfile"]
+
+
+@pytest.mark.parametrize("args", [["-n", "0"], ["-n2"], ["--numprocesses=3"],
+                                  ["--dist", "load"]])
+def test_parallel_options_of_ones_own_replace_the_default(args):
+    assert load_dev().parallel(args) == []
+
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+needs_worker = pytest.mark.skipif(not WORKER, reason="runs on a pytest-xdist worker (dev.py test)")
+
+
+@needs_worker
+def test_each_worker_has_its_own_redis_prefix():
+    assert settings.REDIS_PREFIX.startswith("test-")
+    assert settings.REDIS_PREFIX.endswith("." + WORKER)
+
+
+@needs_worker
+def test_each_worker_has_its_own_test_database(transactional_db):
+    assert str(connection.settings_dict["NAME"]).endswith("_" + WORKER)
