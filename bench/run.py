@@ -276,6 +276,16 @@ class Bench:
         log(f"baseline {rev} ({described}) in {tree}")
         return tree
 
+    def start_trivial(self) -> Server:
+        """bench/trivial_asgi.py under daphne, on the project's core: daphne's HTTP ceiling."""
+        port = free_port()
+        cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+               "bench.trivial_asgi:application"]
+        server = Server("trivial-daphne", pinned(cmd, self.server_cpu), dict(os.environ), ROOT,
+                        port, self.out / "trivial-daphne.log")
+        self.servers.append(server)
+        return server
+
     def start_seed(self) -> Server:
         port = free_port()
         cmd = [str(BENCH_PYTHON), "-m", "uvicorn", "peer_seed.app:app", "--host", "127.0.0.1",
@@ -344,6 +354,15 @@ class Bench:
             runs_ = [x for x in lines if x.get("kind") == "run" and "metrics" in x]
             summary = {"median": {x["label"]: x["metrics"] for x in runs_[-1:]}, "ratios": {},
                        "errors": [x.get("error") for x in lines if "error" in x]}
+        if kind == "notify":
+            # Answered posts per second of each server (the trivial app delivers nothing,
+            # so its notify_per_s is 0; this is its HTTP ceiling).
+            for label in {x["label"] for x in lines if x.get("kind") == "run"}:
+                rates = sorted(x["posted_ok"] / x["window_s"] for x in lines
+                               if x.get("kind") == "run" and x["label"] == label
+                               and x.get("window_s"))
+                if rates and label in (summary.get("median") or {}):
+                    summary["median"][label]["posts_per_s"] = round(rates[len(rates) // 2], 1)
         tail = open(f"{base}.log").read().strip().splitlines()[-6:]
         log("\n  ".join(["done", *tail]))
         return {"client": "loadgen", "returncode": proc.returncode, "command": cmd,
@@ -456,7 +475,7 @@ class Bench:
 KEYS = {
     "echo": ("msgs_per_s", "rtt_p99_ms"),
     "fanout": ("deliveries_per_s", "last_p99_ms", "delivered_frac"),
-    "notify": ("notify_per_s", "deliver_p99_ms"),
+    "notify": ("notify_per_s", "deliver_p99_ms", "posts_per_s"),
     "rooms": ("deliveries_per_s", "lat_p50_ms", "lat_p99_ms", "delivered_frac"),
     "connections": ("connected", "handshake_p50_ms", "handshake_p99_ms", "rss_per_conn_kib"),
 }
@@ -491,6 +510,12 @@ def render(data: dict) -> str:
                 rows.append(f"| {r['scenario']} | {r['layer']} | seed | "
                             + ", ".join(f"{k}={seed.get(k)}" for k in keys if k in seed)
                             + " | | | |")
+        ceiling = ((r.get("median") or {}).get("trivial-daphne") or {}).get("posts_per_s")
+        for label, med in (r.get("median") or {}).items():
+            if ceiling and label.startswith("project") and med.get("notify_per_s"):
+                rows.append(f"| {r['scenario']} | {r['layer']} | {label} | notify_per_s / "
+                            f"daphne HTTP ceiling | {round(med['notify_per_s'] / ceiling, 3)} "
+                            f"| | |")
         for e in r.get("errors") or []:
             rows.append(f"| {r['scenario']} | {r['layer']} | ERROR | {e} | | | |")
     m = data["machine"]
@@ -523,6 +548,8 @@ def main(argv=None) -> None:
     p.add_argument("--hold", type=float, default=10.0, help="seconds the idle connections stay")
     p.add_argument("--uvicorn", action="store_true", help="also serve the project with uvicorn")
     p.add_argument("--no-daphne", action="store_true", help="with --uvicorn: uvicorn only")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also serve bench/trivial_asgi.py under daphne (notify: HTTP ceiling)")
     p.add_argument("--baseline", default="", metavar="REV",
                    help="also serve git revision REV (label project-<server>-base): an A/B run")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
@@ -578,11 +605,14 @@ def main(argv=None) -> None:
                 for name, extra in variants:
                     projects += [bench.start_project(layer, k, label=f"project-{k}-{name}",
                                                      extra_env=extra) for k in kinds]
+                trivial = ([bench.start_trivial()] if args.ceiling
+                           and any(SCENARIOS[n][0] == "notify" for n in steady) else [])
                 for name in steady:
-                    bench.run_scenario(name, layer, projects, seed)
+                    bench.run_scenario(name, layer, projects + (
+                        trivial if SCENARIOS[name][0] == "notify" else []), seed)
                 for name in [n for n in args.profile.split(",") if n in steady]:
                     bench.profile(name, layer, projects[0])
-                bench.stop(*projects, *([seed] if seed else []))
+                bench.stop(*projects, *trivial, *([seed] if seed else []))
             if "connections" in todo:
                 # Fresh servers: CPython keeps freed memory, so only a first run is clean.
                 for kind in kinds:
