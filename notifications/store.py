@@ -36,9 +36,19 @@ def undelivered(user_id: int) -> list[Notification]:
     return rows
 
 
-def undelivered_frames(user_id: int) -> list[tuple[int, str]]:
-    """``(id, NOTE frame)`` of each undelivered notification, oldest first."""
-    return [(row.pk, frame_of(row)) for row in undelivered(user_id)]
+def undelivered_frames(user_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
+    """``(id, NOTE frame)`` of each undelivered notification of each user, oldest first.
+
+    One query for all the users (the notifications connections that open together
+    share it); each queue holds at most the queue limit, its newest rows.
+    """
+    limit = settings.NOTIFICATIONS_QUEUE_LIMIT
+    queues: dict[int, list[Notification]] = {user_id: [] for user_id in user_ids}
+    rows = Notification.objects.filter(user_id__in=user_ids, delivered_at__isnull=True)
+    for row in rows.order_by("id"):
+        queues[row.user_id].append(row)
+    return {user_id: [(row.pk, frame_of(row)) for row in queue[-limit:]]
+            for user_id, queue in queues.items()}
 
 
 def acknowledge(user_id: int, ids: Iterable[int]) -> int:

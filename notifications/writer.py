@@ -55,13 +55,18 @@ def check_data(data: Any) -> None:
 
 
 async def aundelivered_frames(user_id: int) -> list[tuple[int, str]]:
-    """:func:`undelivered_frames` from async code, after this process's pending acks.
+    """The user's queue (:func:`~notifications.store.undelivered_frames`), read after this
+    process's pending acks of the user are written.
 
     A client that acknowledged on one connection and reconnects at once does
     not get what it acknowledged again from this process.
     """
     await flush_acks(user_id)
-    return await db.run(undelivered_frames, user_id)
+    return await UNDELIVERED.get(user_id)
+
+
+#: The queues read together: the connections of a reconnect storm share their queries.
+UNDELIVERED = db.Lookup(undelivered_frames)
 
 
 def acknowledge_later(user_id: int, ids: Iterable[int]) -> None:

@@ -7,6 +7,8 @@ Every database call made from the event loop goes through this module:
   one per call, which the WebSocket hot paths cannot afford). A connection is
   dropped when a call leaves it unusable, and checked after
   :data:`IDLE_CHECK_SECONDS` of quiet. Work from one event loop runs in order.
+* :class:`Lookup` gathers the lookups by key made while the worker is busy
+  into one call: a reconnect storm's handshakes then share their queries.
 * :func:`run_blocking` is for the rare call that may hold a thread for long
   (a password hash): it runs in channels' thread pool, so it never delays
   the worker's queue.
@@ -23,12 +25,14 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from channels.db import database_sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -39,6 +43,7 @@ __all__ = [
     "CHECKPOINT_SECONDS",
     "IDLE_CHECK_SECONDS",
     "WORKER_CHECKPOINT_PAGES",
+    "Lookup",
     "close",
     "hot_cursor",
     "hot_transaction",
@@ -49,6 +54,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: After this long without work, connections are checked before the next call.
 IDLE_CHECK_SECONDS = 30.0
@@ -123,6 +130,65 @@ async def run(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await loop.run_in_executor(
         _get_executor(), functools.partial(_call, func, args, kwargs)
     )
+
+
+class Lookup(Generic[K, V]):
+    """Lookups by key from the event loop, answered together: one worker call per batch.
+
+    The first lookup starts a call at once; lookups made while it runs wait for
+    the next call, which takes them all (up to ``max_batch`` keys). When every
+    handshake of a reconnect storm needs one row, one query with an ``IN`` list
+    costs little more than a query for one key, and the worker's queue holds one
+    call instead of thousands. Lookups of one key in one batch share its answer.
+
+    ``fetch(keys)`` runs on the worker and returns a dict; a key it leaves out is
+    answered ``None``. If it raises, every lookup of that batch raises the same
+    exception; the next batch is tried anew.
+    """
+
+    def __init__(self, fetch: Callable[[list[K]], dict[K, V]], max_batch: int = 200) -> None:
+        self.fetch = fetch
+        self.max_batch = max_batch
+        #: Per event loop: the keys waiting for the next call, and the task making the calls.
+        self._waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._drains: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def get(self, key: K) -> V | None:
+        """The value of ``key``, from the batch that takes it."""
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting.get(loop)
+        if waiting is None:
+            waiting = self._waiting[loop] = {}
+        future = waiting.get(key)
+        if future is None:
+            future = waiting[key] = loop.create_future()
+            if loop not in self._drains:
+                self._drains[loop] = loop.create_task(self._drain(loop, waiting))
+        # A cancelled lookup leaves the batch (and the other lookups of its key) alone.
+        return await asyncio.shield(future)
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop, waiting: dict) -> None:
+        futures: list[asyncio.Future] = []
+        try:
+            while waiting:
+                keys = list(itertools.islice(waiting, self.max_batch))
+                futures = [waiting.pop(key) for key in keys]
+                try:
+                    found = await run(self.fetch, keys)
+                except Exception as exc:
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for key, future in zip(keys, futures, strict=True):
+                    if not future.done():
+                        future.set_result(found.get(key))
+        finally:
+            self._drains.pop(loop, None)
+            # Cancelled (the loop is closing): no lookup may wait for ever.
+            for future in [*futures, *waiting.values()]:
+                future.cancel()
+            waiting.clear()
 
 
 async def run_blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -9,6 +9,7 @@ and ``session_key`` on the scope, and consumers that need a user accept and
 close with that code.
 """
 
+import copy
 from datetime import datetime
 from importlib import import_module
 from urllib.parse import parse_qs, urlparse
@@ -42,12 +43,22 @@ def origin_allowed(value: bytes) -> bool:
 
 
 async def get_active_user(username: str):
-    """The active user called ``username``, or ``None`` (on the database thread)."""
-    return await db.run(active_user, username)
+    """The active user called ``username``, or ``None`` (on the database thread).
+
+    Lookups made together share one query (:class:`realtime.db.Lookup`); each
+    caller gets a user object of its own.
+    """
+    user = await ACTIVE_USERS.get(username)
+    return None if user is None else copy.copy(user)
 
 
-def active_user(username: str):
-    return get_user_model().objects.filter(username=username, is_active=True).first()
+def active_users(usernames: list[str]) -> dict[str, object]:
+    """The active users of ``usernames``, by username."""
+    users = get_user_model().objects.filter(username__in=usernames, is_active=True)
+    return {user.username: user for user in users}
+
+
+ACTIVE_USERS = db.Lookup(active_users)
 
 
 def find_token(scope) -> tuple[str | None, bool]:

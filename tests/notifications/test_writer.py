@@ -196,6 +196,23 @@ async def test_the_queue_is_read_after_the_users_pending_acks(amake_user):
     assert [note_id for note_id, _ in frames] == ids[1:]
 
 
+async def test_queues_read_together_take_one_query_and_each_is_its_users_own(
+    amake_user, monkeypatch
+):
+    """Connections opening together share the read; each gets its own user's queue, in order."""
+    bob, cyd, dan = await amake_user("bob"), await amake_user("cyd"), await amake_user("dan")
+    bob_ids = [(await api.anotify(bob, {"n": n}))[0] for n in range(2)]
+    cyd_ids = [(await api.anotify(cyd, {"n": n}))[0] for n in range(3)]
+    calls, original = [], writer.UNDELIVERED.fetch
+    monkeypatch.setattr(writer.UNDELIVERED, "fetch",
+                        lambda keys: calls.append(sorted(keys)) or original(keys))
+    queues = await asyncio.gather(*(writer.aundelivered_frames(user.pk)
+                                    for user in (bob, cyd, dan, bob)))
+    assert [[note_id for note_id, _ in queue] for queue in queues] == [
+        bob_ids, cyd_ids, [], bob_ids]
+    assert calls == [sorted([bob.pk, cyd.pk, dan.pk])]
+
+
 async def test_acks_are_written_before_the_disconnect_completes(amake_user, connect):
     """An ack followed at once by a disconnect is in the database when the disconnect is done."""
     bob = await amake_user("bob")

@@ -81,6 +81,84 @@ async def test_close_closes_the_connections_and_a_later_call_starts_again():
     assert await db.run(connection_state) != (thread, conn)
 
 
+# --- Lookups gathered into one call --------------------------------------------------------
+
+
+class Recorded:
+    """A ``fetch`` for :class:`db.Lookup` that records each call's keys and can be held."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    def __call__(self, keys: list[str]) -> dict[str, str]:
+        self.calls.append(list(keys))
+        self.gate.wait(5)
+        if self.fail is not None:
+            raise self.fail
+        return {key: key.upper() for key in keys if key != "missing"}
+
+
+async def test_lookups_made_together_share_one_call_and_each_gets_its_answer():
+    fetch = Recorded()
+    lookup = db.Lookup(fetch)
+    answers = await asyncio.gather(*(lookup.get(key) for key in ["a", "b", "missing", "c"]))
+    assert answers == ["A", "B", None, "C"]
+    assert fetch.calls == [["a", "b", "missing", "c"]]
+
+
+async def test_lookups_made_while_a_call_runs_wait_for_the_next_one():
+    fetch = Recorded()
+    lookup = db.Lookup(fetch)
+    fetch.gate.clear()
+    first = asyncio.ensure_future(lookup.get("a"))
+    await wait_until(lambda: fetch.calls)
+    later = [asyncio.ensure_future(lookup.get(key)) for key in ["b", "a", "b"]]
+    fetch.gate.set()
+    assert await first == "A"
+    assert [await task for task in later] == ["B", "A", "B"]
+    assert fetch.calls == [["a"], ["b", "a"]]
+
+
+async def test_a_call_takes_at_most_max_batch_keys():
+    fetch = Recorded()
+    lookup = db.Lookup(fetch, max_batch=2)
+    answers = await asyncio.gather(*(lookup.get(key) for key in "abcde"))
+    assert answers == list("ABCDE")
+    assert fetch.calls == [["a", "b"], ["c", "d"], ["e"]]
+
+
+async def test_a_failed_call_fails_its_lookups_and_the_next_call_is_tried_anew():
+    fetch = Recorded()
+    lookup = db.Lookup(fetch)
+    fetch.fail = LookupError("database down")
+    results = await asyncio.gather(lookup.get("a"), lookup.get("b"), return_exceptions=True)
+    assert [type(result) for result in results] == [LookupError, LookupError]
+    fetch.fail = None
+    assert await lookup.get("a") == "A"
+
+
+async def test_a_cancelled_lookup_leaves_the_others_of_its_call_alone():
+    fetch = Recorded()
+    lookup = db.Lookup(fetch)
+    fetch.gate.clear()
+    gone, staying = asyncio.ensure_future(lookup.get("a")), asyncio.ensure_future(lookup.get("a"))
+    await wait_until(lambda: fetch.calls)
+    gone.cancel()
+    fetch.gate.set()
+    assert await staying == "A"
+    assert gone.cancelled()
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
 # --- SQLite checkpoints ------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ Run under WebsocketCommunicator against ``tests.realtime.support.AuthedConsumer`
 minimal endpoint that needs a user, behind the project's ``WebSocketAuthStack``.
 """
 
+import asyncio
 import time
 
 import pytest
@@ -256,3 +257,19 @@ async def test_no_origin_is_accepted():
     """A handshake without Origin (a non-browser client) is accepted."""
     connected, _ = await origin_outcome(None)
     assert connected
+
+
+async def test_handshakes_made_together_share_the_user_query_and_get_users_of_their_own(
+    alice, monkeypatch
+):
+    """One query for the users of handshakes that arrive together; each gets its own object."""
+    from realtime import middleware
+
+    calls, original = [], middleware.ACTIVE_USERS.fetch
+    monkeypatch.setattr(middleware.ACTIVE_USERS, "fetch",
+                        lambda names: calls.append(sorted(names)) or original(names))
+    first, second, dormant, nobody = await asyncio.gather(
+        *(middleware.get_active_user(name) for name in ("alice", "alice", "dormant", "nobody")))
+    assert calls == [["alice", "dormant", "nobody"]]
+    assert first.username == second.username == "alice" and first is not second
+    assert dormant is None and nobody is None
