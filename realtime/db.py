@@ -39,6 +39,8 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
+from realtime.batching import MAX_BATCH
+
 __all__ = [
     "CHECKPOINT_SECONDS",
     "IDLE_CHECK_SECONDS",
@@ -136,7 +138,8 @@ class Lookup(Generic[K, V]):
     """Lookups by key from the event loop, answered together: one worker call per batch.
 
     The first lookup starts a call at once; lookups made while it runs wait for
-    the next call, which takes them all (up to ``max_batch`` keys). When every
+    the next call, which takes them all (up to ``max_batch`` keys, by default
+    :data:`realtime.batching.MAX_BATCH`). When every
     handshake of a reconnect storm needs one row, one query with an ``IN`` list
     costs little more than a query for one key, and the worker's queue holds one
     call instead of thousands. Lookups of one key in one batch share its answer.
@@ -146,7 +149,8 @@ class Lookup(Generic[K, V]):
     exception; the next batch is tried anew.
     """
 
-    def __init__(self, fetch: Callable[[list[K]], dict[K, V]], max_batch: int = 200) -> None:
+    def __init__(self, fetch: Callable[[list[K]], dict[K, V]],
+                 max_batch: int = MAX_BATCH) -> None:
         self.fetch = fetch
         self.max_batch = max_batch
         #: Per event loop: the keys waiting for the next call, and the task making the calls.
