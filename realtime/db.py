@@ -139,10 +139,10 @@ class Lookup(Generic[K, V]):
 
     The first lookup starts a call at once; lookups made while it runs wait for
     the next call, which takes them all (up to ``max_batch`` keys, by default
-    :data:`realtime.batching.MAX_BATCH`). When every
-    handshake of a reconnect storm needs one row, one query with an ``IN`` list
-    costs little more than a query for one key, and the worker's queue holds one
-    call instead of thousands. Lookups of one key in one batch share its answer.
+    :data:`realtime.batching.MAX_BATCH`). When every handshake of a reconnect
+    storm needs one row, one query with an ``IN`` list costs little more than a
+    query for one key, and the worker's queue holds one call instead of
+    thousands. Lookups of one key in one batch share its answer.
 
     ``fetch(keys)`` runs on the worker and returns a dict; a key it leaves out is
     answered ``None``. If it raises, every lookup of that batch raises the same
