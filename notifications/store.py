@@ -26,29 +26,22 @@ from realtime import db
 ACK_BATCH = 330
 
 
-def undelivered(user_id: int) -> list[Notification]:
-    """The user's undelivered notifications, oldest first (at most the queue limit)."""
-    rows = list(
-        Notification.objects.filter(user_id=user_id, delivered_at__isnull=True)
-        .order_by("-id")[: settings.NOTIFICATIONS_QUEUE_LIMIT]
-    )
-    rows.reverse()
-    return rows
-
-
-def undelivered_frames(user_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
-    """``(id, NOTE frame)`` of each undelivered notification of each user, oldest first.
-
-    One query for all the users (the notifications connections that open together
-    share it); each queue holds at most the queue limit, its newest rows.
-    """
+def undelivered(user_ids: list[int]) -> dict[int, list[Notification]]:
+    """Each user's undelivered notifications, oldest first (at most the queue limit, the
+    newest), in one query for all the users."""
     limit = settings.NOTIFICATIONS_QUEUE_LIMIT
     queues: dict[int, list[Notification]] = {user_id: [] for user_id in user_ids}
     rows = Notification.objects.filter(user_id__in=user_ids, delivered_at__isnull=True)
     for row in rows.order_by("id"):
         queues[row.user_id].append(row)
-    return {user_id: [(row.pk, frame_of(row)) for row in queue[-limit:]]
-            for user_id, queue in queues.items()}
+    return {user_id: queue[-limit:] for user_id, queue in queues.items()}
+
+
+def undelivered_frames(user_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
+    """``(id, NOTE frame)`` of :func:`undelivered` (the notifications connections that
+    open together share the query)."""
+    return {user_id: [(row.pk, frame_of(row)) for row in queue]
+            for user_id, queue in undelivered(user_ids).items()}
 
 
 def acknowledge(user_id: int, ids: Iterable[int]) -> int:

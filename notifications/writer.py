@@ -54,6 +54,10 @@ def check_data(data: Any) -> None:
         raise ValueError(f"notification data cannot be stored and sent: {problem}")
 
 
+#: The queues read together: the connections of a reconnect storm share their queries.
+UNDELIVERED = db.Lookup(undelivered_frames)
+
+
 async def aundelivered_frames(user_id: int) -> list[tuple[int, str]]:
     """The user's queue (:func:`~notifications.store.undelivered_frames`), read after this
     process's pending acks of the user are written.
@@ -63,10 +67,6 @@ async def aundelivered_frames(user_id: int) -> list[tuple[int, str]]:
     """
     await flush_acks(user_id)
     return await UNDELIVERED.get(user_id)
-
-
-#: The queues read together: the connections of a reconnect storm share their queries.
-UNDELIVERED = db.Lookup(undelivered_frames)
 
 
 def acknowledge_later(user_id: int, ids: Iterable[int]) -> None:

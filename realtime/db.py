@@ -153,25 +153,26 @@ class Lookup(Generic[K, V]):
                  max_batch: int = MAX_BATCH) -> None:
         self.fetch = fetch
         self.max_batch = max_batch
-        #: Per event loop: the keys waiting for the next call, and the task making the calls.
-        self._waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._drains: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        #: Per event loop: the lookups waiting for the next call.
+        self._pending: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     async def get(self, key: K) -> V | None:
         """The value of ``key``, from the batch that takes it."""
         loop = asyncio.get_running_loop()
-        waiting = self._waiting.get(loop)
-        if waiting is None:
-            waiting = self._waiting[loop] = {}
-        future = waiting.get(key)
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = _Pending()
+        future = pending.futures.get(key)
         if future is None:
-            future = waiting[key] = loop.create_future()
-            if loop not in self._drains:
-                self._drains[loop] = loop.create_task(self._drain(loop, waiting))
+            future = pending.futures[key] = loop.create_future()
+            if pending.calls is None:
+                pending.calls = loop.create_task(self._answer(pending))
         # A cancelled lookup leaves the batch (and the other lookups of its key) alone.
         return await asyncio.shield(future)
 
-    async def _drain(self, loop: asyncio.AbstractEventLoop, waiting: dict) -> None:
+    async def _answer(self, pending: "_Pending") -> None:
+        """Answer the waiting lookups, a batch per call, until none is left."""
+        waiting = pending.futures
         futures: list[asyncio.Future] = []
         try:
             while waiting:
@@ -188,11 +189,20 @@ class Lookup(Generic[K, V]):
                     if not future.done():
                         future.set_result(found.get(key))
         finally:
-            self._drains.pop(loop, None)
+            pending.calls = None
             # Cancelled (the loop is closing): no lookup may wait for ever.
             for future in [*futures, *waiting.values()]:
                 future.cancel()
             waiting.clear()
+
+
+class _Pending:
+    """The lookups of one :class:`Lookup` on one event loop that wait for a call."""
+
+    def __init__(self) -> None:
+        self.futures: dict[Any, asyncio.Future] = {}
+        #: The task making the calls, while there are lookups to answer.
+        self.calls: asyncio.Task | None = None
 
 
 async def run_blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -83,4 +83,4 @@ async def undelivered_ids(user) -> list[int]:
     """The ids of the user's undelivered notifications, oldest first."""
     from notifications import store
 
-    return [row.pk for row in await database_sync_to_async(store.undelivered)(user.pk)]
+    return [row.pk for row in (await database_sync_to_async(store.undelivered)([user.pk]))[user.pk]]

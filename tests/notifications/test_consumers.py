@@ -116,8 +116,8 @@ async def test_ack_with_ids_of_another_user_is_ignored(amake_user, connect):
     await send(communicator, {"type": "ack", "ids": [carol_id, 999999]})
     await send(communicator, {"type": "ping"})
     assert await receive(communicator) == {"type": "pong"}
-    assert [row.pk for row in await database_sync_to_async(store.undelivered)(carol.pk)] == [
-        carol_id]
+    queues = await database_sync_to_async(store.undelivered)([carol.pk])
+    assert [row.pk for row in queues[carol.pk]] == [carol_id]
 
 
 async def test_queue_limit_keeps_the_newest_on_connect(amake_user, connect, settings):

@@ -109,7 +109,7 @@ def test_acknowledging_looks_its_rows_up_by_id(make_user):
                 cursor.execute("EXPLAIN " + sql, params)
                 plan = " ".join(row[0] for row in cursor.fetchall())
             assert "Index Cond: (id = ANY" in plan, plan
-    assert [row.pk for row in store.undelivered(bob.pk)] == [stored[1].pk]
+    assert [row.pk for row in store.undelivered([bob.pk])[bob.pk]] == [stored[1].pk]
 
 
 async def test_abroadcast_is_stored_delivered_and_never_queued(amake_user):
@@ -152,7 +152,7 @@ def test_sync_notify_from_plain_sync_code(make_user):
     note_id, status = api.notify(bob, {"text": "export ready"})
     assert status == "queued"
     assert Notification.objects.get(pk=note_id).data == {"text": "export ready"}
-    assert [row.pk for row in store.undelivered(bob.pk)] == [note_id]
+    assert [row.pk for row in store.undelivered([bob.pk])[bob.pk]] == [note_id]
     assert hub_module._hubs == hubs_before
     broadcast_id, status = api.broadcast({"all": True})
     assert status == "broadcast" and broadcast_id > note_id
@@ -178,7 +178,7 @@ def test_store_batch_without_multi_row_returning(make_user, monkeypatch, returni
         (None, {"all": True}, True),
     ]
     assert rows[3].delivered_at == rows[3].created_at, "a broadcast is delivered when stored"
-    assert [row.pk for row in store.undelivered(bob.pk)] == [s.pk for s in stored[:3]]
+    assert [row.pk for row in store.undelivered([bob.pk])[bob.pk]] == [s.pk for s in stored[:3]]
 
 
 def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch):
@@ -203,7 +203,7 @@ def test_sync_notify_in_atomic_block_pushes_after_commit(make_user, monkeypatch)
         api.notify(bob, {"n": 2})
         raise Rollback
     assert pushed == [committed_id]
-    assert [row.pk for row in store.undelivered(bob.pk)] == [committed_id]
+    assert [row.pk for row in store.undelivered([bob.pk])[bob.pk]] == [committed_id]
 
 
 async def test_sync_notify_refuses_to_run_on_an_event_loop(amake_user):

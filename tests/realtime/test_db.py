@@ -13,7 +13,7 @@ from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.test.utils import CaptureQueriesContext
 
 from realtime import db
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,7 +114,7 @@ async def test_lookups_made_while_a_call_runs_wait_for_the_next_one():
     lookup = db.Lookup(fetch)
     fetch.gate.clear()
     first = asyncio.ensure_future(lookup.get("a"))
-    await wait_until(lambda: fetch.calls)
+    await wait_for(lambda: fetch.calls)
     later = [asyncio.ensure_future(lookup.get(key)) for key in ["b", "a", "b"]]
     fetch.gate.set()
     assert await first == "A"
@@ -145,18 +145,11 @@ async def test_a_cancelled_lookup_leaves_the_others_of_its_call_alone():
     lookup = db.Lookup(fetch)
     fetch.gate.clear()
     gone, staying = asyncio.ensure_future(lookup.get("a")), asyncio.ensure_future(lookup.get("a"))
-    await wait_until(lambda: fetch.calls)
+    await wait_for(lambda: fetch.calls)
     gone.cancel()
     fetch.gate.set()
     assert await staying == "A"
     assert gone.cancelled()
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 # --- SQLite checkpoints ------------------------------------------------------------------
