@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 
-pytestmark = pytest.mark.daphne
+pytestmark = [pytest.mark.daphne, pytest.mark.once]
 
 BLOCK = re.compile(
     r"(?:<!-- readme-test: (?P<how>[^\n]*?) -->\n)?^```(?P<lang>sh|python)\n(?P<body>.*?)^```$",

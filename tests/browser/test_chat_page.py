@@ -23,7 +23,7 @@ from chat.models import Message, Room
 from notifications.models import Notification
 from tests.browser.conftest import DOCS, PASSWORD
 
-pytestmark = [pytest.mark.browser, pytest.mark.daphne]
+pytestmark = [pytest.mark.browser, pytest.mark.daphne, pytest.mark.once]
 
 # Every test uses its own room: under Redis, presence left behind by a daphne that a
 # previous test stopped lasts until the registry reaps it (HUB_DEAD_AFTER_SECONDS).

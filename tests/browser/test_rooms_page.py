@@ -17,7 +17,7 @@ from playwright.async_api import expect
 from tests.browser.conftest import DOCS
 from tests.browser.test_chat_page import WsChat, contents, exactly, say, shown_once, wait_live
 
-pytestmark = [pytest.mark.browser, pytest.mark.daphne]
+pytestmark = [pytest.mark.browser, pytest.mark.daphne, pytest.mark.once]
 
 NO_ACCESS = "You do not have access to this room (it is private, or you were removed or banned)"
 

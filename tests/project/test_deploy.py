@@ -20,6 +20,8 @@ from channels.db import database_sync_to_async
 
 from tests.conftest import ROOT, free_port
 
+pytestmark = pytest.mark.once
+
 DEPLOY = ROOT / "deploy"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
