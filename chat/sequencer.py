@@ -18,13 +18,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.utils import timezone
-
-from chat import presence, protocol
+from chat import presence, protocol, store
 from chat.errors import NotInRoom
-from chat.models import Message, Room
 from chat.presence import Publication, RoomTurn
 from realtime import db, metrics
 from realtime.batching import MAX_BATCH, ServiceUnavailable, each_alone
@@ -240,7 +235,7 @@ class RoomSequencer:
                 outgoing.done.set_result(stored_id)
 
 
-def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:
+def event_item(room: str, outgoing: Outgoing, message: store.Stored) -> dict:
     """The layer item of one stored message: its frame, serialised once."""
     moment = timestamp(message.created_at)
     username = outgoing.sender.username
@@ -260,7 +255,7 @@ def event_item(room: str, outgoing: Outgoing, message: Message) -> dict:
     }
 
 
-async def store_messages(room: str, batch: list[Outgoing]) -> list[Message | None]:
+async def store_messages(room: str, batch: list[Outgoing]) -> list[store.Stored | None]:
     """Insert a batch in one transaction; ``None`` where a recipient does not exist.
 
     The batches of this process's rooms that wait meanwhile share that transaction
@@ -286,7 +281,7 @@ class RoomsWriter:
         self.waiting: list[tuple[str, list[Outgoing], asyncio.Future]] = []
         self.task: asyncio.Task | None = None
 
-    async def store(self, room: str, batch: list[Outgoing]) -> list[Message | None]:
+    async def store(self, room: str, batch: list[Outgoing]) -> list[store.Stored | None]:
         done = asyncio.get_running_loop().create_future()
         self.waiting.append((room, batch, done))
         if self.task is None or self.task.done():
@@ -297,7 +292,8 @@ class RoomsWriter:
         while self.waiting:
             taken, self.waiting = self.waiting, []
             try:
-                stored = await db.run(insert_batches, [(room, batch) for room, batch, _ in taken])
+                stored = await db.run(store.insert_batches,
+                                      [(room, batch) for room, batch, _ in taken])
             except Exception as exc:
                 if len(taken) == 1:
                     settle(taken[0][2], exception=exc)
@@ -313,7 +309,7 @@ class RoomsWriter:
     @staticmethod
     async def store_alone(room: str, batch: list[Outgoing], done: asyncio.Future) -> None:
         try:
-            settle(done, await db.run(insert_batch, room, batch))
+            settle(done, await db.run(store.insert_batch, room, batch))
         except Exception as exc:
             settle(done, exception=exc)
 
@@ -331,58 +327,3 @@ def settle(done: asyncio.Future, result: Any = None, *, exception: Exception | N
 
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomsWriter]" = (
     weakref.WeakKeyDictionary())
-
-
-def insert_batches(batches: list[tuple[str, list[Outgoing]]]) -> list[list[Message | None]]:
-    """:func:`insert_batch` of several rooms in one transaction (four statements)."""
-    if len(batches) == 1:
-        return [insert_batch(*batches[0])]
-    now = timezone.now()
-    recipients = {o.recipient for _, batch in batches for o in batch if o.recipient is not None}
-    users = {}
-    if recipients:
-        users = {
-            u.username: u
-            for u in get_user_model().objects.filter(username__in=recipients, is_active=True)
-        }
-    with transaction.atomic():
-        names = {room for room, _ in batches}
-        rooms = {r.name: r for r in Room.objects.filter(name__in=names)}
-        for name in names - rooms.keys():
-            rooms[name], _ = Room.objects.get_or_create(name=name)
-        results = [_rows(rooms[room], batch, users, now) for room, batch in batches]
-        Message.objects.bulk_create([r for rows in results for r in rows if r is not None])
-        Room.objects.filter(pk__in=[r.pk for r in rooms.values()]).update(last_message_at=now)
-    return results
-
-
-def _rows(room_row: Room, batch: list[Outgoing], users: dict, now) -> list[Message | None]:
-    """The messages of ``batch`` (``None`` for a recipient who is no active user)."""
-    rows: list[Message | None] = []
-    for outgoing in batch:
-        if outgoing.recipient is not None and outgoing.recipient not in users:
-            rows.append(None)
-            continue
-        rows.append(Message(
-            room=room_row, sender=outgoing.sender, content=outgoing.content,
-            recipient=users.get(outgoing.recipient), created_at=now,
-        ))
-    return rows
-
-
-def insert_batch(room: str, batch: list[Outgoing]) -> list[Message | None]:
-    """:func:`store_messages` on the database thread."""
-    now = timezone.now()
-    recipients = {o.recipient for o in batch if o.recipient is not None}
-    users = {}
-    if recipients:
-        users = {
-            u.username: u
-            for u in get_user_model().objects.filter(username__in=recipients, is_active=True)
-        }
-    with transaction.atomic():
-        room_row, _ = Room.objects.get_or_create(name=room)
-        rows = _rows(room_row, batch, users, now)
-        Message.objects.bulk_create([r for r in rows if r is not None])
-        Room.objects.filter(pk=room_row.pk).update(last_message_at=now)
-    return rows

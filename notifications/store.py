@@ -2,7 +2,7 @@
 
 Plain sync functions, run in the caller's thread (sync code) or through the
 database worker (:func:`realtime.db.run`). What runs with every batch of the
-writer is SQL built once per shape (:func:`_statement`) on a
+writer is SQL built once per shape (:func:`realtime.db.statement`) on a
 :func:`realtime.db.hot_cursor`: it is the notify path's hot loop.
 """
 
@@ -159,44 +159,20 @@ def store_one(post: Post) -> Stored:
     return stored
 
 
-def _placeholders(count: int, width: int = 1) -> str:
-    one = "%s" if width == 1 else f"({', '.join(['%s'] * width)})"
-    return ", ".join([one] * count)
-
-
-#: The writer's SQL by (backend, statement, shape): built once, not per batch.
-_statements: dict[tuple, str] = {}
-
-
-def _statement(cursor, kind: str, count: int) -> str:
-    """The SQL of statement ``kind`` for ``count`` rows on the cursor's backend.
-
-    Table and column names come from the models; the text depends only on
-    the backend's quoting and the number of rows, so each shape is built once
-    rather than per batch.
-    """
-    conn = cursor.db
-    key = (conn.vendor, kind, count)
-    sql = _statements.get(key)
-    if sql is None:
-        sql = _statements[key] = _BUILDERS[kind](conn, count)
-    return sql
-
-
 def _users_sql(conn, count: int) -> str:
     model = get_user_model()
     opts, quote = model._meta, conn.ops.quote_name
     columns = [opts.pk.column, opts.get_field(model.USERNAME_FIELD).column,
                opts.get_field("is_active").column, opts.get_field("is_staff").column]
     return (f"SELECT {', '.join(map(quote, columns))} FROM {quote(opts.db_table)}"
-            f" WHERE {quote(columns[1])} IN ({_placeholders(count)})")
+            f" WHERE {quote(columns[1])} IN ({db.placeholders(count)})")
 
 
 def _lock_sql(conn, count: int) -> str:
     opts, quote = get_user_model()._meta, conn.ops.quote_name
     pk = quote(opts.pk.column)
     return (f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
-            f" ({_placeholders(count)}) ORDER BY {pk} FOR UPDATE")
+            f" ({db.placeholders(count)}) ORDER BY {pk} FOR UPDATE")
 
 
 #: The columns :func:`_insert` writes, in the order of its values.
@@ -206,24 +182,23 @@ INSERT_FIELDS = ("user", "data", "broadcast", "created_at", "delivered_at")
 def _insert_sql(conn, count: int) -> str:
     opts, quote = Notification._meta, conn.ops.quote_name
     columns = ", ".join(quote(opts.get_field(name).column) for name in INSERT_FIELDS)
-    returning = (f" RETURNING {quote(opts.pk.column)}"
-                 if conn.features.can_return_columns_from_insert else "")
     return (f"INSERT INTO {quote(opts.db_table)} ({columns})"
-            f" VALUES {_placeholders(count, len(INSERT_FIELDS))}{returning}")
+            f" VALUES {db.placeholders(count, len(INSERT_FIELDS))}"
+            f"{db.returning_pk(conn, Notification)}")
 
 
 def _over_limit_sql(conn, count: int) -> str:
     table = conn.ops.quote_name(Notification._meta.db_table)
     return (f"SELECT user_id FROM {table} WHERE delivered_at IS NULL"
-            f" AND user_id IN ({_placeholders(count)})"
+            f" AND user_id IN ({db.placeholders(count)})"
             " GROUP BY user_id HAVING COUNT(*) > %s")
 
 
 def _mark_sql(conn, count: int) -> str:
     table = conn.ops.quote_name(Notification._meta.db_table)
-    return (f"UPDATE {table} SET delivered_at = %s WHERE id IN ({_placeholders(count)})"
+    return (f"UPDATE {table} SET delivered_at = %s WHERE id IN ({db.placeholders(count)})"
             " AND delivered_at IS NULL"
-            f" AND (id, user_id) IN (VALUES {_placeholders(count, 2)})")
+            f" AND (id, user_id) IN (VALUES {db.placeholders(count, 2)})")
 
 
 def _trim_sql(conn, count: int) -> str:
@@ -233,23 +208,13 @@ def _trim_sql(conn, count: int) -> str:
             " ORDER BY id DESC LIMIT 1 OFFSET %s)")
 
 
-_BUILDERS = {
-    "trim": _trim_sql,
-    "users": _users_sql,
-    "lock": _lock_sql,
-    "insert": _insert_sql,
-    "over_limit": _over_limit_sql,
-    "mark": _mark_sql,
-}
-
-
 def _trim_queue(cursor, user_id: int) -> None:
     """Delete the user's oldest undelivered notifications beyond the newest N.
 
     The newest N are the N greatest ids; the (N+1)th and everything older go
     (none when there are no more than N: the cutoff is then NULL).
     """
-    cursor.execute(_statement(cursor, "trim", 1),
+    cursor.execute(db.statement(cursor, _trim_sql, 1),
                    [user_id, user_id, settings.NOTIFICATIONS_QUEUE_LIMIT])
 
 
@@ -257,50 +222,29 @@ def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
     """``(pk, is_active, is_staff)`` of the users with these usernames, by username."""
     if not names:
         return {}
-    cursor.execute(_statement(cursor, "users", len(names)), list(names))
+    cursor.execute(db.statement(cursor, _users_sql, len(names)), list(names))
     return {name: (pk, bool(active), bool(staff))
             for pk, name, active, staff in cursor.fetchall()}
 
 
 def _lock_users(cursor, user_ids: list[int]) -> None:
     """Lock these user rows until the transaction ends, in primary-key order (PostgreSQL)."""
-    cursor.execute(_statement(cursor, "lock", len(user_ids)), user_ids)
-
-
-#: Rows per ``INSERT`` statement (five parameters each, under SQLite's older cap of 999).
-INSERT_CHUNK = 150
+    cursor.execute(db.statement(cursor, _lock_sql, len(user_ids)), user_ids)
 
 
 def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime) -> list[int]:
     """Insert notifications ``(user_id or None for a broadcast, data)``; their ids, in order.
 
-    A broadcast is delivered when it is stored. One multi-row ``INSERT ...
-    RETURNING`` per ``INSERT_CHUNK`` rows (SQLite 3.35+, PostgreSQL: the order
-    of the returned ids is the order of the rows, as ``bulk_create`` relies
-    on too); one statement per row on an older SQLite.
+    A broadcast is delivered when it is stored.
     """
-    conn = cursor.db  # the connection itself: ``connection`` looks it up on each use
-    ops, encoder = conn.ops, Notification._meta.get_field("data").encoder
+    ops, encoder = cursor.db.ops, Notification._meta.get_field("data").encoder
     moment = ops.adapt_datetimefield_value(now)
-    values = [
+    return db.insert_returning_ids(cursor, _insert_sql, [
         # What JSONField.get_db_prep_save() comes to, without its per-field steps.
         (user_id, ops.adapt_json_value(data, encoder), user_id is None, moment,
          moment if user_id is None else None)
         for user_id, data in rows
-    ]
-    pks: list[int] = []
-    if conn.features.can_return_rows_from_bulk_insert:
-        for start in range(0, len(values), INSERT_CHUNK):
-            chunk = values[start : start + INSERT_CHUNK]
-            cursor.execute(_statement(cursor, "insert", len(chunk)),
-                           [value for row in chunk for value in row])
-            pks.extend(row[0] for row in cursor.fetchall())
-    else:
-        returning = conn.features.can_return_columns_from_insert
-        for row in values:
-            cursor.execute(_statement(cursor, "insert", 1), row)
-            pks.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
-    return pks
+    ])
 
 
 def _over_limit(cursor, user_ids: list[int]) -> list[int]:
@@ -311,7 +255,7 @@ def _over_limit(cursor, user_ids: list[int]) -> list[int]:
     """
     if not user_ids:
         return []
-    cursor.execute(_statement(cursor, "over_limit", len(user_ids)),
+    cursor.execute(db.statement(cursor, _over_limit_sql, len(user_ids)),
                    [*user_ids, settings.NOTIFICATIONS_QUEUE_LIMIT])
     return [row[0] for row in cursor.fetchall()]
 
@@ -332,7 +276,7 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> in
     for start in range(0, len(pairs), ACK_BATCH):
         chunk = pairs[start : start + ACK_BATCH]
         cursor.execute(
-            _statement(cursor, "mark", len(chunk)),
+            db.statement(cursor, _mark_sql, len(chunk)),
             [moment, *(pair[0] for pair in chunk), *(value for pair in chunk for value in pair)],
         )
         marked += cursor.rowcount

@@ -44,13 +44,18 @@ from realtime.batching import MAX_BATCH
 __all__ = [
     "CHECKPOINT_SECONDS",
     "IDLE_CHECK_SECONDS",
+    "INSERT_CHUNK",
     "WORKER_CHECKPOINT_PAGES",
     "Lookup",
     "close",
     "hot_cursor",
     "hot_transaction",
+    "insert_returning_ids",
+    "placeholders",
+    "returning_pk",
     "run",
     "run_blocking",
+    "statement",
 ]
 
 logger = logging.getLogger(__name__)
@@ -296,6 +301,68 @@ class Checkpointer(threading.Thread):
 
 
 atexit.register(close)
+
+
+def placeholders(count: int, width: int = 1) -> str:
+    """``count`` placeholders (``%s``), or ``count`` rows of ``width`` of them."""
+    one = "%s" if width == 1 else f"({', '.join(['%s'] * width)})"
+    return ", ".join([one] * count)
+
+
+#: The hot paths' SQL by (backend, builder, shape): built once, not per batch.
+_statements: dict[tuple[str, Callable, int], str] = {}
+
+
+def statement(cursor, build: Callable[[Any, int], str], count: int) -> str:
+    """``build(connection, count)``: the SQL for ``count`` rows on the cursor's backend.
+
+    Table and column names come from the models, so the text depends only on the
+    backend's quoting and the number of rows: each shape is built once, not per
+    batch.
+    """
+    key = (cursor.db.vendor, build, count)
+    sql = _statements.get(key)
+    if sql is None:
+        sql = _statements[key] = build(cursor.db, count)
+    return sql
+
+
+#: Rows per multi-row ``INSERT``: five parameters each stay under the 999 that
+#: SQLite before 3.32 allows per statement.
+INSERT_CHUNK = 150
+
+
+def insert_returning_ids(cursor, build: Callable[[Any, int], str],
+                         rows: list[tuple]) -> list[int]:
+    """Insert ``rows`` with the ``INSERT`` that ``build`` makes; their ids, in order.
+
+    ``build(connection, count)`` gives an ``INSERT`` of ``count`` rows that ends
+    in ``RETURNING`` the primary key where the backend can. One statement per
+    :data:`INSERT_CHUNK` rows (SQLite 3.35+, PostgreSQL: the order of the returned
+    ids is the order of the rows, as ``bulk_create`` relies on too); one per row
+    on an older SQLite.
+    """
+    conn = cursor.db
+    ids: list[int] = []
+    if conn.features.can_return_rows_from_bulk_insert:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start : start + INSERT_CHUNK]
+            cursor.execute(statement(cursor, build, len(chunk)),
+                           [value for row in chunk for value in row])
+            ids.extend(row[0] for row in cursor.fetchall())
+    else:
+        returning = conn.features.can_return_columns_from_insert
+        for row in rows:
+            cursor.execute(statement(cursor, build, 1), row)
+            ids.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
+    return ids
+
+
+def returning_pk(conn, model) -> str:
+    """`` RETURNING <pk>`` where the backend can return columns from an ``INSERT``."""
+    if not conn.features.can_return_columns_from_insert:
+        return ""
+    return f" RETURNING {conn.ops.quote_name(model._meta.pk.column)}"
 
 
 @functools.lru_cache(maxsize=1024)

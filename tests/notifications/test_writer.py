@@ -13,6 +13,7 @@ import pytest
 from notifications import api, errors, push, store, writer
 from notifications import protocol as note_protocol
 from notifications.models import Notification
+from realtime import db
 from tests.notifications.conftest import receive, receive_notes, send, undelivered_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -274,7 +275,7 @@ async def test_a_batch_larger_than_one_insert_keeps_posting_order(amake_user, ba
     """More posts than one INSERT statement takes are stored in one batch, ids in order."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 1000
     bob = await amake_user("bob")
-    count = store.INSERT_CHUNK + 10
+    count = db.INSERT_CHUNK + 10
     results = await asyncio.gather(*(api.anotify(bob, {"n": n}) for n in range(count)))
     ids = [note_id for note_id, _ in results]
     assert batches == [(count, 0)]

@@ -1,0 +1,111 @@
+"""The chat messages' SQL: store the batches of several rooms in one transaction.
+
+Plain sync functions for the database worker (:func:`realtime.db.run`), called by
+:class:`chat.sequencer.RoomsWriter` with every batch: with many small rooms that is
+once every few messages, so the statements are SQL built once per shape
+(:func:`realtime.db.statement`) on a :func:`realtime.db.hot_cursor`, as the
+notifications' are. The ORM's ``bulk_create`` cost several times the CPU per
+message (bench/RESULTS.md).
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from chat.models import Message, Room
+from realtime import db
+
+if TYPE_CHECKING:
+    from chat.sequencer import Outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored message: what its frame needs beyond the ``Outgoing`` it came from."""
+
+    pk: int
+    created_at: datetime
+
+
+def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Stored | None]]:
+    """Store each room's batch, all in one transaction; a result per message.
+
+    A result is ``None`` where a private message names no active user. A room that
+    is missing (deleted while its members were connected) is made again, as a join
+    would. Statements: the recipients of private messages (only if any), the rooms,
+    the missing rooms (only if any), one ``INSERT`` of the messages per
+    :data:`realtime.db.INSERT_CHUNK`, one ``UPDATE`` of the rooms' last message time.
+    """
+    now = timezone.now()
+    recipients = {o.recipient for _, batch in batches for o in batch if o.recipient is not None}
+    users: dict[str, int] = {}
+    if recipients:
+        users = dict(get_user_model().objects.filter(username__in=recipients, is_active=True)
+                     .values_list("username", "pk"))
+    names = sorted({room for room, _ in batches})
+    with db.hot_cursor() as cursor, db.hot_transaction(cursor):
+        moment = cursor.db.ops.adapt_datetimefield_value(now)
+        rooms = _room_ids(cursor, names)
+        missing = [name for name in names if name not in rooms]
+        if missing:
+            cursor.execute(db.statement(cursor, _make_rooms_sql, len(missing)),
+                           [value for name in missing for value in (name, moment, False)])
+            rooms.update(_room_ids(cursor, missing))
+        rows: list[tuple] = []
+        kept: list[list[bool]] = []  # per room, per message: stored (else no recipient)
+        for room, batch in batches:
+            keep = [o.recipient is None or o.recipient in users for o in batch]
+            rows.extend((rooms[room], o.sender.pk, o.content, users.get(o.recipient), moment)
+                        for o, ok in zip(batch, keep, strict=True) if ok)
+            kept.append(keep)
+        ids = iter(db.insert_returning_ids(cursor, _insert_sql, rows))
+        room_ids = sorted(set(rooms.values()))
+        cursor.execute(db.statement(cursor, _touch_sql, len(room_ids)), [moment, *room_ids])
+    return [[Stored(next(ids), now) if ok else None for ok in keep] for keep in kept]
+
+
+def insert_batch(room: str, batch: "list[Outgoing]") -> list[Stored | None]:
+    """:func:`insert_batches` of one room."""
+    return insert_batches([(room, batch)])[0]
+
+
+def _room_ids(cursor, names: list[str]) -> dict[str, int]:
+    cursor.execute(db.statement(cursor, _rooms_sql, len(names)), names)
+    return {name: pk for pk, name in cursor.fetchall()}
+
+
+def _rooms_sql(conn, count: int) -> str:
+    opts, quote = Room._meta, conn.ops.quote_name
+    name = quote(opts.get_field("name").column)
+    return (f"SELECT {quote(opts.pk.column)}, {name} FROM {quote(opts.db_table)}"
+            f" WHERE {name} IN ({db.placeholders(count)})")
+
+
+def _make_rooms_sql(conn, count: int) -> str:
+    # Another process may make the same room meanwhile: its row is as good as ours.
+    opts, quote = Room._meta, conn.ops.quote_name
+    columns = [opts.get_field(f).column for f in ("name", "created_at", "private")]
+    return (f"INSERT INTO {quote(opts.db_table)} ({', '.join(map(quote, columns))})"
+            f" VALUES {db.placeholders(count, 3)} ON CONFLICT ({quote(columns[0])}) DO NOTHING")
+
+
+#: The columns :func:`insert_batches` writes, in the order of its values.
+INSERT_FIELDS = ("room", "sender", "content", "recipient", "created_at")
+
+
+def _insert_sql(conn, count: int) -> str:
+    opts, quote = Message._meta, conn.ops.quote_name
+    columns = ", ".join(quote(opts.get_field(name).column) for name in INSERT_FIELDS)
+    return (f"INSERT INTO {quote(opts.db_table)} ({columns})"
+            f" VALUES {db.placeholders(count, len(INSERT_FIELDS))}"
+            f"{db.returning_pk(conn, Message)}")
+
+
+def _touch_sql(conn, count: int) -> str:
+    opts, quote = Room._meta, conn.ops.quote_name
+    return (f"UPDATE {quote(opts.db_table)}"
+            f" SET {quote(opts.get_field('last_message_at').column)} = %s"
+            f" WHERE {quote(opts.pk.column)} IN ({db.placeholders(count)})")

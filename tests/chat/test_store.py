@@ -1,0 +1,107 @@
+"""chat.store: the batches of several rooms are stored in one transaction, in few statements.
+
+These run on the test process's own connection (sync), as the database worker runs them.
+"""
+
+import pytest
+from django.db import connection
+from django.db.backends.utils import CursorWrapper
+from django.test.utils import CaptureQueriesContext
+
+from chat import store
+from chat.models import Message, Room
+from chat.sequencer import Outgoing
+from realtime import db
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def message(sender, content: str, recipient: str | None = None) -> Outgoing:
+    """A message to store; stored here without a sequencer, so no one awaits ``done``."""
+    return Outgoing(sender=sender, content=content, recipient=recipient, done=None)
+
+
+def contents(results: list[list[store.Stored | None]]) -> list[list[str | None]]:
+    """What was stored under each result's id (``None`` stays ``None``)."""
+    rows = Message.objects.in_bulk([s.pk for stored in results for s in stored if s])
+    return [[s and rows[s.pk].content for s in stored] for stored in results]
+
+
+def test_the_batches_of_several_rooms_are_one_transaction(make_user):
+    """Three rooms, two of them new: one INSERT makes the new rooms, one INSERT stores the
+    messages, one UPDATE moves the rooms' last message time. Each room's messages keep
+    their order, and a private message to nobody is left out (None)."""
+    alice = make_user("alice")
+    make_user("bob")
+    store.insert_batches([("one", [message(alice, "0")])])
+    batches = [
+        ("one", [message(alice, "1a"), message(alice, "1b")]),
+        ("two", [message(alice, "2a", "bob"),
+                 message(alice, "2b", "nobody")]),
+        ("three", [message(alice, "3a")]),
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        results = store.insert_batches(batches)
+    statements = [q["sql"] for q in queries]
+    inserts = [sql for sql in statements if sql.upper().startswith("INSERT")]
+    assert [sql.split('"')[1] for sql in inserts] == ["chat_room", "chat_message"]
+    assert sum(sql.upper().startswith("UPDATE") for sql in statements) == 1
+    assert contents(results) == [["1a", "1b"], ["2a", None], ["3a"]]
+    ids = [s.pk for stored in results for s in stored if s]
+    assert ids == sorted(ids)
+    private = Message.objects.select_related("recipient").get(room__name="two")
+    assert private.recipient.username == "bob"
+    touched = Room.objects.filter(name__in=["one", "two", "three"], last_message_at=
+                                  results[0][0].created_at)
+    assert touched.count() == 3
+
+
+def test_a_batch_larger_than_one_insert_keeps_its_order(make_user):
+    """More rows than one INSERT takes: every message gets its own id, in the batch's order."""
+    alice = make_user("alice")
+    count = db.INSERT_CHUNK * 2 + 7
+    batch = [message(alice, str(n)) for n in range(count)]
+    (results,) = store.insert_batches([("big", batch)])
+    ids = [s.pk for s in results]
+    assert ids == sorted(ids) and len(set(ids)) == count
+    assert contents([results]) == [[str(n) for n in range(count)]]
+
+
+def test_a_room_deleted_meanwhile_is_made_again(make_user):
+    """A room deleted while its members were connected is made again by its next message,
+    as a join would make it."""
+    alice = make_user("alice")
+    store.insert_batch("gone", [message(alice, "before")])
+    Room.objects.filter(name="gone").delete()
+    (stored,) = store.insert_batch("gone", [message(alice, "after")])
+    assert Message.objects.get(pk=stored.pk).room.name == "gone"
+    assert not Room.objects.get(name="gone").private
+
+
+def test_a_failed_batch_stores_nothing(make_user):
+    """If one row of the transaction fails, none of the batch is stored."""
+    alice = make_user("alice")
+    ghost = make_user("ghost")
+    ghost.delete()  # the object keeps its pk: its row would break the sender's key
+    with pytest.raises(Exception):  # noqa: B017 (the driver's own error, or Django's)
+        store.insert_batches([("a", [message(alice, "kept?")]),
+                              ("b", [message(ghost, "bad")])])
+    assert not Message.objects.exists()
+
+
+def test_the_batch_bypasses_djangos_cursor_when_nothing_watches(make_user, monkeypatch):
+    """With no query log and no execute wrapper, the statements go to the driver's own
+    cursor (realtime.db.hot_cursor): the ORM's bulk_create cost several times the CPU
+    (bench/RESULTS.md)."""
+    alice = make_user("alice")
+    seen = []
+    real = CursorWrapper.execute
+
+    def execute(self, sql, params=None):
+        seen.append(sql)
+        return real(self, sql, params)
+
+    monkeypatch.setattr(CursorWrapper, "execute", execute)
+    (stored,) = store.insert_batch("quick", [message(alice, "x")])
+    assert seen == []
+    assert Message.objects.get(pk=stored.pk).content == "x"
