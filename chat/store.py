@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from chat.sequencer import Outgoing
 
 
+#: The columns :func:`insert_batches` writes, in the order of its values.
+INSERT_FIELDS = ("room", "sender", "content", "recipient", "created_at")
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """A stored message: what its frame needs beyond the ``Outgoing`` it came from."""
@@ -36,8 +40,9 @@ def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Sto
     A result is ``None`` where a private message names no active user. A room that
     is missing (deleted while its members were connected) is made again, as a join
     would. Statements: the recipients of private messages (only if any), the rooms,
-    the missing rooms (only if any), one ``INSERT`` of the messages per
-    :data:`realtime.db.INSERT_CHUNK`, one ``UPDATE`` of the rooms' last message time.
+    the missing rooms (only if any), the ``INSERT`` of the messages
+    (:func:`realtime.db.insert_returning_ids`), one ``UPDATE`` of the rooms' last
+    message time.
     """
     now = timezone.now()
     recipients = {o.recipient for _, batch in batches for o in batch if o.recipient is not None}
@@ -61,7 +66,7 @@ def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Sto
             rows.extend((rooms[room], o.sender.pk, o.content, users.get(o.recipient), moment)
                         for o, ok in zip(batch, keep, strict=True) if ok)
             kept.append(keep)
-        ids = iter(db.insert_returning_ids(cursor, _insert_sql, rows))
+        ids = iter(db.insert_returning_ids(cursor, Message, INSERT_FIELDS, rows))
         room_ids = sorted(set(rooms.values()))
         cursor.execute(db.statement(cursor, _touch_sql, len(room_ids)), [moment, *room_ids])
     return [[Stored(next(ids), now) if ok else None for ok in keep] for keep in kept]
@@ -90,18 +95,6 @@ def _make_rooms_sql(conn, count: int) -> str:
     columns = [opts.get_field(f).column for f in ("name", "created_at", "private")]
     return (f"INSERT INTO {quote(opts.db_table)} ({', '.join(map(quote, columns))})"
             f" VALUES {db.placeholders(count, 3)} ON CONFLICT ({quote(columns[0])}) DO NOTHING")
-
-
-#: The columns :func:`insert_batches` writes, in the order of its values.
-INSERT_FIELDS = ("room", "sender", "content", "recipient", "created_at")
-
-
-def _insert_sql(conn, count: int) -> str:
-    opts, quote = Message._meta, conn.ops.quote_name
-    columns = ", ".join(quote(opts.get_field(name).column) for name in INSERT_FIELDS)
-    return (f"INSERT INTO {quote(opts.db_table)} ({columns})"
-            f" VALUES {db.placeholders(count, len(INSERT_FIELDS))}"
-            f"{db.returning_pk(conn, Message)}")
 
 
 def _touch_sql(conn, count: int) -> str:

@@ -179,14 +179,6 @@ def _lock_sql(conn, count: int) -> str:
 INSERT_FIELDS = ("user", "data", "broadcast", "created_at", "delivered_at")
 
 
-def _insert_sql(conn, count: int) -> str:
-    opts, quote = Notification._meta, conn.ops.quote_name
-    columns = ", ".join(quote(opts.get_field(name).column) for name in INSERT_FIELDS)
-    return (f"INSERT INTO {quote(opts.db_table)} ({columns})"
-            f" VALUES {db.placeholders(count, len(INSERT_FIELDS))}"
-            f"{db.returning_pk(conn, Notification)}")
-
-
 def _over_limit_sql(conn, count: int) -> str:
     table = conn.ops.quote_name(Notification._meta.db_table)
     return (f"SELECT user_id FROM {table} WHERE delivered_at IS NULL"
@@ -239,7 +231,7 @@ def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime
     """
     ops, encoder = cursor.db.ops, Notification._meta.get_field("data").encoder
     moment = ops.adapt_datetimefield_value(now)
-    return db.insert_returning_ids(cursor, _insert_sql, [
+    return db.insert_returning_ids(cursor, Notification, INSERT_FIELDS, [
         # What JSONField.get_db_prep_save() comes to, without its per-field steps.
         (user_id, ops.adapt_json_value(data, encoder), user_id is None, moment,
          moment if user_id is None else None)

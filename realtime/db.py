@@ -52,7 +52,6 @@ __all__ = [
     "hot_transaction",
     "insert_returning_ids",
     "placeholders",
-    "returning_pk",
     "run",
     "run_blocking",
     "statement",
@@ -310,59 +309,79 @@ def placeholders(count: int, width: int = 1) -> str:
 
 
 #: The hot paths' SQL by (backend, builder, shape): built once, not per batch.
-_statements: dict[tuple[str, Callable, int], str] = {}
+_statements: dict[tuple, str] = {}
 
 
-def statement(cursor, build: Callable[[Any, int], str], count: int) -> str:
-    """``build(connection, count)``: the SQL for ``count`` rows on the cursor's backend.
+def statement(cursor, build: Callable[..., str], *shape: Any) -> str:
+    """``build(connection, *shape)``: the SQL of that shape on the cursor's backend.
 
     Table and column names come from the models, so the text depends only on the
-    backend's quoting and the number of rows: each shape is built once, not per
-    batch.
+    backend's quoting and the shape (a number of rows, say): each shape is built
+    once, not per batch.
     """
-    key = (cursor.db.vendor, build, count)
+    key = (cursor.db.vendor, build, shape)
     sql = _statements.get(key)
     if sql is None:
-        sql = _statements[key] = build(cursor.db, count)
+        sql = _statements[key] = build(cursor.db, *shape)
     return sql
 
 
-#: Rows per multi-row ``INSERT``: five parameters each stay under the 999 that
-#: SQLite before 3.32 allows per statement.
+#: Rows per multi-row ``INSERT`` on SQLite: five parameters each stay under the 999
+#: that SQLite before 3.32 allows per statement.
 INSERT_CHUNK = 150
 
 
-def insert_returning_ids(cursor, build: Callable[[Any, int], str],
+def insert_returning_ids(cursor, model: Any, fields: tuple[str, ...],
                          rows: list[tuple]) -> list[int]:
-    """Insert ``rows`` with the ``INSERT`` that ``build`` makes; their ids, in order.
+    """Insert ``rows`` (the values of ``model``'s ``fields``, in that order); their ids.
 
-    ``build(connection, count)`` gives an ``INSERT`` of ``count`` rows that ends
-    in ``RETURNING`` the primary key where the backend can. One statement per
-    :data:`INSERT_CHUNK` rows (SQLite 3.35+, PostgreSQL: the order of the returned
-    ids is the order of the rows, as ``bulk_create`` relies on too); one per row
-    on an older SQLite.
+    The ids come in the order of the rows, as ``bulk_create`` relies on too.
+
+    * PostgreSQL: one ``INSERT ... SELECT * FROM UNNEST(...) RETURNING``, one array
+      per column, as ``bulk_create`` does: the statement's text is the same whatever
+      the number of rows, so psycopg parses it once (it caches the parse only of
+      statements of up to 50 parameters).
+    * SQLite 3.35+: one multi-row ``INSERT ... RETURNING`` per :data:`INSERT_CHUNK`.
+    * Older SQLite: one statement per row.
+
+    Values are as the driver takes them: ``connection.ops.adapt_*`` already applied.
     """
     conn = cursor.db
     ids: list[int] = []
+    if not rows:
+        return ids
     if conn.features.can_return_rows_from_bulk_insert:
+        if conn.vendor == "postgresql":
+            cursor.execute(statement(cursor, _insert_sql, model, fields, None),
+                           [list(column) for column in zip(*rows, strict=True)])
+            return [row[0] for row in cursor.fetchall()]
         for start in range(0, len(rows), INSERT_CHUNK):
             chunk = rows[start : start + INSERT_CHUNK]
-            cursor.execute(statement(cursor, build, len(chunk)),
+            cursor.execute(statement(cursor, _insert_sql, model, fields, len(chunk)),
                            [value for row in chunk for value in row])
             ids.extend(row[0] for row in cursor.fetchall())
-    else:
-        returning = conn.features.can_return_columns_from_insert
-        for row in rows:
-            cursor.execute(statement(cursor, build, 1), row)
-            ids.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
+        return ids
+    returning = conn.features.can_return_columns_from_insert
+    for row in rows:
+        cursor.execute(statement(cursor, _insert_sql, model, fields, 1), row)
+        ids.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
     return ids
 
 
-def returning_pk(conn, model) -> str:
-    """`` RETURNING <pk>`` where the backend can return columns from an ``INSERT``."""
-    if not conn.features.can_return_columns_from_insert:
-        return ""
-    return f" RETURNING {conn.ops.quote_name(model._meta.pk.column)}"
+def _insert_sql(conn, model: Any, fields: tuple[str, ...], count: int | None) -> str:
+    """The ``INSERT`` of ``count`` rows, or (``None``) of one array per column."""
+    opts, quote = model._meta, conn.ops.quote_name
+    columns = [opts.get_field(name) for name in fields]
+    head = f"INSERT INTO {quote(opts.db_table)} ({', '.join(quote(f.column) for f in columns)})"
+    if count is None:
+        # As bulk_create: the types without their parameters (varchar[], not varchar(64)[]).
+        arrays = ", ".join(f"(%s)::{f.db_type(conn).split('(')[0]}[]" for f in columns)
+        values = f" SELECT * FROM UNNEST({arrays})"
+    else:
+        values = f" VALUES {placeholders(count, len(columns))}"
+    returning = (f" RETURNING {quote(opts.pk.column)}"
+                 if conn.features.can_return_columns_from_insert else "")
+    return head + values + returning
 
 
 @functools.lru_cache(maxsize=1024)
