@@ -4,8 +4,8 @@ Plain sync functions for the database worker (:func:`realtime.db.run`), called b
 :class:`chat.sequencer.RoomsWriter` with every batch: with many small rooms that is
 once every few messages, so the statements are SQL built once per shape
 (:func:`realtime.db.statement`) on a :func:`realtime.db.hot_cursor`, as the
-notifications' are. The ORM's ``bulk_create`` cost several times the CPU per
-message (bench/RESULTS.md).
+notifications' are: the ORM's ``bulk_create`` was the largest cost of a message in
+small rooms (bench/RESULTS.md, issue 20's seventh part).
 """
 
 from dataclasses import dataclass

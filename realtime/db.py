@@ -326,8 +326,8 @@ def statement(cursor, build: Callable[..., str], *shape: Any) -> str:
     return sql
 
 
-#: Rows per multi-row ``INSERT`` on SQLite: five parameters each stay under the 999
-#: that SQLite before 3.32 allows per statement.
+#: Rows per multi-row ``INSERT`` on SQLite, fewer where their parameters would pass
+#: the backend's ``max_query_params`` (999: SQLite before 3.32).
 INSERT_CHUNK = 150
 
 
@@ -355,8 +355,9 @@ def insert_returning_ids(cursor, model: Any, fields: tuple[str, ...],
             cursor.execute(statement(cursor, _insert_sql, model, fields, None),
                            [list(column) for column in zip(*rows, strict=True)])
             return [row[0] for row in cursor.fetchall()]
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start : start + INSERT_CHUNK]
+        size = min(INSERT_CHUNK, (conn.features.max_query_params or 999) // len(fields))
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
             cursor.execute(statement(cursor, _insert_sql, model, fields, len(chunk)),
                            [value for row in chunk for value in row])
             ids.extend(row[0] for row in cursor.fetchall())

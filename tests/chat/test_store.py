@@ -96,7 +96,7 @@ def test_a_failed_batch_stores_nothing(make_user):
 
 def test_the_batch_bypasses_djangos_cursor_when_nothing_watches(make_user, monkeypatch):
     """With no query log and no execute wrapper, the statements go to the driver's own
-    cursor (realtime.db.hot_cursor): the ORM's bulk_create cost several times the CPU
+    cursor (realtime.db.hot_cursor), not through the ORM's per-statement steps
     (bench/RESULTS.md)."""
     alice = make_user("alice")
     seen = []
