@@ -114,11 +114,15 @@ def _check_once(name: str, check: str, send) -> bool:
     return name in adapters()
 
 
-def prepare_daphne() -> None:
-    """What ``manage.py serve`` does before daphne starts: the daphne adapter's patches."""
+def prepare_daphne() -> bool:
+    """What ``manage.py serve`` does before daphne starts: the daphne adapter's patches.
+
+    Returns whether they apply (the adapter is on for the installed versions).
+    """
     adapter = adapters().get("daphne")
     if adapter is not None:
         adapter.apply_patches()
+    return adapter is not None
 
 
 def prepare_uvicorn() -> None:

@@ -172,6 +172,7 @@ def apply_patches() -> None:
     skip_twisted_form_parsing()
     bound_request_bodies()
     stop_gracefully()
+    free_closed_websockets()
 
 
 def plain_autobahn_log_arguments() -> None:
@@ -256,6 +257,48 @@ def refuse_body(request) -> None:
         b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
     request.channel.transport.loseConnection()
+
+
+def free_closed_websockets() -> None:
+    """Let reference counting free a WebSocket connection's objects once it is over.
+
+    Two reference cycles keep each WebSocket connection's objects (daphne's,
+    Twisted's and autobahn's: about 60) until a full garbage collection, which
+    under a reconnect storm walks every live connection (bench/RESULTS.md):
+
+    * the HTTP request that was upgraded stays in its channel's ``requests``, and
+      the request's ``channel`` is that channel. The channel is done with once
+      the connection is handed to the WebSocket protocol, so the request leaves it.
+    * autobahn resolves the protocol's ``is_closed`` Deferred with the protocol
+      itself. Once the connection is lost, the Deferred is replaced by one resolved
+      with ``None``: it is still resolved, for whoever asks later.
+    """
+    from daphne.http_protocol import WebRequest
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet import defer
+
+    process = WebRequest.process
+    if getattr(process, "frees_upgraded_requests", False):
+        return
+
+    def upgrading_process(self):
+        process(self)
+        channel = self.channel
+        # daphne hands the transport to the WebSocket protocol and keeps none.
+        if self.transport is None and channel is not None and self in channel.requests:
+            channel.requests.remove(self)
+
+    upgrading_process.frees_upgraded_requests = True
+    WebRequest.process = upgrading_process
+
+    connection_lost = WebSocketProtocol.connectionLost
+
+    def connectionLost(self, reason) -> None:
+        connection_lost(self, reason)
+        if self.is_closed.called:
+            self.is_closed = defer.succeed(None)
+
+    WebSocketProtocol.connectionLost = connectionLost
 
 
 def stop_gracefully() -> None:

@@ -1,11 +1,16 @@
 """``manage.py serve``: the daphne options derived from the settings."""
 
+import gc
+import io
 import shutil
 import subprocess
 
 import pytest
+from django.core.management import call_command
 from django.test import override_settings
 
+from realtime import servers
+from realtime.management.commands import serve
 from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphne_arguments
 from realtime.servers.daphne import plain_autobahn_log_arguments, skip_twisted_form_parsing
 from tests.conftest import IN_CI
@@ -70,6 +75,34 @@ def test_daphne_listens_with_that_backlog(daphne_server):
     listening = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True,
                                text=True, check=True).stdout.split()
     assert listening[2] == "1234"  # State Recv-Q Send-Q: Send-Q is the backlog
+
+
+@pytest.fixture
+def gc_thresholds():
+    """The test process's garbage-collection thresholds, put back afterwards."""
+    saved = gc.get_threshold()
+    yield saved
+    gc.set_threshold(*saved)
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_serve_spaces_full_collections_only_with_the_daphne_patches(
+        monkeypatch, gc_thresholds, patched):
+    """With the daphne adapter on (closed sockets need no collector), a full collection
+    comes every GC_THRESHOLD2 middle-generation ones; with it off, Python's thresholds stay."""
+    monkeypatch.setattr(servers, "prepare_daphne", lambda: patched)
+    monkeypatch.setattr(serve.CommandLineInterface, "run", lambda self, argv: None)
+    gc.set_threshold(700, 10, 10)
+    with override_settings(GC_THRESHOLD2=1234):
+        call_command("serve", port=8123, stdout=io.StringIO())
+    assert gc.get_threshold() == ((700, 10, 1234) if patched else (700, 10, 10))
+
+
+@override_settings(GC_THRESHOLD2=0)
+def test_zero_keeps_pythons_thresholds(gc_thresholds):
+    gc.set_threshold(700, 10, 10)
+    serve.space_full_collections()
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 def test_autobahn_log_arguments_are_plain_text(monkeypatch):

@@ -5,6 +5,7 @@ slow-reader bound intact."""
 import asyncio
 import functools
 import json
+import signal
 import sys
 from types import SimpleNamespace
 
@@ -231,3 +232,58 @@ async def test_an_untested_uvicorn_falls_back_and_still_closes_a_stalled_reader(
                      ">=0.54,<0.55") == 1
     assert "WebSocket frames go through the plain ASGI send" in log
     assert "transport writer" not in log and "one-write answer" not in log
+
+
+# --- Closed connections are freed without the garbage collector --------------------------
+
+#: The connection objects that daphne, Twisted and autobahn left in reference cycles.
+CONNECTION_TYPES = ("daphne.ws_protocol.WebSocketProtocol", "daphne.http_protocol.WebRequest",
+                    "twisted.web.http.HTTPChannel", "twisted.internet.tcp.Server")
+
+
+async def cycles_left_by_closed_sockets(daphne_server, tmp_path, command: list[str],
+                                        sockets: int = 5) -> dict[str, int]:
+    """The connection objects found in cycles once ``sockets`` echo sockets have opened,
+    closed and been let go by daphne (it drops a closed one within a second or two)."""
+    out = tmp_path / "cycles.json"
+    counting = [sys.executable, "-m", "tests.realtime.count_cycles", str(out), "--",
+                *command[1:]]
+    server = daphne_server(command=counting)
+    for _ in range(sockets):
+        await echo_once(server)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    found = dict.fromkeys(CONNECTION_TYPES, 0)
+    while True:
+        assert loop.time() < deadline, (found, server.output())
+        out.unlink(missing_ok=True)
+        server.process.send_signal(signal.SIGUSR1)
+        while not out.exists():
+            assert loop.time() < deadline, server.output()
+            await asyncio.sleep(0.05)
+        counts = json.loads(out.read_text())
+        for name in CONNECTION_TYPES:
+            found[name] += counts["garbage"].get(name, 0)
+        if not any(counts["alive"].get(name) for name in CONNECTION_TYPES):
+            return found
+        await asyncio.sleep(0.3)
+
+
+@pytest.mark.daphne
+@pytest.mark.django_db(transaction=True)
+async def test_a_closed_websocket_leaves_no_cycle_for_the_collector(daphne_server, tmp_path):
+    """Under the tested daphne, a WebSocket's objects are freed when it closes: a full
+    collection then finds none of them in a reference cycle (realtime/servers/daphne.py)."""
+    left = await cycles_left_by_closed_sockets(daphne_server, tmp_path, DAPHNE)
+    assert left == dict.fromkeys(CONNECTION_TYPES, 0)
+
+
+@pytest.mark.daphne
+@pytest.mark.django_db(transaction=True)
+async def test_without_the_patch_closed_websockets_wait_for_the_collector(daphne_server,
+                                                                          tmp_path):
+    """With an untested Twisted (the patches off), each closed socket's objects are in
+    cycles: what the test above would see if the patch stopped working."""
+    left = await cycles_left_by_closed_sockets(
+        daphne_server, tmp_path, pretending("twisted=26.11.0", DAPHNE))
+    assert all(count >= 5 for count in left.values()), left

@@ -1,0 +1,56 @@
+"""Run a command that, on ``SIGUSR1``, counts what a full garbage collection finds in cycles.
+
+``python -m tests.realtime.count_cycles OUT.json -- manage.py serve ...`` (or ``-- -m
+module ...``): each ``SIGUSR1`` runs ``gc.collect()`` keeping the garbage
+(``gc.DEBUG_SAVEALL``) and writes to OUT.json, by type (``module.QualName``), the objects
+it found unreachable (``garbage``) and those still alive (``alive``), then lets the garbage
+go. Automatic collection is off meanwhile, so that each count holds every cycle made
+since the one before, however young.
+"""
+
+import collections
+import gc
+import json
+import os
+import runpy
+import signal
+import sys
+
+
+def type_name(o: object) -> str:
+    return f"{type(o).__module__}.{type(o).__qualname__}"
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    out = args[0]
+    command = args[args.index("--") + 1:]
+
+    def count(*_) -> None:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            garbage = collections.Counter(map(type_name, gc.garbage))
+        finally:
+            gc.garbage.clear()
+            gc.set_debug(0)
+            gc.collect()  # the saved cycles are still cycles: this one frees them
+            gc.disable()
+        alive = collections.Counter(map(type_name, gc.get_objects()))
+        with open(out + ".part", "w") as file:
+            json.dump({"garbage": garbage, "alive": alive}, file)
+        # Renamed whole, so that a reader never sees half a file.
+        os.replace(out + ".part", out)
+
+    gc.disable()
+    signal.signal(signal.SIGUSR1, count)
+    if command[0] == "-m":
+        sys.argv = [command[1], *command[2:]]
+        runpy.run_module(command[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = command
+        runpy.run_path(command[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
