@@ -12,9 +12,10 @@ import collections
 import gc
 import json
 import os
-import runpy
 import signal
 import sys
+
+from tests.realtime.pretend_version import run_as_main
 
 
 def type_name(o: object) -> str:
@@ -44,12 +45,7 @@ def main() -> None:
 
     gc.disable()
     signal.signal(signal.SIGUSR1, count)
-    if command[0] == "-m":
-        sys.argv = [command[1], *command[2:]]
-        runpy.run_module(command[1], run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = command
-        runpy.run_path(command[0], run_name="__main__")
+    run_as_main(command)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ def main() -> None:
     command = args[split + 1:]
     real = importlib.metadata.version
     importlib.metadata.version = lambda name: pretended.get(name.lower()) or real(name)
+    run_as_main(command)
+
+
+def run_as_main(command: list[str]) -> None:
+    """Run ``command`` (``-m module args...`` or ``script args...``) as ``__main__``."""
     if command[0] == "-m":
         sys.argv = [command[1], *command[2:]]
         runpy.run_module(command[1], run_name="__main__", alter_sys=True)
