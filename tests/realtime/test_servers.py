@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime import servers, wire
 from tests.chat.helpers import stall_a_reader
-from tests.conftest import UVICORN
+from tests.conftest import UVICORN, wait_for
 
 DAPHNE = [sys.executable, "manage.py", "serve", "--port", "{port}"]
 
@@ -258,9 +258,7 @@ async def cycles_left_by_closed_sockets(daphne_server, tmp_path, command: list[s
         assert loop.time() < deadline, (found, server.output())
         out.unlink(missing_ok=True)
         server.process.send_signal(signal.SIGUSR1)
-        while not out.exists():
-            assert loop.time() < deadline, server.output()
-            await asyncio.sleep(0.05)
+        await wait_for(out.exists, timeout=10)
         counts = json.loads(out.read_text())
         for name in CONNECTION_TYPES:
             found[name] += counts["garbage"].get(name, 0)

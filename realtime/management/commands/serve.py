@@ -47,7 +47,8 @@ def space_full_collections() -> None:
     """Full garbage collections every ``GC_THRESHOLD2`` middle-generation ones.
 
     Only with the daphne adapter's patches on: they free a closed WebSocket's objects
-    without the collector, so fewer full collections leave no connections waiting.
+    without the collector, so spacing the full collections leaves no closed connection
+    waiting for one.
     """
     if settings.GC_THRESHOLD2:
         first, second, _ = gc.get_threshold()
