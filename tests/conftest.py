@@ -268,10 +268,10 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 async def read_until_closed(server, stalled) -> websockets.ConnectionClosed:
     """Once ``server`` logs that it dropped the stalled client, read it to its end.
 
-    Start it as a task before stalling the client: daphne (autobahn) waits only a
-    second for the client's answer to its close before cutting the connection, and
-    a client that reads later finds the close frame gone with it. Returns how the
-    connection closed.
+    Start it as a task before stalling the client: the server waits for the client's
+    answer to its close only ``CLOSE_WAIT_SECONDS`` (under daphne without the
+    adapter, autobahn's one second), and a client that reads later finds the close
+    frame gone with the connection. Returns how the connection closed.
     """
     await wait_for(lambda: "stopped reading" in server.output(), timeout=60)
     # The test kept the receive buffer tiny to stall quickly; at 4 KiB a window,

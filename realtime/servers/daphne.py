@@ -173,6 +173,7 @@ def apply_patches() -> None:
     bound_request_bodies()
     stop_gracefully()
     free_closed_websockets()
+    wait_for_close_answers()
 
 
 def plain_autobahn_log_arguments() -> None:
@@ -299,6 +300,32 @@ def free_closed_websockets() -> None:
             self.is_closed = defer.succeed(None)
 
     WebSocketProtocol.connectionLost = connectionLost
+
+
+def wait_for_close_answers() -> None:
+    """Give a client as long to answer a close frame as the consumer gives uvicorn's.
+
+    autobahn drops a connection whose peer has not answered its close frame one
+    second after the close was *sent*, buffered bytes and all; a client that has
+    fallen behind (the slow-reader close, 4010) then never sees the close code.
+    daphne sets no ``closeHandshakeTimeout``; here its factory starts with
+    :data:`realtime.consumers.CLOSE_WAIT_SECONDS`, the bound a stalled close has
+    under uvicorn. daphne's own options, set after, leave it as it is.
+    """
+    from daphne.ws_protocol import WebSocketFactory
+
+    from realtime.consumers import CLOSE_WAIT_SECONDS
+
+    original = WebSocketFactory.__init__
+    if getattr(original, "waits_for_close_answers", False):
+        return
+
+    def __init__(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        self.setProtocolOptions(closeHandshakeTimeout=CLOSE_WAIT_SECONDS)
+
+    __init__.waits_for_close_answers = True
+    WebSocketFactory.__init__ = __init__
 
 
 def stop_gracefully() -> None:

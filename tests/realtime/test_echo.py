@@ -78,18 +78,17 @@ async def test_unknown_path_is_refused_at_handshake():
     assert not connected
 
 
-@pytest.mark.daphne
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("command", [None, UVICORN], ids=["daphne", "uvicorn"])
-async def test_binary_echo_to_a_stalled_reader_is_bounded(daphne_server, command):
-    """Binary echoes that a client leaves unread past WS_MAX_SEND_BUFFER_BYTES close it (4010)."""
-    server = daphne_server(command=command, WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
+async def stalled_echo_client(server) -> websockets.ClientConnection:
+    """An echo client with a tiny receive buffer that reads nothing."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep the kernel's share small
     sock.connect(("127.0.0.1", server.port))
-    stalled = await websockets.connect(f"{server.ws_url}/ws/echo/", sock=sock, max_queue=1,
-                                       max_size=None)
-    closed_task = asyncio.ensure_future(read_until_closed(server, stalled))
+    return await websockets.connect(f"{server.ws_url}/ws/echo/", sock=sock, max_queue=1,
+                                    max_size=None)
+
+
+async def send_until_closed(server, stalled) -> None:
+    """Send binary frames to echo until ``server`` logs that it closed ``stalled``."""
     deadline = time.monotonic() + 30
     while "stopped reading" not in server.output():
         assert time.monotonic() < deadline, "the stalled reader was never closed"
@@ -97,5 +96,31 @@ async def test_binary_echo_to_a_stalled_reader_is_bounded(daphne_server, command
             await asyncio.wait_for(stalled.send(b"x" * 16384), 1)
         except (TimeoutError, websockets.ConnectionClosed):
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.daphne
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("command", [None, UVICORN], ids=["daphne", "uvicorn"])
+async def test_binary_echo_to_a_stalled_reader_is_bounded(daphne_server, command):
+    """Binary echoes that a client leaves unread past WS_MAX_SEND_BUFFER_BYTES close it (4010)."""
+    server = daphne_server(command=command, WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
+    stalled = await stalled_echo_client(server)
+    closed_task = asyncio.ensure_future(read_until_closed(server, stalled))
+    await send_until_closed(server, stalled)
     closed = await closed_task
+    assert closed.rcvd is not None and closed.rcvd.code == 4010
+
+
+@pytest.mark.daphne
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("command", [None, UVICORN], ids=["daphne", "uvicorn"])
+async def test_a_stalled_reader_that_reads_seconds_later_still_gets_4010(daphne_server, command):
+    """The server waits CLOSE_WAIT_SECONDS (10 s) for a closed slow reader to take its
+    backlog and answer the close, under either server: one that reads 3 s after its
+    4010 still finds the close frame (autobahn alone would drop it after 1 s)."""
+    server = daphne_server(command=command, WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
+    stalled = await stalled_echo_client(server)
+    await send_until_closed(server, stalled)
+    await asyncio.sleep(3)
+    closed = await read_until_closed(server, stalled)
     assert closed.rcvd is not None and closed.rcvd.code == 4010
