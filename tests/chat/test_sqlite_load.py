@@ -21,7 +21,8 @@ from django.conf import settings
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne]
+# `once`: on any stack it serves its own embedded SQLite, so one pass is the whole check.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne, pytest.mark.once]
 
 ROOM = "load"
 USERS = 5

@@ -179,6 +179,7 @@ def parse_or_error(parser, text: str | None, data: bytes | None):
 FUZZ = settings(max_examples=600 * SCALE, deadline=None)
 
 
+@pytest.mark.once  # pure functions: the stack changes nothing
 @FUZZ
 @given(texts())
 def test_chat_parser_never_raises_anything_else(text):
@@ -188,6 +189,7 @@ def test_chat_parser_never_raises_anything_else(text):
     assert not isinstance(frame, Ack)
 
 
+@pytest.mark.once  # pure functions: the stack changes nothing
 @FUZZ
 @given(texts())
 def test_notification_parser_never_raises_anything_else(text):
@@ -197,6 +199,7 @@ def test_notification_parser_never_raises_anything_else(text):
     assert frame is None or isinstance(frame, Ping | Auth | Ack)
 
 
+@pytest.mark.once  # pure functions: the stack changes nothing
 @settings(max_examples=300 * SCALE, deadline=None)
 @given(texts())
 def test_load_frame_gives_a_dict_with_a_string_type_or_protocol_error(text):
@@ -210,6 +213,7 @@ def test_load_frame_gives_a_dict_with_a_string_type_or_protocol_error(text):
     assert isinstance(frame, dict) and isinstance(frame["type"], str)
 
 
+@pytest.mark.once  # pure functions: the stack changes nothing
 @settings(max_examples=300 * SCALE, deadline=None)
 @given(st.binary(max_size=300))
 def test_binary_frames_are_invalid_message_on_json_endpoints(data):
@@ -330,6 +334,7 @@ async def test_live_json_endpoint_answers_every_frame_with_a_contract_frame(fuzz
 # --- Credentials and handshakes ----------------------------------------------------------
 
 
+@pytest.mark.once  # pure functions: the stack changes nothing
 @settings(max_examples=300 * SCALE, deadline=None)
 @given(st.text(any_char, max_size=300) | st.builds(
     lambda parts: ".".join(parts), st.lists(st.text("abcxyzAZ09-_=+/", max_size=60),
