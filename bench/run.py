@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -175,6 +176,8 @@ class Bench:
         self.results: list[dict] = []
         self.servers: list[Server] = []
         self.db = self.out / "bench.sqlite3"
+        #: The PostgreSQL databases made for one server each (see own_database).
+        self.own_databases: list[str] = []
         self.server_cpu = "0" if (os.cpu_count() or 1) >= 2 and not args.no_pin else None
         self.client_cpu = "1" if self.server_cpu else None
 
@@ -205,15 +208,35 @@ class Bench:
                        timeout=600)
 
     def prepare_database(self, users: int, env: dict | None = None, root: Path = ROOT) -> None:
+        """Migrate the database and make the users. A PostgreSQL database is emptied
+        first (the SQLite files are new with each run), and the main one copied to
+        ``<name>_template`` for the servers that get a database of their own."""
+        main = env is None
         env = env or self.project_env("memory")
         self.users = users
-        log(f"migrating {'DATABASE_URL' if self.args.database_url else env['SQLITE_PATH']}")
+        log(f"migrating {env.get('DATABASE_URL') or env['SQLITE_PATH']}")
         self.manage(env, "migrate", "-v0", root=root)
+        if self.postgres():
+            self.manage(env, "flush", "--no-input", "-v0", root=root)
         self.manage(env, "shell", "-c",
                     CREATE_USERS.format(staff=STAFF, prefix=USER_PREFIX, count=users), root=root)
+        if main and self.postgres():
+            import psycopg
+            from psycopg import sql
+
+            base = self.args.database_url
+            name = psycopg.conninfo.conninfo_to_dict(base)["dbname"]
+            with psycopg.connect(base.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name + "_template")))
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name + "_template"), sql.Identifier(name)))
+
+    def postgres(self) -> bool:
+        return self.args.database_url.startswith(("postgres://", "postgresql://"))
 
     def vacuum_database(self) -> None:
-        """``VACUUM ANALYZE`` a PostgreSQL ``--database-url`` before a scenario.
+        """``VACUUM ANALYZE`` every PostgreSQL database of the run before a scenario.
 
         Every scenario then starts from the same state, as under PostgreSQL's
         autovacuum: without it (it is off on the bench machine) the acked
@@ -221,14 +244,42 @@ class Bench:
         undelivered ones, and the planner's statistics are never refreshed
         (bench/RESULTS.md, "eighth part").
         """
-        url = self.args.database_url
-        if not url.startswith(("postgres://", "postgresql://")):
+        if not self.postgres():
             return
         import psycopg
 
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE")
-        log("vacuumed and analysed the database")
+        for url in [self.args.database_url, *self.own_databases]:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE")
+        log(f"vacuumed and analysed {1 + len(self.own_databases)} database(s)")
+
+    def own_database(self, label: str, root: Path) -> str:
+        """A PostgreSQL database of the server ``label`` alone (its URL), made afresh.
+
+        Servers that shared one database would share its rooms: loadgen names a
+        run's room by the run alone, so the second server of a run would send
+        the first one's messages as history (bench/RESULTS.md, "eighth part").
+        """
+        import psycopg
+        from psycopg import sql
+
+        base = self.args.database_url
+        name = psycopg.conninfo.conninfo_to_dict(base)["dbname"]
+        own = f"{name}_{re.sub(r'[^a-z0-9]+', '_', label.lower())}"
+        with psycopg.connect(base.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(own)))
+            if root == ROOT:  # a copy of the prepared database, made before any server ran
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(own), sql.Identifier(name + "_template")))
+            else:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(own)))
+        url = base.rsplit("/", 1)[0] + "/" + own
+        self.own_databases.append(url)
+        if root != ROOT:  # the baseline's own schema, which may be older
+            self.prepare_database(self.users, {**self.project_env("memory"),
+                                               "DATABASE_URL": url}, root)
+        return url
 
     def flush_redis(self) -> None:
         import redis
@@ -266,6 +317,11 @@ class Bench:
                 else:
                     shutil.copyfile(self.db, own)
             env["SQLITE_PATH"] = str(own)
+        if self.postgres() and (kind != "daphne" or root != ROOT or extra_env):
+            env["DATABASE_URL"] = self.own_database(label, root)
+            # Nor do they share a cluster on Redis (presence, the registry, the room locks).
+            if "REDIS_PREFIX" in env:
+                env["REDIS_PREFIX"] = f"bench-{label.removeprefix('project-')}"
         if kind == "daphne":
             cmd = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
         else:
