@@ -233,7 +233,7 @@ class Bench:
                     sql.Identifier(name + "_template"), sql.Identifier(name)))
 
     def postgres(self) -> bool:
-        return self.args.database_url.startswith(("postgres://", "postgresql://"))
+        return (self.args.database_url or "").startswith(("postgres://", "postgresql://"))
 
     def vacuum_database(self) -> None:
         """``VACUUM ANALYZE`` every PostgreSQL database of the run before a scenario.
