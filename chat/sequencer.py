@@ -188,8 +188,7 @@ class RoomSequencer:
         if delivered_here:
             event["delivered_by"] = local.hub.proc_id
             try:
-                for item in items:
-                    await local.deliver(item)
+                await local.deliver_all(items)
             except Exception:
                 # As the hub does for its listeners: what is stored stays stored.
                 logger.exception("delivering in room %s failed", local.name)

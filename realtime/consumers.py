@@ -284,10 +284,11 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         else:
             await self._send({"type": "websocket.send", "bytes": bytes_data})
 
-    def send_now(self, encoded: bytes) -> bool:
-        """Write an encoded text frame at once if nothing is queued before it.
+    def send_now(self, encoded: bytes, frames: int = 1) -> bool:
+        """Write encoded text frames (``frames`` of them, joined) at once if nothing
+        is queued before them.
 
-        ``False`` means nothing was done and :meth:`send` must send it
+        ``False`` means nothing was done and :meth:`send` must send each
         (another server, a closing connection, or bytes already waiting: that
         is where the slow-reader bound is checked). A room's fan-out calls this
         per member, so it is plain, not a coroutine.
@@ -295,7 +296,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         direct = self._direct
         if direct is None or self.closing or not direct.write_if_idle(encoded):
             return False
-        self._frames_out.value += 1
+        self._frames_out.value += frames
         return True
 
     def unsent_bytes(self) -> int:

@@ -6,7 +6,7 @@ writers of :mod:`realtime.servers` put these bytes on the wire.
 
 import struct
 
-__all__ = ["asgi_message", "binary_frame", "text_frame"]
+__all__ = ["asgi_messages", "binary_frame", "text_frame"]
 
 _TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
 
@@ -30,10 +30,19 @@ def binary_frame(data: bytes) -> bytes:
     return _frame(_BINARY, data)
 
 
-def asgi_message(frame: bytes) -> dict:
-    """The ``websocket.send`` message that carries the payload of ``frame``."""
-    length = frame[1]
-    payload = frame[2 if length < 126 else 4 if length == 126 else 10:]
-    if frame[0] == _TEXT:
-        return {"type": "websocket.send", "text": payload.decode("utf-8")}
-    return {"type": "websocket.send", "bytes": payload}
+def asgi_messages(frames: bytes) -> list[dict]:
+    """The ``websocket.send`` messages that carry the payloads of ``frames``: one
+    encoded frame, or several one after another (a room's batch is written joined)."""
+    messages, start, end = [], 0, len(frames)
+    while start < end:
+        length = frames[start + 1]
+        head = 2 if length < 126 else 4 if length == 126 else 10
+        if length >= 126:
+            length = int.from_bytes(frames[start + 2 : start + head], "big")
+        payload = frames[start + head : start + head + length]
+        if frames[start] == _TEXT:
+            messages.append({"type": "websocket.send", "text": payload.decode("utf-8")})
+        else:
+            messages.append({"type": "websocket.send", "bytes": payload})
+        start += head + length
+    return messages

@@ -20,7 +20,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from realtime.wire import asgi_message
+from realtime.wire import asgi_messages
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,11 @@ class AsgiWriter:
         try:
             while queue:
                 item, size, done = queue[0]
-                await self._send(asgi_message(item) if done is None else item)
+                if done is None:  # encoded frames, one or more
+                    for message in asgi_messages(item):
+                        await self._send(message)
+                else:
+                    await self._send(item)
                 queue.popleft()
                 self._unsent -= size
                 if done and not done.done():

@@ -10,6 +10,7 @@ from channels.layers import InMemoryChannelLayer
 from chat import fanout, services, store
 from chat.models import Message
 from chat.sequencer import Outgoing, RoomsWriter
+from realtime import wire
 from realtime.hub import get_hub
 from tests.chat.test_services import Silent
 
@@ -97,3 +98,76 @@ async def test_a_batch_delivered_here_skips_the_layer_when_nobody_else_listens(m
     assert sent == [local.group] and "together" in member.frames[-1]
     await hub.layer.group_discard(local.group, "another-process!x")
     await fanout.leave(hub, "quiet", member, announced=False)
+
+
+# --- A batch's frames go to each member in one write --------------------------------------
+
+
+class Recording(Silent):
+    """A member whose connection takes what ``send_now`` is given, unless told not to."""
+
+    def __init__(self, conn: str, username: str, *, takes: bool = True) -> None:
+        super().__init__(conn, username)
+        self.takes, self.writes = takes, []
+
+    def send_now(self, encoded: bytes, frames: int = 1) -> bool:
+        if not self.takes:
+            return False
+        self.writes.append((wire.asgi_messages(encoded), frames))
+        return True
+
+
+def texts(write: tuple[list[dict], int]) -> list[str]:
+    messages, frames = write
+    assert len(messages) == frames
+    return [message["text"] for message in messages]
+
+
+async def test_each_member_gets_a_batch_in_one_write_in_order():
+    """N messages of one batch are one write per member, in id order; a private
+    message goes only to its two users, the sender's own copy is its ref'd frame."""
+    hub = await get_hub()
+    ann, bob, cyd = (Recording(hub.new_connection_name(), name) for name in ("ann", "bob", "cyd"))
+    local = await fanout.join(hub, "batched", ann)
+    for member in (bob, cyd):
+        await fanout.join(hub, "batched", member)
+    for member in (ann, bob, cyd):
+        member.pending = None  # live
+    items = [
+        {"id": 11, "frame": "m11", "frame_ref": "m11+ref", "origin": ann.conn},
+        {"id": 12, "frame": "p12", "to": ["ann", "bob"]},
+        {"id": 13, "frame": "m13"},
+    ]
+    await local.deliver_all(items)
+    assert [texts(write) for write in ann.writes] == [["m11+ref", "p12", "m13"]]
+    assert [texts(write) for write in bob.writes] == [["m11", "p12", "m13"]]
+    assert [texts(write) for write in cyd.writes] == [["m11", "m13"]]
+    await local.deliver_all(items)  # ids already seen are not sent again
+    assert len(ann.writes) == len(bob.writes) == len(cyd.writes) == 1
+
+
+async def test_a_member_that_cannot_take_a_batch_at_once_gets_it_frame_by_frame():
+    """Bytes already wait (or another server): each frame through send(), in order;
+    a joining member holds the batch."""
+    hub = await get_hub()
+    slow = Recording(hub.new_connection_name(), "slow", takes=False)
+    joining = Recording(hub.new_connection_name(), "new")
+    local = await fanout.join(hub, "held", slow)
+    await fanout.join(hub, "held", joining)
+    slow.pending = None
+    items = [{"id": 21, "frame": "m21"}, {"id": 22, "frame": "m22"}]
+    await local.deliver_all(items)
+    assert slow.frames == ["m21", "m22"] and slow.writes == []
+    assert joining.pending == items and joining.writes == []
+
+
+async def test_a_batch_over_the_joined_size_goes_frame_by_frame():
+    """Past MAX_JOINED_BYTES a member's share of a batch is sent frame by frame, so the
+    slow-reader bound is checked between its frames as before."""
+    hub = await get_hub()
+    member = Recording(hub.new_connection_name(), "ann")
+    local = await fanout.join(hub, "large", member)
+    member.pending = None
+    big = "x" * (fanout.MAX_JOINED_BYTES // 2)
+    await local.deliver_all([{"id": 31, "frame": big}, {"id": 32, "frame": big + "y"}])
+    assert member.writes == [] and member.frames == [big, big + "y"]

@@ -28,7 +28,7 @@ class Silent(Gapless):
     async def send(self, text_data: str, *, encoded: bytes | None = None) -> None:
         self.frames.append(text_data)
 
-    def send_now(self, encoded: bytes) -> bool:
+    def send_now(self, encoded: bytes, frames: int = 1) -> bool:
         return False
 
 

@@ -86,6 +86,20 @@ async def test_the_asgi_writer_counts_what_send_has_not_taken_and_keeps_the_orde
     assert writer.unsent_bytes() == 0 and not writer.paused
 
 
+async def test_the_asgi_writer_sends_joined_frames_as_one_message_each():
+    """A room's batch is written as its frames joined: each becomes its own message."""
+    send = SlowSend()
+    send.gate.set()
+    writer = servers.AsgiWriter(send)
+    texts = ["a", "é" * 200, "x" * 70000]
+    joined = b"".join(wire.text_frame(text) for text in texts) + wire.binary_frame(b"\x00")
+    assert writer.write_if_idle(joined)
+    await asyncio.sleep(0.01)
+    assert send.sent == [*({"type": "websocket.send", "text": text} for text in texts),
+                         {"type": "websocket.send", "bytes": b"\x00"}]
+    assert writer.unsent_bytes() == 0
+
+
 async def test_an_aborted_or_refused_asgi_writer_takes_no_more_frames():
     send = SlowSend()
     writer = servers.AsgiWriter(send)

@@ -38,6 +38,18 @@ def test_binary_frame_is_what_daphne_sends(size):
     assert wire.binary_frame(data) == PreparedMessage(data, True, False, True).payloadHybi
 
 
+def test_joined_frames_come_apart_into_their_messages():
+    """asgi_messages reads one frame or several in a row, at every length encoding."""
+    texts = ["", "x" * 125, "é" * 100, "y" * 65536]
+    joined = b"".join(wire.text_frame(text) for text in texts) + wire.binary_frame(b"\x01\x02")
+    assert wire.asgi_messages(joined) == [
+        *({"type": "websocket.send", "text": text} for text in texts),
+        {"type": "websocket.send", "bytes": b"\x01\x02"},
+    ]
+    assert wire.asgi_messages(wire.text_frame("one")) == [{"type": "websocket.send",
+                                                           "text": "one"}]
+
+
 class FakeTransport:
     """The parts of Twisted's TCP transport the writer touches."""
 
