@@ -380,6 +380,7 @@ async def test_any_handshake_gets_a_contract_outcome(transactional_db, query, au
     await comm.disconnect()
 
 
+@pytest.mark.once  # it counts the pure fuzzers too, which run in the embedded pass only
 def test_fuzzers_really_ran(capsys):
     """Each fuzz test above ran many examples (when run together); prints the counts."""
     if len(RUNS) < 8:
