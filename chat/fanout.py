@@ -121,40 +121,28 @@ class LocalRoom:
             self._catching_up.remove(entry)
 
     async def deliver(self, item: dict) -> None:
-        """Send one item of a batch to every member that may see it, or buffer it if
-        joining (a deletion among them goes to :meth:`relay`)."""
-        if "deleted" in item:
-            await self.relay(item)
-            return
-        audience, skip = item.get("to"), item.get("skip")
-        encoded = None
-        for member in list(self.members.values()):
-            if member.conn == skip or (audience and member.username not in audience):
-                continue
-            if member.pending is not None:
-                member.pending.append(item)
-                continue
-            if encoded is None:
-                encoded = wire.text_frame(item["frame"])
-            # The common case is a plain write: no coroutine per member.
-            if claim(member, item) and (own_ref(member, item) or not member.send_now(encoded)):
-                await send_claimed(member, item, encoded)
+        """:meth:`deliver_all` of one item."""
+        await self.deliver_all([item])
 
     async def deliver_all(self, items: list[dict]) -> None:
-        """:meth:`deliver` the items of a batch, in order; each member's frames of the
-        batch go out in one write.
+        """Send the items of a batch, in order, to every member that may see them, or
+        buffer them for a member that is joining; a deletion among them goes to
+        :meth:`relay` in its place.
 
-        A room's fan-out is mostly one small write per member and frame, and the
-        system call costs more than the bytes (bench/RESULTS.md, "ninth part"):
-        joined, a batch of N messages is one write per member instead of N. A
-        member whose connection does not take them at once (bytes already wait,
-        another server), or whose share is over :data:`MAX_JOINED_BYTES`, gets
-        them one by one through :meth:`Member.send` (the slow-reader bound is
-        checked between them), after the others, in the same order.
+        Each member's frames of the batch go out in one write: a room's fan-out is
+        mostly one small write per member and frame, and the system call costs more
+        than the bytes (bench/RESULTS.md, "ninth part"). A member whose connection
+        does not take them at once (bytes already wait, another server), or whose
+        share is over :data:`MAX_JOINED_BYTES`, gets them one by one through
+        :meth:`Member.send` (the slow-reader bound is checked between them), after
+        the others, in the same order.
         """
-        if len(items) == 1 or any("deleted" in item for item in items):
+        if any("deleted" in item for item in items):
             for item in items:
-                await self.deliver(item)
+                if "deleted" in item:
+                    await self.relay(item)
+                else:
+                    await self.deliver_all([item])
             return
         encoded: list[bytes | None] = [None] * len(items)
         waiting = []
@@ -170,7 +158,7 @@ class LocalRoom:
                     continue
                 if not claim(member, item):
                     continue
-                claimed.append(item)
+                claimed.append(index)
                 if own_ref(member, item):
                     frames.append(wire.text_frame(item["frame_ref"]))
                     continue
@@ -182,8 +170,8 @@ class LocalRoom:
                             or not member.send_now(b"".join(frames), len(frames))):
                 waiting.append((member, claimed))
         for member, claimed in waiting:
-            for item in claimed:
-                await send_claimed(member, item)
+            for index in claimed:
+                await send_claimed(member, items[index], encoded[index])
 
     async def relay(self, item: dict) -> None:
         """Send a frame that is no message (``read``, ``typing``, ``message_deleted``)
