@@ -265,6 +265,21 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def connect_slow_client(server, path: str, *, source: str = "127.0.0.1",
+                              **options) -> websockets.ClientConnection:
+    """A client of ``server`` at ``path`` whose socket takes 4 KiB at a time.
+
+    The kernel then holds little of what the server sends, so what the client leaves
+    unread backs up on the server after a few frames. ``source``: an address of 127/8
+    to connect from; ``options`` go to ``websockets.connect``.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", server.port))
+    return await websockets.connect(f"{server.ws_url}{path}", sock=sock, **options)
+
+
 async def read_until_closed(server, stalled) -> websockets.ConnectionClosed:
     """Once ``server`` logs that it dropped the stalled client, read it to its end.
 

@@ -2,13 +2,13 @@
 
 import asyncio
 import json
-import socket
 import time
 
 import websockets
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
+from tests.conftest import connect_slow_client
 
 
 async def open_chat(room: str, token: str, *, since: str | int | None = None,
@@ -56,16 +56,11 @@ async def stall_a_reader(server, room: str, stalled_token: str, talker_token: st
     """Open a reader that never reads, and send to its room until the server drops it.
 
     Returns the stalled connection (to read its close) and the talker, still open.
-    The stalled socket's receive buffer is kept small so that the kernel holds
-    little of what the server sends.
     """
-    url = f"{server.ws_url}/ws/chat/{room}/?token="
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
-    stalled = await websockets.connect(url + stalled_token, sock=sock, max_queue=1,
-                                       max_size=None, compression=compression)
-    talker = await websockets.connect(url + talker_token, max_size=None)
+    path = f"/ws/chat/{room}/?token="
+    stalled = await connect_slow_client(server, path + stalled_token, max_queue=1,
+                                        max_size=None, compression=compression)
+    talker = await websockets.connect(server.ws_url + path + talker_token, max_size=None)
     deadline = time.monotonic() + 30
     sent = 0
     while "stopped reading" not in server.output():

@@ -8,7 +8,6 @@ A client that reads at a normal pace must get all of it and never be closed with
 
 import asyncio
 import json
-import socket
 
 import pytest
 import websockets
@@ -16,7 +15,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from chat.models import Message, Room
-from tests.conftest import UVICORN
+from tests.conftest import UVICORN, connect_slow_client
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne]
 
@@ -37,13 +36,9 @@ def fill_room(name: str, sender, count: int) -> list[int]:
 async def connect(server, room: str, token: str, *, since: int | None = 0,
                   source: str = "127.0.0.1"):
     """A client with a small receive buffer, from ``source`` (an address of 127/8)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", server.port))
     query = f"?token={token}" + ("" if since is None else f"&since={since}")
-    return await websockets.connect(f"{server.ws_url}/ws/chat/{room}/{query}", sock=sock,
-                                    max_size=None, compression=None)
+    return await connect_slow_client(server, f"/ws/chat/{room}/{query}", source=source,
+                                     max_size=None, compression=None)
 
 
 async def join_and_read(ws) -> tuple[dict | None, dict | None, int | None]:

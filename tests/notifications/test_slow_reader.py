@@ -2,13 +2,12 @@
 
 import asyncio
 import json
-import socket
 import time
 
 import pytest
 import websockets
 
-from tests.conftest import UVICORN, read_until_closed
+from tests.conftest import UVICORN, connect_slow_client, read_until_closed
 from tests.notifications.test_daphne import apost, recv_json, ws_url
 
 pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True)]
@@ -29,11 +28,8 @@ async def test_a_stalled_reader_is_dropped_and_other_users_are_served(
     await amake_user("reader")
     server = daphne_server(command=command, WS_MAX_SEND_BUFFER_BYTES="65536", WS_RATE_LIMIT="0")
     admin = token_for("boss")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep the kernel's share small
-    sock.connect(("127.0.0.1", server.port))
-    stalled = await websockets.connect(ws_url(server, token_for("stalled")), sock=sock,
-                                       max_queue=1, max_size=None)
+    stalled = await connect_slow_client(
+        server, f"/ws/notifications/?token={token_for('stalled')}", max_queue=1, max_size=None)
     closed_task = asyncio.ensure_future(read_until_closed(server, stalled))
     async with websockets.connect(ws_url(server, token_for("reader"))) as reader:
         deadline = time.monotonic() + 30

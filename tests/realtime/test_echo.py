@@ -1,7 +1,6 @@
 """``/ws/echo/`` (PROTOCOL.md): no auth, text comes back prefixed, bytes as they are."""
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -9,7 +8,7 @@ import websockets
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from tests.conftest import UVICORN, read_until_closed
+from tests.conftest import UVICORN, connect_slow_client, read_until_closed
 
 
 async def connect_echo(path: str = "/ws/echo/", headers=None) -> WebsocketCommunicator:
@@ -80,11 +79,7 @@ async def test_unknown_path_is_refused_at_handshake():
 
 async def stalled_echo_client(server) -> websockets.ClientConnection:
     """An echo client with a tiny receive buffer that reads nothing."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # keep the kernel's share small
-    sock.connect(("127.0.0.1", server.port))
-    return await websockets.connect(f"{server.ws_url}/ws/echo/", sock=sock, max_queue=1,
-                                    max_size=None)
+    return await connect_slow_client(server, "/ws/echo/", max_queue=1, max_size=None)
 
 
 async def send_until_closed(server, stalled) -> None:
