@@ -208,29 +208,22 @@ class Bench:
                        timeout=600)
 
     def prepare_database(self, users: int, env: dict | None = None, root: Path = ROOT) -> None:
-        """Migrate the database and make the users. A PostgreSQL database is emptied
-        first (the SQLite files are new with each run), and the main one copied to
-        ``<name>_template`` for the servers that get a database of their own."""
+        """Migrate the database and make the users. The main PostgreSQL database is
+        emptied first (the SQLite files and the other databases are new with each run)
+        and copied to ``<name>_template`` for the servers that get a database of their
+        own."""
         main = env is None
         env = env or self.project_env("memory")
         self.users = users
         log(f"migrating {env.get('DATABASE_URL') or env['SQLITE_PATH']}")
         self.manage(env, "migrate", "-v0", root=root)
-        if self.postgres():
+        if main and self.postgres():
             self.manage(env, "flush", "--no-input", "-v0", root=root)
         self.manage(env, "shell", "-c",
                     CREATE_USERS.format(staff=STAFF, prefix=USER_PREFIX, count=users), root=root)
         if main and self.postgres():
-            import psycopg
-            from psycopg import sql
-
-            base = self.args.database_url
-            name = psycopg.conninfo.conninfo_to_dict(base)["dbname"]
-            with psycopg.connect(base.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name + "_template")))
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name + "_template"), sql.Identifier(name)))
+            name = self.database_name()
+            self.remake_database(name + "_template", template=name)
 
     def postgres(self) -> bool:
         return (self.args.database_url or "").startswith(("postgres://", "postgresql://"))
@@ -260,26 +253,36 @@ class Bench:
         run's room by the run alone, so the second server of a run would send
         the first one's messages as history (bench/RESULTS.md, "eighth part").
         """
-        import psycopg
-        from psycopg import sql
-
-        base = self.args.database_url
-        name = psycopg.conninfo.conninfo_to_dict(base)["dbname"]
+        name = self.database_name()
         own = f"{name}_{re.sub(r'[^a-z0-9]+', '_', label.lower())}"
-        with psycopg.connect(base.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(own)))
-            if root == ROOT:  # a copy of the prepared database, made before any server ran
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(own), sql.Identifier(name + "_template")))
-            else:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(own)))
-        url = base.rsplit("/", 1)[0] + "/" + own
+        # Under this tree: a copy of the prepared database, made before any server ran.
+        url = self.remake_database(own, template=name + "_template" if root == ROOT else None)
         self.own_databases.append(url)
         if root != ROOT:  # the baseline's own schema, which may be older
             self.prepare_database(self.users, {**self.project_env("memory"),
                                                "DATABASE_URL": url}, root)
         return url
+
+    def database_name(self) -> str:
+        import psycopg
+
+        return psycopg.conninfo.conninfo_to_dict(self.args.database_url)["dbname"]
+
+    def remake_database(self, name: str, template: str | None = None) -> str:
+        """Drop the PostgreSQL database ``name`` on the server of ``--database-url`` and
+        create it again, empty or as a copy of ``template``; return its URL."""
+        import psycopg
+        from psycopg import sql
+
+        server = self.args.database_url.rsplit("/", 1)[0]
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with psycopg.connect(server + "/postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+            conn.execute(create)
+        return f"{server}/{name}"
 
     def flush_redis(self) -> None:
         import redis
