@@ -122,16 +122,25 @@ async def test_a_killed_process_users_leave_within_60_seconds(two_servers, make_
 
 
 async def test_a_stopped_process_users_leave_at_the_next_beat(two_servers, make_user, token_for):
-    """A process stopped normally (SIGTERM) is reaped at once: user_left, and the cap is freed."""
+    """A process stopped normally (SIGTERM) closes its sockets with 4012 and its users
+    leave: the other process sends user_left well before it would reap a dead one."""
     server_a, server_b = two_servers
     await database_sync_to_async(make_user)("alice")
     await database_sync_to_async(make_user)("bob")
     alice, _ = await join(server_a, "stop", token_for("alice"))
     bob, _ = await join(server_b, "stop", token_for("bob"))
     await recv(alice)
-    server_a.stop()
+    started = time.monotonic()
+    # Off the event loop, so that Alice's client answers the server's close: a client
+    # that does not answer holds the graceful stop for CLOSE_WAIT_SECONDS.
+    stopped = asyncio.create_task(asyncio.to_thread(server_a.stop))
+    with pytest.raises(websockets.ConnectionClosed):
+        await recv(alice)
+    assert alice.close_code == 4012
     # Heartbeats are 1 s and the dead-after time 3 s here: arriving well before the
-    # latter shows the process announced its own exit.
+    # latter shows the departure came from the stopping process, not from a reaper.
     left = await recv_type(bob, "user_left", timeout=2.5)
     assert left["user_id"] == "alice" and left["users"] == ["bob"]
+    assert time.monotonic() - started < 2.5
+    await stopped
     await bob.close()
