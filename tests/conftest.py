@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import functools
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.core.cache import cache
 from django.db import connections
 
@@ -129,15 +131,32 @@ def fresh_login_counters():
         cache.clear()
 
 
+def password_hash(password: str) -> str:
+    """``make_password(password)``, computed once per password and hasher setting in a
+    test process.
+
+    Django's PBKDF2 costs about 0.4 s of CPU per hash, and a browser test alone makes
+    four users with a password. The stored hash is as real as ever (the servers under
+    test check every login against it); only its salt is shared between tests.
+    """
+    return _password_hash(password, tuple(settings.PASSWORD_HASHERS))
+
+
+@functools.cache
+def _password_hash(password: str, hashers: tuple[str, ...]) -> str:
+    return make_password(password)
+
+
 @pytest.fixture
 def make_user(transactional_db) -> Callable[..., object]:
+    """``make_user(username, staff=, active=, password=)``: a saved user; without a
+    password, one that cannot log in with any."""
+
     def make(username: str, *, staff: bool = False, active: bool = True, password=None):
-        user = get_user_model().objects.create(
-            username=username, is_staff=staff, is_active=active
+        return get_user_model().objects.create(
+            username=username, is_staff=staff, is_active=active,
+            password=password_hash(password) if password else make_password(None),
         )
-        user.set_password(password)
-        user.save()
-        return user
 
     return make
 
