@@ -119,3 +119,24 @@ async def test_a_stalled_reader_that_reads_seconds_later_still_gets_4010(daphne_
     await asyncio.sleep(3)
     closed = await read_until_closed(server, stalled)
     assert closed.rcvd is not None and closed.rcvd.code == 4010
+
+
+@pytest.mark.daphne
+@pytest.mark.django_db(transaction=True)
+async def test_masked_frames_of_every_size_and_in_fragments_come_back_whole(daphne_server):
+    """Over a real daphne, a client's masked frames (RFC 6455, 5.3) are read back as sent,
+    whatever their length (short frames and long ones are unmasked differently) and
+    when a message comes in several frames."""
+    server = daphne_server(WS_RATE_LIMIT="0")
+    async with websockets.connect(f"{server.ws_url}/ws/echo/", max_size=None) as ws:
+        for size in (1, 3, 4, 5, 125, 126, 127, 1022, 1023, 1024, 1025, 4096, 20_000):
+            data = bytes((i * 7 + size) % 256 for i in range(size))
+            await ws.send(data)
+            assert await asyncio.wait_for(ws.recv(), 10) == data
+            text = ("ü" + "abc" * size)[:size]
+            await ws.send(text)
+            assert await asyncio.wait_for(ws.recv(), 10) == "Echo: " + text
+        await ws.send(["Frag", "mented ✓", " text"])
+        assert await asyncio.wait_for(ws.recv(), 10) == "Echo: Fragmented ✓ text"
+        await ws.send([b"\x00\x01", b"\x02" * 2000, b"\x03"])
+        assert await asyncio.wait_for(ws.recv(), 10) == b"\x00\x01" + b"\x02" * 2000 + b"\x03"

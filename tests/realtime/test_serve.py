@@ -2,8 +2,10 @@
 
 import gc
 import io
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from django.core.management import call_command
@@ -12,8 +14,15 @@ from django.test import override_settings
 from realtime import servers
 from realtime.management.commands import serve
 from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphne_arguments
-from realtime.servers.daphne import plain_autobahn_log_arguments, skip_twisted_form_parsing
-from tests.conftest import IN_CI
+from realtime.servers.daphne import (
+    SMALL_FRAME_BYTES,
+    IntegerUnmasker,
+    plain_autobahn_log_arguments,
+    skip_twisted_form_parsing,
+    skip_unobserved_message_events,
+    unmask_small_frames_in_python,
+)
+from tests.conftest import IN_CI, ROOT
 
 
 def option(args: list[str], name: str) -> str:
@@ -141,3 +150,101 @@ def test_twisted_no_longer_parses_post_forms_that_daphne_never_reads(monkeypatch
     with pytest.raises(RuntimeError):
         WebRequest(object())
     assert seen == [{"parsePOSTFormSubmission": False}]
+
+
+# --- Reading frames --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1023, 1024, 70_000])
+def test_the_integer_unmasker_unmasks_as_autobahn_does_in_any_pieces(size):
+    """RFC 6455, 5.3: byte i of the payload is XORed with byte i mod 4 of the mask, also
+    when the payload arrives in pieces that do not end on a multiple of four."""
+    from autobahn.websocket.xormasker import create_xor_masker
+
+    mask, payload = os.urandom(4), os.urandom(size)
+    expected = create_xor_masker(mask, size).process(payload)
+    assert IntegerUnmasker(mask).process(payload) == expected
+    unmasker, pieces = IntegerUnmasker(mask), []
+    for start in range(0, size, 7):
+        pieces.append(unmasker.process(payload[start:start + 7]))
+    assert b"".join(pieces) == expected and unmasker.pointer() == size
+    unmasker.reset()
+    assert unmasker.pointer() == 0 and unmasker.process(payload) == expected
+
+
+def test_small_client_frames_get_the_integer_unmasker_and_large_ones_autobahns(monkeypatch):
+    from autobahn.websocket import protocol
+
+    autobahns = protocol.create_xor_masker
+    monkeypatch.setattr(protocol, "create_xor_masker", autobahns)  # undone after the test
+    unmask_small_frames_in_python()
+    patched = protocol.create_xor_masker
+    unmask_small_frames_in_python()
+    assert protocol.create_xor_masker is patched
+    mask = b"abcd"
+    assert type(patched(mask, SMALL_FRAME_BYTES - 1)) is IntegerUnmasker
+    assert type(patched(mask, SMALL_FRAME_BYTES)) is type(autobahns(mask, SMALL_FRAME_BYTES))
+    assert type(patched(mask)) is type(autobahns(mask))
+
+
+def message_ending(protocol_class, payload: bytes):
+    """A daphne WebSocket protocol that has read ``payload`` in two pieces and is about
+    to end the message; what it hands on is in ``.handed``."""
+    connection = protocol_class.__new__(protocol_class)
+    connection.message_data, connection.message_is_binary = [payload[:3], payload[3:]], False
+    connection.failedByMe, connection.trackedTimings = False, None
+    connection.handed = []
+    connection._onMessage = lambda data, is_binary: connection.handed.append((data, is_binary))
+    return connection
+
+
+def test_a_message_nobody_observes_fires_no_event(monkeypatch):
+    """daphne gets the message; autobahn's "message" event, which has no observer, is
+    not fired (it would make and resolve a Deferred per message)."""
+    from daphne.ws_protocol import WebSocketProtocol
+
+    monkeypatch.setattr(WebSocketProtocol, "onMessageEnd", WebSocketProtocol.onMessageEnd)
+    skip_unobserved_message_events()
+    patched = WebSocketProtocol.onMessageEnd
+    skip_unobserved_message_events()
+    assert WebSocketProtocol.onMessageEnd is patched
+    connection = message_ending(WebSocketProtocol, b'{"type": "ping"}')
+
+    def fire(*args, **kwargs):
+        raise AssertionError("fired an event nobody observes")
+
+    connection.fire = fire
+    connection.onMessageEnd()
+    assert connection.handed == [(b'{"type": "ping"}', False)]
+    assert connection.message_data is None
+
+
+def test_a_message_someone_observes_still_fires_the_event(monkeypatch):
+    from daphne.ws_protocol import WebSocketProtocol
+
+    monkeypatch.setattr(WebSocketProtocol, "onMessageEnd", WebSocketProtocol.onMessageEnd)
+    skip_unobserved_message_events()
+    connection = message_ending(WebSocketProtocol, b"observed")
+    observed = []
+    connection.set_valid_events(["message"])  # as autobahn's __init__ does
+    connection.on("message", lambda payload, is_binary: observed.append(payload))
+    connection.onMessageEnd()
+    assert connection.handed == [(b"observed", False)] and observed == [b"observed"]
+
+
+def test_serve_applies_the_frame_shortcuts_under_the_locked_versions():
+    """What ``manage.py serve`` runs before daphne starts (in a process of its own, since
+    it patches classes) leaves both shortcuts on; if this fails, they are silently off."""
+    check = (
+        "import django; django.setup()\n"
+        "from realtime import servers\n"
+        "assert servers.prepare_daphne(), 'the daphne adapter is off'\n"
+        "from daphne.ws_protocol import WebSocketProtocol\n"
+        "from autobahn.websocket import protocol\n"
+        "assert WebSocketProtocol.onMessageEnd.skips_unobserved_events\n"
+        "assert protocol.create_xor_masker.unmasks_small_frames\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
