@@ -18,11 +18,13 @@ from realtime.servers.daphne import (
     SMALL_FRAME_BYTES,
     IntegerUnmasker,
     plain_autobahn_log_arguments,
+    read_short_messages_directly,
     skip_twisted_form_parsing,
     skip_unobserved_message_events,
     unmask_small_frames_in_python,
 )
 from tests.conftest import IN_CI, ROOT
+from tests.realtime.test_daphne_frames import BINARY, TEXT, frame
 
 
 def option(args: list[str], name: str) -> str:
@@ -243,8 +245,45 @@ def test_serve_applies_the_frame_shortcuts_under_the_locked_versions():
         "from autobahn.websocket import protocol\n"
         "assert WebSocketProtocol.onMessageEnd.skips_unobserved_events\n"
         "assert protocol.create_xor_masker.unmasks_small_frames\n"
+        "assert WebSocketProtocol.processData.reads_short_messages\n"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_short_whole_frames_are_read_without_autobahns_frame_machine(monkeypatch):
+    """Two short whole frames in the buffer are handed on directly, with autobahn's
+    counters kept; the partial frame after them is left to autobahn's processData.
+    (tests/realtime/test_daphne_frames.py checks both paths against a real daphne.)"""
+    from autobahn.websocket.protocol import TrafficStats
+    from daphne.ws_protocol import WebSocketProtocol
+
+    left_to_autobahn = []
+
+    def autobahns(self) -> bool:
+        left_to_autobahn.append(self.data)
+        return False
+
+    monkeypatch.setattr(WebSocketProtocol, "processData", autobahns)
+    read_short_messages_directly()
+    connection = WebSocketProtocol.__new__(WebSocketProtocol)
+    partial = frame(TEXT, b"to be continued")[:9]
+    connection.data = frame(TEXT, "ça va".encode()) + frame(BINARY, b"\x00" * 200) + partial
+    connection.current_frame, connection.inside_message = None, False
+    connection.state = WebSocketProtocol.STATE_OPEN
+    connection._perMessageCompress, connection.logFrames = None, False
+    connection.trackedTimings, connection.failedByMe = None, False
+    connection.utf8validateIncoming, connection.applyMask = True, True
+    connection.maxFramePayloadSize, connection.maxMessagePayloadSize = 0, 0
+    connection.trafficStats, connection.autoPingTimeoutCall = TrafficStats(), None
+    handed = []
+    connection._onMessage = lambda payload, is_binary: handed.append((payload, is_binary))
+    while connection.processData():
+        pass
+    assert handed == [("ça va".encode(), False), (b"\x00" * 200, True)]
+    assert left_to_autobahn == [partial]
+    stats = connection.trafficStats
+    assert (stats.incomingWebSocketMessages, stats.incomingWebSocketFrames) == (2, 2)
+    assert stats.incomingOctetsAppLevel == len("ça va".encode()) + 200
