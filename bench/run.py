@@ -497,8 +497,11 @@ class Bench:
                     break
                 time.sleep(0.25)
             time.sleep(self.args.profile_delay)
+            # Non-blocking sampling disturbs the server least, but on a saturated
+            # machine many of its stacks come back truncated: --profile-blocking.
+            mode = [] if self.args.profile_blocking else ["--nonblocking"]
             subprocess.run([py_spy, "record", "--pid", str(project.pid), "--duration",
-                            str(seconds), "--rate", "200", "--format", "raw", "--nonblocking",
+                            str(seconds), "--rate", "200", "--format", "raw", *mode,
                             "--output", str(raw)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=seconds + 60)
 
@@ -635,6 +638,8 @@ def main(argv=None) -> None:
     p.add_argument("--profile", default="", help="comma list of scenarios to profile (py-spy)")
     p.add_argument("--profile-delay", type=float, default=3.0, metavar="S",
                    help="start py-spy this long after the clients are connected (default 3)")
+    p.add_argument("--profile-blocking", action="store_true",
+                   help="py-spy pauses the server for each sample (whole stacks, slower server)")
     p.add_argument("--no-peer", action="store_true", help="project only, built-in client")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
     p.add_argument("--setup", action="store_true",
