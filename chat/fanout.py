@@ -78,7 +78,7 @@ class LocalRoom:
             if number is not None:
                 self.note_publication((number[0], number[1]))
         elif kind == "presence":
-            await self.deliver(event)
+            await self.deliver_all([event])
         elif kind == "departures":
             await self.deliver_all(event["items"])
         elif kind in ("relay", "deleted"):  # "deleted": from the admin, not in a batch
@@ -119,10 +119,6 @@ class LocalRoom:
             return False
         finally:
             self._catching_up.remove(entry)
-
-    async def deliver(self, item: dict) -> None:
-        """:meth:`deliver_all` of one item."""
-        await self.deliver_all([item])
 
     async def deliver_all(self, items: list[dict]) -> None:
         """Send the items of a batch, in order, to every member that may see them, or

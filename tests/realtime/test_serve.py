@@ -15,13 +15,11 @@ from realtime import servers
 from realtime.management.commands import serve
 from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphne_arguments
 from realtime.servers.daphne import (
-    SMALL_FRAME_BYTES,
-    IntegerUnmasker,
     plain_autobahn_log_arguments,
     read_short_messages_directly,
     skip_twisted_form_parsing,
     skip_unobserved_message_events,
-    unmask_small_frames_in_python,
+    unmask,
 )
 from tests.conftest import IN_CI, ROOT
 from tests.realtime.test_daphne_frames import BINARY, TEXT, frame
@@ -158,35 +156,12 @@ def test_twisted_no_longer_parses_post_forms_that_daphne_never_reads(monkeypatch
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1023, 1024, 70_000])
-def test_the_integer_unmasker_unmasks_as_autobahn_does_in_any_pieces(size):
-    """RFC 6455, 5.3: byte i of the payload is XORed with byte i mod 4 of the mask, also
-    when the payload arrives in pieces that do not end on a multiple of four."""
+def test_unmask_gives_what_autobahns_masker_gives(size):
+    """RFC 6455, 5.3: byte i of the payload is XORed with byte i mod 4 of the mask."""
     from autobahn.websocket.xormasker import create_xor_masker
 
     mask, payload = os.urandom(4), os.urandom(size)
-    expected = create_xor_masker(mask, size).process(payload)
-    assert IntegerUnmasker(mask).process(payload) == expected
-    unmasker, pieces = IntegerUnmasker(mask), []
-    for start in range(0, size, 7):
-        pieces.append(unmasker.process(payload[start:start + 7]))
-    assert b"".join(pieces) == expected and unmasker.pointer() == size
-    unmasker.reset()
-    assert unmasker.pointer() == 0 and unmasker.process(payload) == expected
-
-
-def test_small_client_frames_get_the_integer_unmasker_and_large_ones_autobahns(monkeypatch):
-    from autobahn.websocket import protocol
-
-    autobahns = protocol.create_xor_masker
-    monkeypatch.setattr(protocol, "create_xor_masker", autobahns)  # undone after the test
-    unmask_small_frames_in_python()
-    patched = protocol.create_xor_masker
-    unmask_small_frames_in_python()
-    assert protocol.create_xor_masker is patched
-    mask = b"abcd"
-    assert type(patched(mask, SMALL_FRAME_BYTES - 1)) is IntegerUnmasker
-    assert type(patched(mask, SMALL_FRAME_BYTES)) is type(autobahns(mask, SMALL_FRAME_BYTES))
-    assert type(patched(mask)) is type(autobahns(mask))
+    assert unmask(payload, mask) == create_xor_masker(mask, size).process(payload)
 
 
 def message_ending(protocol_class, payload: bytes):
@@ -196,7 +171,7 @@ def message_ending(protocol_class, payload: bytes):
     connection.message_data, connection.message_is_binary = [payload[:3], payload[3:]], False
     connection.failedByMe, connection.trackedTimings = False, None
     connection.handed = []
-    connection._onMessage = lambda data, is_binary: connection.handed.append((data, is_binary))
+    connection.onMessage = lambda data, is_binary: connection.handed.append((data, is_binary))
     return connection
 
 
@@ -242,9 +217,7 @@ def test_serve_applies_the_frame_shortcuts_under_the_locked_versions():
         "from realtime import servers\n"
         "assert servers.prepare_daphne(), 'the daphne adapter is off'\n"
         "from daphne.ws_protocol import WebSocketProtocol\n"
-        "from autobahn.websocket import protocol\n"
         "assert WebSocketProtocol.onMessageEnd.skips_unobserved_events\n"
-        "assert protocol.create_xor_masker.unmasks_small_frames\n"
         "assert WebSocketProtocol.processData.reads_short_messages\n"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
@@ -279,7 +252,7 @@ def test_short_whole_frames_are_read_without_autobahns_frame_machine(monkeypatch
     connection.maxFramePayloadSize, connection.maxMessagePayloadSize = 0, 0
     connection.trafficStats, connection.autoPingTimeoutCall = TrafficStats(), None
     handed = []
-    connection._onMessage = lambda payload, is_binary: handed.append((payload, is_binary))
+    connection.onMessage = lambda payload, is_binary: handed.append((payload, is_binary))
     while connection.processData():
         pass
     assert handed == [("ça va".encode(), False), (b"\x00" * 200, True)]
