@@ -32,6 +32,7 @@ from django.test import TransactionTestCase
 
 from realtime import db, tokens
 from realtime.hub import close_hub
+from tests.forkserver import ForkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -241,18 +242,24 @@ class DaphneProcess:
     """A real ``manage.py serve`` process on a free port (or another server's command)."""
 
     def __init__(self, env: dict[str, str], log_path: Path,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None,
+                 fork_server: ForkServer | None = None) -> None:
         self.log_path = log_path
+        if command is not None:
+            fork_server = None
         command = command or [sys.executable, "manage.py", "serve", "--port", "{port}"]
         # free_port() frees its port before the server binds it; another pytest-xdist
         # worker may take it in between, so a server that could not bind tries another.
         for attempt in range(3):
             self.port = free_port()
             self.log = open(log_path, "wb")  # closed in stop()
-            self.process = subprocess.Popen(
-                [arg.format(port=self.port) for arg in command],
-                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            )
+            argv = [arg.format(port=self.port) for arg in command]
+            if fork_server:
+                self.process = fork_server.start(argv[1:], env, log_path)
+            else:
+                self.process = subprocess.Popen(
+                    argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                )
             try:
                 self.wait_ready()
                 return
@@ -301,9 +308,31 @@ class DaphneProcess:
         self.log.close()
 
 
+#: ``TEST_FORK_SERVER=false``: every test server is a new ``python manage.py serve``
+#: rather than a child of :mod:`tests.forkserver`.
+FORK_SERVERS = os.environ.get("TEST_FORK_SERVER", "true").lower() not in {"0", "false", "no"}
+
+
+@pytest.fixture(scope="session")
+def fork_server() -> Iterator[ForkServer | None]:
+    """The fork server of this test process's ``manage.py serve`` processes (its
+    module says why), or None when ``TEST_FORK_SERVER`` turns it off."""
+    if not FORK_SERVERS:
+        yield None
+        return
+    server = ForkServer(ROOT)
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def daphne_server(transactional_db, tmp_path) -> Iterator[Callable[..., DaphneProcess]]:
-    """Start daphne processes on the test database: ``daphne_server(**env)``."""
+def daphne_server(transactional_db, tmp_path,
+                  fork_server) -> Iterator[Callable[..., DaphneProcess]]:
+    """Start daphne processes on the test database: ``daphne_server(**env)``.
+
+    A server with the default command (``manage.py serve``) is forked from
+    ``fork_server``; one with a ``command`` of its own is a new process.
+    """
     started: list[DaphneProcess] = []
 
     def start(*, command: list[str] | None = None, **extra_env: str) -> DaphneProcess:
@@ -314,7 +343,8 @@ def daphne_server(transactional_db, tmp_path) -> Iterator[Callable[..., DaphnePr
             "PYTHONUNBUFFERED": "1",
             **extra_env,
         }
-        server = DaphneProcess(env, tmp_path / f"daphne-{len(started)}.log", command)
+        server = DaphneProcess(env, tmp_path / f"daphne-{len(started)}.log", command,
+                               fork_server)
         started.append(server)
         return server
 
