@@ -245,9 +245,9 @@ class DaphneProcess:
                  command: list[str] | None = None,
                  fork_server: ForkServer | None = None) -> None:
         self.log_path = log_path
-        if command is not None:
-            fork_server = None
         command = command or [sys.executable, "manage.py", "serve", "--port", "{port}"]
+        if command[0] != sys.executable or not (command[1] == "-m" or command[1].endswith(".py")):
+            fork_server = None  # the fork server runs python scripts and modules only
         # free_port() frees its port before the server binds it; another pytest-xdist
         # worker may take it in between, so a server that could not bind tries another.
         for attempt in range(3):
@@ -330,8 +330,8 @@ def daphne_server(transactional_db, tmp_path,
                   fork_server) -> Iterator[Callable[..., DaphneProcess]]:
     """Start daphne processes on the test database: ``daphne_server(**env)``.
 
-    A server with the default command (``manage.py serve``) is forked from
-    ``fork_server``; one with a ``command`` of its own is a new process.
+    A server whose command is this Python running a script or a module (``manage.py
+    serve``, the default; ``-m uvicorn``) is forked from ``fork_server``.
     """
     started: list[DaphneProcess] = []
 

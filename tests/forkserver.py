@@ -1,6 +1,6 @@
 """A fork server for the tests' ``manage.py serve`` processes.
 
-A daphne process spends about 0.6 s of CPU importing Django, Twisted, autobahn,
+A daphne process spends about 0.6 s of CPU importing Django, Twisted, autobahn, uvicorn,
 OpenSSL, redis and psycopg before it listens, and a pass of the suite starts nearly
 200 of them on a two-core machine: close to a third of the pass's CPU. This process
 imports those libraries once, then forks one child per request. The child takes the
@@ -47,6 +47,8 @@ PRELOADED = (
     "twisted.internet.asyncioreactor", "twisted.internet.tcp", "twisted.internet.endpoints",
     "autobahn.twisted.websocket", "OpenSSL.SSL", "cryptography.x509",
     "daphne.endpoints", "daphne.ws_protocol", "daphne.http_protocol",
+    "uvicorn.main", "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.websockets_sansio_impl",
 )
 
 
