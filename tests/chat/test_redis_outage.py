@@ -170,7 +170,14 @@ async def test_servers_recover_from_a_redis_restart_without_losing_stored_messag
     async def keep_sending(client: Client, count: int) -> None:
         for i in range(count):
             content = f"{client.name}-during-{i}"
-            outcomes[content] = await client.send_message(content)
+            try:
+                outcomes[content] = await client.send_message(content)
+            except AssertionError as unanswered:
+                # What the servers were doing is the only clue to an unanswered send.
+                raise AssertionError(
+                    f"{content} got no answer: {unanswered}\n--- A:\n"
+                    f"{server_a.output()[-4000:]}\n--- B:\n{server_b.output()[-4000:]}"
+                ) from None
             await asyncio.sleep(0.3)
 
     # About 4 s of sending: 2 s of outage, then the restart and the recovery.
