@@ -42,3 +42,21 @@ def test_each_worker_has_its_own_redis_prefix():
 @needs_worker
 def test_each_worker_has_its_own_test_database(transactional_db):
     assert str(connection.settings_dict["NAME"]).endswith("_" + WORKER)
+
+
+
+def test_the_test_command_checks_compiles_then_runs_the_suite(monkeypatch):
+    """``dev.py test``: ruff, then the project's packages compiled (the ~200 servers the
+    suite starts read bytecode), then pytest on the workers."""
+    dev = load_dev()
+    calls = []
+    monkeypatch.setattr(dev, "ensure_venv", lambda: None)
+    monkeypatch.setattr(dev, "ensure_debian_packages", lambda: None)
+    monkeypatch.setattr(dev, "run", lambda *args, **kwargs: calls.append(args) or 0)
+    assert dev.main(["test", "-k", "rooms"]) == 0
+    assert calls == [
+        ("-m", "ruff", "check", "."),
+        ("-m", "compileall", "-q", "project", "realtime", "chat", "notifications", "tests"),
+        ("-m", "pytest", "-n", "4", "--dist", "loadfile", "-k", "rooms"),
+    ]
+    assert all((ROOT / package / "__init__.py").exists() for package in dev.PACKAGES)
