@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import FORK_SERVERS, ROOT
 from tests.forkserver import ForkServer
 
+pytestmark = pytest.mark.once  # the tests' own machinery: the stack changes nothing
+
 SCRIPT = """
 import os, sys, time
 

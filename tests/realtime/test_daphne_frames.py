@@ -13,7 +13,8 @@ import struct
 
 import pytest
 
-pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True)]
+# RFC 6455 framing under daphne, on /ws/echo/ (no database, no layer): the stack changes nothing.
+pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True), pytest.mark.once]
 
 TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
 
