@@ -1,4 +1,5 @@
-"""Helpers of the rooms tests across two daphne processes (test_rooms_multiprocess*.py)."""
+"""Helpers of the chat tests across two daphne processes (test_multiprocess.py,
+test_rooms_multiprocess*.py)."""
 
 import asyncio
 import functools

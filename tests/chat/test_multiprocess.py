@@ -8,36 +8,9 @@ import pytest
 import websockets
 from channels.db import database_sync_to_async
 
+from tests.chat.across_processes import join, recv, recv_type
+
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne, pytest.mark.redis]
-
-
-async def recv(ws, timeout: float = 10) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def recv_type(ws, kind: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = await recv(ws, max(0.1, deadline - time.monotonic()))
-        if frame["type"] == kind:
-            return frame
-
-
-async def join(server, room: str, token: str):
-    ws = await websockets.connect(f"{server.ws_url}/ws/chat/{room}/?token={token}")
-    assert (await recv(ws))["type"] == "history"
-    joined = await recv(ws)
-    assert joined["type"] == "user_joined"
-    return ws, joined
-
-
-@pytest.fixture(params=["core", "pubsub"])
-def two_servers(request, daphne_server, redis_url):
-    """Two processes on one Redis, with each of the two channel layers (REDIS_LAYER)."""
-    env = {"REDIS_URL": redis_url, "REDIS_LAYER": request.param,
-           "HUB_HEARTBEAT_SECONDS": "1", "HUB_DEAD_AFTER_SECONDS": "3",
-           "WS_RATE_LIMIT": "0"}  # the ordering test sends in bursts
-    return daphne_server(**env), daphne_server(**env)
 
 
 async def test_users_on_two_processes_share_a_room(two_servers, make_user, token_for):
