@@ -6,12 +6,12 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 
-from tests.chat.test_multiprocess import join, recv, recv_type, two_servers  # noqa: F401
+from tests.chat.across_processes import join, recv, recv_type
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne, pytest.mark.redis]
 
 
-async def test_every_user_of_a_killed_process_leaves_every_room(two_servers, make_user,  # noqa: F811
+async def test_every_user_of_a_killed_process_leaves_every_room(two_servers, make_user,
                                                                  token_for):
     """bob, carol and dave only on B, in rooms "north" and "south"; alice watches "north" and
     erin "south" from A. After B's SIGKILL each watcher gets a user_left per user of B."""
