@@ -47,6 +47,14 @@ async def connect(token_for):
             await communicator.disconnect()
 
 
+async def joined(communicator: WebsocketCommunicator) -> None:
+    """Return once the connection has joined the feed (its pong comes after its connect,
+    and after its queue, which must be empty). The handshake is answered before that: a
+    broadcast posted in between is lost for it (a known gap, see test_edge.py)."""
+    await communicator.send_json_to({"type": "ping"})
+    assert await receive(communicator) == {"type": "pong"}
+
+
 async def receive(communicator: WebsocketCommunicator) -> dict:
     """The next frame (within 3 s), as JSON."""
     return json.loads(await communicator.receive_from(timeout=3))

@@ -15,6 +15,7 @@ from realtime.hub import get_hub
 from tests.notifications.conftest import (
     PATH,
     assert_closed,
+    joined,
     receive,
     receive_notes,
     send,
@@ -226,6 +227,8 @@ async def test_broadcast_reaches_every_connected_user_and_is_never_resent(amake_
     for name in ("alma", "bea", "cyd"):
         await amake_user(name)
     alice, bob_tabs = await connect("alma"), [await connect("bea"), await connect("bea")]
+    for communicator in (alice, *bob_tabs):
+        await joined(communicator)
     note_id, status = await api.abroadcast({"maintenance": "tonight"})
     assert status == "broadcast"
     for communicator in (alice, *bob_tabs):

@@ -6,6 +6,7 @@ view gives (PROTOCOL.md "HTTP API"): each case below is sent both ways and
 compared, and requests the edge does not take must reach Django unchanged.
 """
 
+import asyncio
 import json
 
 import pytest
@@ -13,12 +14,12 @@ from channels.testing import HttpCommunicator
 from django.test import AsyncClient
 from django.urls import Resolver404, include, path, resolve
 
-from notifications import edge, views
+from notifications import consumers, edge, views
 from notifications.models import Notification
 from project.asgi import application
 from realtime import tokens
 from realtime.protocol import API_MAX_BODY_BYTES
-from tests.notifications.conftest import receive
+from tests.notifications.conftest import joined, receive
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -198,12 +199,35 @@ async def test_inactive_user_is_notified_for_later(staff, amake_user):
 async def test_broadcast_reaches_connections(staff, connect):
     """202 broadcast; every connection gets the NOTE with "broadcast": true."""
     tabs = [await connect("bea"), await connect("boss")]
+    for tab in tabs:
+        await joined(tab)
     status, body, _ = await via_edge(BROADCAST, '{"all": true}', authorization=bearer("boss"))
     assert status == 202 and body == {"status": "broadcast", "id": body["id"]}
     for tab in tabs:
         frame = await receive(tab)
         assert (frame["id"], frame["data"], frame["broadcast"]) == (body["id"], {"all": True},
                                                                     True)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (session 15 note): a broadcast posted "
+                   "between a connection's handshake and its joining the feed is lost for it")
+async def test_a_broadcast_posted_while_a_connection_joins_reaches_it(staff, connect,
+                                                                     monkeypatch):
+    """PROTOCOL.md: a broadcast is "one NOTE ... to every connection". The handshake is
+    answered before the connection joins the feed; a broadcast posted in between must still
+    reach it. Joining is slowed here to open that window every time."""
+    join = consumers.attach
+
+    async def slow_join(hub, group, consumer) -> None:
+        await asyncio.sleep(0.3)
+        await join(hub, group, consumer)
+
+    monkeypatch.setattr(consumers, "attach", slow_join)
+    tab = await connect("boss")
+    status, body, _ = await via_edge(BROADCAST, '{"late": true}', authorization=bearer("boss"))
+    assert status == 202
+    frame = json.loads(await tab.receive_from(timeout=1))
+    assert (frame["id"], frame["data"]) == (body["id"], {"late": True})
 
 
 async def test_a_username_with_unicode_and_spaces_is_found(staff, amake_user):
