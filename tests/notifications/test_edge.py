@@ -7,6 +7,7 @@ compared, and requests the edge does not take must reach Django unchanged.
 """
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -215,16 +216,20 @@ async def test_a_broadcast_posted_while_a_connection_joins_reaches_it(staff, con
                                                                      monkeypatch):
     """PROTOCOL.md: a broadcast is "one NOTE ... to every connection". The handshake is
     answered before the connection joins the feed; a broadcast posted in between must still
-    reach it. Joining is slowed here to open that window every time."""
+    reach it. Joining waits here until the broadcast has been pushed (its 202), or 2 s if
+    nothing is posted meanwhile (once joining comes before the handshake's answer)."""
     join = consumers.attach
+    pushed = asyncio.Event()
 
-    async def slow_join(hub, group, consumer) -> None:
-        await asyncio.sleep(0.3)
+    async def late_join(hub, group, consumer) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pushed.wait(), 2)
         await join(hub, group, consumer)
 
-    monkeypatch.setattr(consumers, "attach", slow_join)
+    monkeypatch.setattr(consumers, "attach", late_join)
     tab = await connect("boss")
     status, body, _ = await via_edge(BROADCAST, '{"late": true}', authorization=bearer("boss"))
+    pushed.set()
     assert status == 202
     frame = json.loads(await tab.receive_from(timeout=1))
     assert (frame["id"], frame["data"]) == (body["id"], {"late": True})
