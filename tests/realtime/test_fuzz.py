@@ -30,9 +30,12 @@ from chat import protocol as chat_protocol
 from chat.protocol import (
     MAX_CONTENT_CHARS,
     MAX_REF_CHARS,
+    Delete,
     HistoryRequest,
+    Read,
     SendMessage,
     SendPrivate,
+    Typing,
 )
 from notifications.protocol import Ack
 from notifications.protocol import parse_frame as parse_notification_frame
@@ -69,9 +72,9 @@ json_values = st.recursive(
                                                                  max_size=5),
     max_leaves=20,
 )
-TYPES = ["ping", "auth", "message", "private", "history", "ack", "pong", "error", "",
-         "MESSAGE", "message ", "__class__", "constructor"]
-FIELDS = ["content", "ref", "target", "before", "limit", "ids", "token", "type", "room"]
+TYPES = ["ping", "auth", "message", "private", "history", "ack", "delete", "read", "typing",
+         "pong", "error", "", "MESSAGE", "message ", "__class__", "constructor"]
+FIELDS = ["content", "ref", "target", "before", "limit", "ids", "id", "token", "type", "room"]
 
 
 @st.composite
@@ -157,7 +160,9 @@ def check_parsed(frame) -> None:
         assert type(frame.limit) is int and 1 <= frame.limit <= chat_protocol.HISTORY_PAGE_MAX
     elif isinstance(frame, Ack):
         assert all(type(i) is int and 1 <= i <= MAX_ID for i in frame.ids)
-    else:
+    elif isinstance(frame, Delete | Read):
+        assert type(frame.id) is int and 1 <= frame.id <= MAX_ID
+    elif not isinstance(frame, Typing):
         raise AssertionError(f"unexpected result {frame!r}")
     assert dataclasses.is_dataclass(frame)
 
