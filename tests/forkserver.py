@@ -36,7 +36,7 @@ import threading
 from pathlib import Path
 
 #: What a test server imports that depends on neither the project nor its settings.
-#: A name that fails to import is left to the child.
+#: A name that fails to import is left to the child (tests/test_forkserver.py fails).
 PRELOADED = (
     "django.core.management", "django.core.checks", "django.db.models", "django.http",
     "django.urls", "django.forms", "django.template", "django.db.migrations",

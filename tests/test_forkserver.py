@@ -25,7 +25,8 @@ def is_open(fd):
         return False
 
 print("cwd", os.getcwd(), "argv", sys.argv[1:], "only", os.environ.get("ONLY_HERE"))
-print("imported by the server:", "twisted.internet.tcp" in sys.modules)
+from tests.forkserver import PRELOADED
+print("preloaded, not imported:", [name for name in PRELOADED if name not in sys.modules])
 print("a reactor:", "twisted.internet.reactor" in sys.modules)
 print("descriptors but 0-2:", [fd for fd in range(3, 1024) if is_open(fd)])
 if sys.argv[1] == "sleep":
@@ -56,7 +57,7 @@ def test_a_child_runs_its_command_with_its_own_environment_and_log(forks, script
     assert child.poll() == child.returncode == 3
     assert log.read_text().splitlines() == [
         f"cwd {ROOT} argv ['3'] only yes",
-        "imported by the server: True",
+        "preloaded, not imported: []",
         "a reactor: False",
         "descriptors but 0-2: []",
     ]

@@ -44,7 +44,6 @@ def test_each_worker_has_its_own_test_database(transactional_db):
     assert str(connection.settings_dict["NAME"]).endswith("_" + WORKER)
 
 
-
 def test_the_test_command_checks_compiles_then_runs_the_suite(monkeypatch):
     """``dev.py test``: ruff, then the project's packages compiled (the ~200 servers the
     suite starts read bytecode), then pytest on the workers."""
