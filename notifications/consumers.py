@@ -7,7 +7,8 @@ the feed hands each to that user's local connections. A user's ten tabs cost
 one layer delivery and no extra encoding.
 
 No gap at connect (:mod:`realtime.gapless`): the connection holds live NOTEs
-back and the hub has joined the group *before* the undelivered notifications
+back and the hub has joined the group *before* the handshake is answered (a
+broadcast is stored for nobody) and so before the undelivered notifications
 are read. A notification stored before that read is in it; one pushed after the
 join is held back. The queue goes out first, oldest first, then the held-back
 NOTEs that were not in it, then live ones.
@@ -100,14 +101,28 @@ class NotificationConsumer(Gapless, ProtocolConsumer):
     _groups: tuple[str, ...] = ()
     #: The client took nothing for DRAIN_SECONDS while the queue was sent.
     _stalled = False
+    #: Joining the feeds failed (the layer is down): told to the client in connect().
+    _feed_error: Exception | None = None
 
-    async def connect(self) -> None:
-        """Join the feeds, send the queue, then the held-back live NOTEs."""
+    async def join(self) -> None:
+        """Hold live NOTEs and join the feeds, before the handshake is answered.
+
+        Broadcasts are queued for nobody: a connection that joined after its
+        handshake would miss one posted in between.
+        """
         self.hold()
         self._groups = (FEED_GROUP,)
         try:
             for group in self._groups:
                 await attach(self.hub, group, self)
+        except Exception as exc:
+            self._feed_error = exc  # the client hears of it once the handshake is answered
+
+    async def connect(self) -> None:
+        """Send the queue, then the held-back live NOTEs."""
+        try:
+            if self._feed_error is not None:
+                raise self._feed_error
             queue = await writer.aundelivered_frames(self.user.pk)
         except Exception:
             logger.exception("could not start a notifications connection")
@@ -142,14 +157,13 @@ class NotificationConsumer(Gapless, ProtocolConsumer):
             self._stalled = True
 
     async def disconnect(self, code: int | None) -> None:
-        """Leave the feeds, and write the acks this connection sent before it goes.
+        """Write the acks this connection sent before it goes."""
+        await writer.flush_acks(self.user.pk)
 
-        The hub leaves a group with its last local connection.
-        """
+    async def leave(self) -> None:
+        """Leave the feeds; the hub leaves a group with its last local connection."""
         for group in self._groups:
             await detach(self.hub, group, self)
-        if self._groups:
-            await writer.flush_acks(self.user.pk)
 
     async def deliver(self, note_id: int, frame: str) -> None:
         """A live NOTE from a feed: held back while connecting, else sent."""

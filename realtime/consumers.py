@@ -8,7 +8,9 @@ JSON endpoint shares (``ping``, ``auth``) and the close at token expiry.
 
 Subclasses use channels' hooks: :meth:`~ProtocolConsumer.connect` and
 :meth:`~ProtocolConsumer.disconnect` run after and before the base's own
-checks, each JSON frame ``type`` goes to the method ``on_<type>`` (as channels
+checks (and :meth:`~ProtocolConsumer.join`/:meth:`~ProtocolConsumer.leave`
+for what must be subscribed before the handshake is answered), each JSON
+frame ``type`` goes to the method ``on_<type>`` (as channels
 maps a message type to a handler name), and :meth:`~ProtocolConsumer.send` is
 the one bounded, counted way out. A :class:`~realtime.protocol.ProtocolError`
 raised by a handler becomes an ``error`` frame and the connection stays open.
@@ -56,7 +58,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     closing = False
     _counted = False
     _registered = False
-    _connected = False
+    _joined = False  # join() ran: leave() runs at the close
+    _connected = False  # connect() ran: disconnect() runs at the close
     _tracked = False  # in hub.consumers (a graceful stop closes those)
     #: The client's address (behind a proxy with PROXY_HEADERS: X-Forwarded-For).
     address = ""
@@ -127,12 +130,15 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self.hub = await get_hub()
         self.conn = self.hub.new_connection_name()
         self.user = self.scope.get("user")
+        auth_error = self.scope.get("auth_error") if self.requires_user else None
+        if auth_error is None and not shutdown.stopping():
+            self._joined = True
+            await self.join()
         await super().accept()
         self._direct = servers.writer_for(self._send)
         # Every other message (the close) keeps its place behind the queued frames.
         self.base_send = self._send = self._direct.asgi_send
         self._takes_frames = self._direct.takes_frames
-        auth_error = self.scope.get("auth_error") if self.requires_user else None
         if auth_error is not None:
             logger.info("closed %s connection: auth failure %s", self.endpoint, auth_error.name)
             metrics.inc("realtime_auth_failures_total", code=str(int(auth_error)))
@@ -169,7 +175,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await self.connect()
 
     async def websocket_disconnect(self, message) -> None:
-        """Free the connection's slots, then :meth:`disconnect` (if :meth:`connect` ran).
+        """Free the connection's slots, then :meth:`disconnect` and :meth:`leave` (if run).
 
         The slots go first: a client whose close handshake has completed finds
         its slot free, even while this connection's disconnect work (leaving
@@ -189,8 +195,12 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             unregistered = asyncio.ensure_future(
                 self.hub.registry.unregister(self.user.username, self.conn))
         try:
-            if self._connected:
-                await self.disconnect(message.get("code"))
+            try:
+                if self._connected:
+                    await self.disconnect(message.get("code"))
+            finally:
+                if self._joined:
+                    await self.leave()
         except Exception:
             logger.exception("error while leaving a %s connection", self.endpoint)
         finally:
@@ -202,6 +212,19 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             if self._tracked:  # a refused handshake never was
                 self.hub.consumers.discard(self)
         raise StopConsumer()
+
+    async def join(self) -> None:
+        """Before the handshake is answered: subscribe to what the client must not miss.
+
+        It runs for a connection whose credentials passed, while the server is not
+        stopping. The caps are checked after the handshake (the contract closes
+        with a code), so a connection may still be refused: :meth:`leave` undoes
+        this at the close, whether :meth:`connect` ran or not. It should not
+        raise: keep a failure and report it to the client in :meth:`connect`.
+        """
+
+    async def leave(self) -> None:
+        """The connection closed after :meth:`join` ran: undo it (after :meth:`disconnect`)."""
 
     async def connect(self) -> None:
         """The connection is accepted, authenticated and within the caps: start sending.

@@ -48,9 +48,8 @@ async def connect(token_for):
 
 
 async def joined(communicator: WebsocketCommunicator) -> None:
-    """Return once the connection has joined the feed (its pong comes after its connect,
-    and after its queue, which must be empty). The handshake is answered before that: a
-    broadcast posted in between is lost for it (a known gap, see test_edge.py)."""
+    """Return once the connection is live: registered, and its queue (which must be empty)
+    sent. Its pong comes after its connect."""
     await communicator.send_json_to({"type": "ping"})
     assert await receive(communicator) == {"type": "pong"}
 

@@ -162,7 +162,11 @@ async def test_two_tabs_both_get_a_live_notification(amake_user, connect):
 async def test_notification_posted_while_connecting_arrives_exactly_once(
     amake_user, connect, monkeypatch, moment
 ):
-    """A notification posted between registering and the queue query arrives once, in order."""
+    """A notification posted while a connection joins arrives once, in order.
+
+    Before the feed is joined the handshake is not answered yet and the connection not
+    registered, so the post is ``queued``; later it is ``sent``. Either way it arrives once.
+    """
     bob = await amake_user("bea")
     posted: list[tuple[int, str]] = []
     original_attach, original_query = consumers.attach, writer.aundelivered_frames
@@ -190,7 +194,7 @@ async def test_notification_posted_while_connecting_arrives_exactly_once(
     communicator = await connect("bea")
     first = await receive(communicator)
     [(note_id, status)] = posted
-    assert status == "sent", "the connection was registered before the post"
+    assert status == ("queued" if moment == "before_subscribe" else "sent")
     assert first["id"] == note_id
     # A later live NOTE comes next: a duplicate of the first would come before it.
     later_id, _ = await api.anotify(bob, {"after": True})
@@ -227,8 +231,6 @@ async def test_broadcast_reaches_every_connected_user_and_is_never_resent(amake_
     for name in ("alma", "bea", "cyd"):
         await amake_user(name)
     alice, bob_tabs = await connect("alma"), [await connect("bea"), await connect("bea")]
-    for communicator in (alice, *bob_tabs):
-        await joined(communicator)
     note_id, status = await api.abroadcast({"maintenance": "tonight"})
     assert status == "broadcast"
     for communicator in (alice, *bob_tabs):
@@ -410,3 +412,54 @@ async def test_database_down_at_connect_gives_unavailable_and_closes(amake_user,
     await communicator.disconnect()
     hub = await get_hub()
     assert note_protocol.FEED_GROUP not in hub.groups, "the failed connection left its feed"
+
+
+async def test_layer_down_at_join_gives_unavailable_and_closes(amake_user, connect,
+                                                               monkeypatch):
+    """If the feed cannot be joined, the handshake is still answered, then 'unavailable' and
+    a close: the client is told, as when the queue cannot be read."""
+    await amake_user("bea")
+
+    async def broken(hub, group, consumer):
+        raise ConnectionError("layer down")
+
+    monkeypatch.setattr(consumers, "attach", broken)
+    communicator = await connect("bea")
+    frame = await receive(communicator)
+    assert (frame["type"], frame["code"]) == ("error", "unavailable")
+    assert (await communicator.receive_output(timeout=3))["type"] == "websocket.close"
+
+
+async def test_bad_credentials_never_join_the_feed(amake_user, connect, monkeypatch):
+    """Only a connection whose credentials passed joins the feed before its handshake."""
+    joins: list[str] = []
+    original = consumers.attach
+
+    async def counted(hub, group, consumer):
+        joins.append(group)
+        await original(hub, group, consumer)
+
+    monkeypatch.setattr(consumers, "attach", counted)
+    await assert_closed(await connect(token="garbage"), 4002)
+    assert joins == []
+    await amake_user("bea")
+    await connect("bea")
+    assert joins == [note_protocol.FEED_GROUP], "joined before its handshake was answered"
+
+
+async def test_a_connection_refused_after_joining_leaves_the_feed(amake_user, connect,
+                                                                  settings):
+    """Past the per-user cap the connection has joined the feed (before its handshake) and
+    is then closed with 4013: it leaves the feed, and the hub leaves with the last one."""
+    settings.WS_MAX_CONNECTIONS_PER_USER = 1
+    await amake_user("bea")
+    first = await connect("bea")
+    await joined(first)
+    refused = await connect("bea")
+    await assert_closed(refused, 4013)
+    await refused.disconnect()  # as the server tells the application once the close is done
+    hub = await get_hub()
+    feed = consumers.hub_feeds(hub)[note_protocol.FEED_GROUP]
+    assert len(feed.consumers) == 1, "the refused connection left the feed"
+    await first.disconnect()
+    assert note_protocol.FEED_GROUP not in hub.groups

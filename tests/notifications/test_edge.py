@@ -20,7 +20,7 @@ from notifications.models import Notification
 from project.asgi import application
 from realtime import tokens
 from realtime.protocol import API_MAX_BODY_BYTES
-from tests.notifications.conftest import joined, receive
+from tests.notifications.conftest import receive
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -200,8 +200,6 @@ async def test_inactive_user_is_notified_for_later(staff, amake_user):
 async def test_broadcast_reaches_connections(staff, connect):
     """202 broadcast; every connection gets the NOTE with "broadcast": true."""
     tabs = [await connect("bea"), await connect("boss")]
-    for tab in tabs:
-        await joined(tab)
     status, body, _ = await via_edge(BROADCAST, '{"all": true}', authorization=bearer("boss"))
     assert status == 202 and body == {"status": "broadcast", "id": body["id"]}
     for tab in tabs:
@@ -210,14 +208,13 @@ async def test_broadcast_reaches_connections(staff, connect):
                                                                     True)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (session 15 note): a broadcast posted "
-                   "between a connection's handshake and its joining the feed is lost for it")
 async def test_a_broadcast_posted_while_a_connection_joins_reaches_it(staff, connect,
                                                                      monkeypatch):
     """PROTOCOL.md: a broadcast is "one NOTE ... to every connection". The handshake is
     answered before the connection joins the feed; a broadcast posted in between must still
-    reach it. Joining waits here until the broadcast has been pushed (its 202), or 2 s if
-    nothing is posted meanwhile (once joining comes before the handshake's answer)."""
+    reach it. Joining the feed waits here until the broadcast has been pushed (its 202), or
+    2 s if nothing is posted meanwhile: the connection joins before its handshake is
+    answered, so the broadcast is posted after the join."""
     join = consumers.attach
     pushed = asyncio.Event()
 
