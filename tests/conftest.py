@@ -58,11 +58,41 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(f"CI: Redis at REDIS_URL is unreachable: {exc}", returncode=1)
 
 
+#: The test modules that keep a worker longest (.ci/run's ``--durations``), slowest first.
+#: ``dev.py test`` hands whole modules to its workers in collection order: these go
+#: first, so that the short modules fill in around them rather than a long one starting
+#: last and running alone at the end.
+SLOWEST_MODULES = (
+    "tests/browser/test_chat_page.py",
+    "tests/browser/test_rooms_page.py",
+    "tests/realtime/test_fuzz.py",
+    "tests/chat/test_rooms_http.py",
+    "tests/chat/test_rooms_socket.py",
+    "tests/chat/test_multiprocess.py",
+    "tests/chat/test_rooms_multiprocess_typing_reads.py",
+    "tests/chat/test_rooms_multiprocess_deletions.py",
+    "tests/chat/test_example_client.py",
+    "tests/test_readme.py",
+    "tests/realtime/test_sessions.py",
+    "tests/chat/test_redis_outage.py",
+    "tests/realtime/test_servers.py",
+    "tests/chat/test_rooms_multiprocess.py",
+    "tests/notifications/test_graceful_stop.py",
+    "tests/chat/test_sqlite_load.py",
+    "tests/realtime/test_echo.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that takes ``redis_url`` is a ``redis`` test: ``-m "not redis"`` leaves it out."""
+    """A test that takes ``redis_url`` is a ``redis`` test: ``-m "not redis"`` leaves it out.
+
+    The :data:`SLOWEST_MODULES` come first, then the others in their usual order.
+    """
     for item in items:
         if "redis_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.redis)
+    rank = {module: n for n, module in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
 
 
 @pytest.fixture(scope="session")

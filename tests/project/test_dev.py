@@ -20,7 +20,8 @@ def load_dev():
 
 @pytest.mark.parametrize("args", [[], ["tests/chat", "-x"], ["-k", "rooms"]])
 def test_the_suite_runs_on_workers_that_keep_each_module_together(args):
-    assert load_dev().parallel(args) == ["-n", "4", "--dist", "loadfile"]
+    assert load_dev().parallel(args) == ["-n", "4", "--dist", "loadfile",
+                                         "--no-loadscope-reorder"]
 
 
 @pytest.mark.parametrize("args", [["-n", "0"], ["-n2"], ["--numprocesses=3"],
@@ -46,16 +47,29 @@ def test_each_worker_has_its_own_test_database(transactional_db):
 
 def test_the_test_command_checks_compiles_then_runs_the_suite(monkeypatch):
     """``dev.py test``: ruff, then the project's packages compiled (the ~200 servers the
-    suite starts read bytecode), then pytest on the workers."""
+    suite starts read bytecode), then pytest on the workers, where Python may write
+    bytecode (pytest keeps its rewritten test modules)."""
     dev = load_dev()
     calls = []
     monkeypatch.setattr(dev, "ensure_venv", lambda: None)
     monkeypatch.setattr(dev, "ensure_debian_packages", lambda: None)
-    monkeypatch.setattr(dev, "run", lambda *args, **kwargs: calls.append(args) or 0)
+    monkeypatch.setattr(dev, "run", lambda *args, env=None: calls.append((args, env)) or 0)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     assert dev.main(["test", "-k", "rooms"]) == 0
-    assert calls == [
+    assert [args for args, _ in calls] == [
         ("-m", "ruff", "check", "."),
         ("-m", "compileall", "-q", "project", "realtime", "chat", "notifications", "tests"),
-        ("-m", "pytest", "-n", "4", "--dist", "loadfile", "-k", "rooms"),
+        ("-m", "pytest", "-n", "4", "--dist", "loadfile", "--no-loadscope-reorder",
+         "-k", "rooms"),
     ]
+    pytest_env = calls[-1][1]
+    assert "PYTHONDONTWRITEBYTECODE" not in pytest_env, "pytest keeps its rewritten modules"
+    assert pytest_env["PATH"] == os.environ["PATH"]
     assert all((ROOT / package / "__init__.py").exists() for package in dev.PACKAGES)
+
+
+def test_the_modules_handed_out_first_exist():
+    """A renamed module would silently fall back to its place in the collection."""
+    from tests.conftest import SLOWEST_MODULES
+
+    assert [module for module in SLOWEST_MODULES if not (ROOT / module).is_file()] == []
