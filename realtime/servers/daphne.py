@@ -169,6 +169,7 @@ class DirectWriter:
 def apply_patches() -> None:
     """The patches below; ``manage.py serve`` applies them before daphne starts."""
     plain_autobahn_log_arguments()
+    skip_debug_log_arguments_of_reads()
     skip_twisted_form_parsing()
     bound_request_bodies()
     stop_gracefully()
@@ -188,6 +189,34 @@ def plain_autobahn_log_arguments() -> None:
     import autobahn.util
 
     autobahn.util._HAS_CLICK = False
+
+
+def skip_debug_log_arguments_of_reads() -> None:
+    """Hand each read to autobahn without building its debug-log arguments first.
+
+    autobahn's ``dataReceived`` builds the arguments of a ``log.debug`` call (its
+    own qualified name, the peer, the length) for every read from a socket, even
+    when txaio has made ``debug`` a no-op because debug logging is off: about 3%
+    of the event loop when many small rooms chat (bench/RESULTS.md, "twelfth
+    part"). While debug is off this skips straight to autobahn's ``_dataReceived``;
+    with debug on (or a txaio without its no-op) autobahn's own method runs.
+    """
+    import txaio.tx
+    from daphne.ws_protocol import WebSocketProtocol
+
+    original = WebSocketProtocol.dataReceived
+    no_op = getattr(txaio.tx, "_no_op", None)
+    if getattr(original, "skips_debug_arguments", False) or no_op is None:
+        return
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.log.debug is not no_op:
+            original(self, data)
+            return
+        self._dataReceived(data)
+
+    dataReceived.skips_debug_arguments = True
+    WebSocketProtocol.dataReceived = dataReceived
 
 
 def skip_twisted_form_parsing() -> None:

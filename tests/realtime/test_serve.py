@@ -17,6 +17,7 @@ from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphn
 from realtime.servers.daphne import (
     plain_autobahn_log_arguments,
     read_short_messages_directly,
+    skip_debug_log_arguments_of_reads,
     skip_twisted_form_parsing,
     skip_unobserved_message_events,
     unmask,
@@ -123,6 +124,41 @@ def test_autobahn_log_arguments_are_plain_text(monkeypatch):
     assert autobahn.util.hl("peer") == "peer"
 
 
+def reading(protocol_class, debug_on: bool):
+    """A connection of ``protocol_class`` that records what reaches autobahn's reader."""
+    import txaio
+
+    connection = protocol_class.__new__(protocol_class)
+    connection.log = txaio.make_logger()
+    connection.log._set_log_level("debug" if debug_on else "info")
+    connection.peer = "tcp:127.0.0.1:5"
+    connection.read = []
+    connection._dataReceived = connection.read.append
+    return connection
+
+
+@pytest.mark.parametrize("debug_on", [False, True])
+def test_a_read_reaches_autobahn_whether_or_not_debug_is_on(monkeypatch, debug_on):
+    """With debug off the read skips the log call's arguments; with it on autobahn's
+    own dataReceived logs it. Either way the bytes reach autobahn's reader."""
+    import autobahn.util
+    from daphne.ws_protocol import WebSocketProtocol
+
+    monkeypatch.setattr(WebSocketProtocol, "dataReceived", WebSocketProtocol.dataReceived)
+    skip_debug_log_arguments_of_reads()
+    patched = WebSocketProtocol.dataReceived
+    skip_debug_log_arguments_of_reads()
+    assert WebSocketProtocol.dataReceived is patched and patched.skips_debug_arguments
+    built = []
+    original_hltype = autobahn.util.hltype
+    monkeypatch.setattr("autobahn.twisted.websocket.hltype",
+                        lambda obj: built.append(obj) or original_hltype(obj))
+    connection = reading(WebSocketProtocol, debug_on)
+    connection.dataReceived(b"\x81\x80")
+    assert connection.read == [b"\x81\x80"]
+    assert bool(built) is debug_on, "the debug arguments are built only with debug on"
+
+
 def test_the_access_log_is_on_unless_turned_off():
     """ACCESS_LOG=false runs daphne at verbosity 0, which drops only its access log."""
     assert "-v" not in daphne_arguments("127.0.0.1", 8000)
@@ -211,7 +247,7 @@ def test_a_message_someone_observes_still_fires_the_event(monkeypatch):
 
 def test_serve_applies_the_frame_shortcuts_under_the_locked_versions():
     """What ``manage.py serve`` runs before daphne starts (in a process of its own, since
-    it patches classes) leaves both shortcuts on; if this fails, they are silently off."""
+    it patches classes) leaves the shortcuts on; if this fails, they are silently off."""
     check = (
         "import django; django.setup()\n"
         "from realtime import servers\n"
@@ -219,6 +255,7 @@ def test_serve_applies_the_frame_shortcuts_under_the_locked_versions():
         "from daphne.ws_protocol import WebSocketProtocol\n"
         "assert WebSocketProtocol.onMessageEnd.skips_unobserved_events\n"
         "assert WebSocketProtocol.processData.reads_short_messages\n"
+        "assert WebSocketProtocol.dataReceived.skips_debug_arguments\n"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env,
