@@ -8,6 +8,7 @@ import websockets
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
+from realtime.gapless import Gapless
 from tests.conftest import connect_slow_client
 
 
@@ -71,3 +72,18 @@ async def stall_a_reader(server, room: str, stalled_token: str, talker_token: st
             pass
         sent += 1
     return stalled, talker
+
+
+class Silent(Gapless):
+    """A member that records frames instead of sending them."""
+
+    def __init__(self, conn: str, username: str) -> None:
+        self.conn, self.username = conn, username
+        self.last_id = self.presence_version = 0
+        self.frames: list[str] = []
+
+    async def send(self, text_data: str, *, encoded: bytes | None = None) -> None:
+        self.frames.append(text_data)
+
+    def send_now(self, encoded: bytes, frames: int = 1) -> bool:
+        return False

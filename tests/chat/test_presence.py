@@ -10,7 +10,7 @@ from chat import fanout, presence
 from chat.presence import VERSION_TTL_SECONDS, LocalPresence
 from realtime.hub import get_hub
 from realtime.registry import RedisRegistry
-from tests.chat.test_services import Silent
+from tests.chat.helpers import Silent
 from tests.conftest import wait_for
 
 

@@ -12,7 +12,7 @@ from chat.models import Message
 from chat.sequencer import Outgoing, RoomsWriter
 from realtime import wire
 from realtime.hub import get_hub
-from tests.chat.test_services import Silent
+from tests.chat.helpers import Silent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,27 +9,12 @@ from django.conf import settings
 
 from chat import fanout, presence, sequencer, services
 from chat.models import Message, Room
-from realtime.gapless import Gapless
 from realtime.hub import get_hub
 from realtime.registry import RedisRegistry
+from tests.chat.helpers import Silent
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Silent(Gapless):
-    """A member that records frames instead of sending them."""
-
-    def __init__(self, conn: str, username: str) -> None:
-        self.conn, self.username = conn, username
-        self.last_id = self.presence_version = 0
-        self.frames: list[str] = []
-
-    async def send(self, text_data: str, *, encoded: bytes | None = None) -> None:
-        self.frames.append(text_data)
-
-    def send_now(self, encoded: bytes, frames: int = 1) -> bool:
-        return False
 
 
 async def test_one_bad_message_does_not_sink_its_batch(make_user, monkeypatch):

@@ -1,6 +1,10 @@
-"""Helpers of the notifications tests: users from async tests, communicators, frames."""
+"""Helpers of the notifications tests: users from async tests, communicators, frames,
+and the HTTP API and sockets of a real server."""
 
+import asyncio
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -96,3 +100,30 @@ async def undelivered_ids(user) -> list[int]:
     from notifications import store
 
     return [row.pk for row in (await database_sync_to_async(store.undelivered)([user.pk]))[user.pk]]
+
+
+# --- Over a real server (daphne_server) ----------------------------------------------------
+
+
+def http_post(url: str, body: dict, token: str) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+async def apost(server, path: str, body: dict, token: str) -> tuple[int, dict]:
+    return await asyncio.to_thread(http_post, server.url + path, body, token)
+
+
+def ws_url(server, token: str) -> str:
+    return f"{server.ws_url}/ws/notifications/?token={token}"
+
+
+async def recv_json(ws) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))

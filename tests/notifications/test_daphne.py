@@ -2,41 +2,16 @@
 
 import asyncio
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import pytest
 import websockets
 from django.db import connections
 
 from notifications import api, push
+from tests.notifications.conftest import apost, recv_json, ws_url
 
 pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True)]
-
-
-def http_post(url: str, body: dict, token: str) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
-async def apost(server, path: str, body: dict, token: str) -> tuple[int, dict]:
-    return await asyncio.to_thread(http_post, server.url + path, body, token)
-
-
-def ws_url(server, token: str) -> str:
-    return f"{server.ws_url}/ws/notifications/?token={token}"
-
-
-async def recv_json(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), 5))
 
 
 async def assert_silent(ws, seconds: float = 0.5) -> None:

@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 
 from notifications.models import Notification
 from tests.conftest import UVICORN, wait_for
-from tests.notifications.test_daphne import apost, recv_json, ws_url
+from tests.notifications.conftest import apost, recv_json, ws_url
 
 pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True),
               pytest.mark.parametrize("command", [None, UVICORN], ids=["daphne", "uvicorn"])]

@@ -8,7 +8,7 @@ import pytest
 import websockets
 
 from tests.conftest import UVICORN, connect_slow_client, read_until_closed
-from tests.notifications.test_daphne import apost, recv_json, ws_url
+from tests.notifications.conftest import apost, recv_json, ws_url
 
 pytestmark = [pytest.mark.daphne, pytest.mark.django_db(transaction=True)]
 

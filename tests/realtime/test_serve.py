@@ -23,7 +23,7 @@ from realtime.servers.daphne import (
     unmask,
 )
 from tests.conftest import IN_CI, ROOT
-from tests.realtime.test_daphne_frames import BINARY, TEXT, frame
+from tests.realtime.frames import BINARY, TEXT, frame
 
 
 def option(args: list[str], name: str) -> str:
