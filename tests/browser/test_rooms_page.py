@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import DOCS
-from tests.browser.test_chat_page import WsChat, contents, exactly, say, shown_once, wait_live
+from tests.browser.pages import WsChat, contents, exactly, say, shown_once, wait_live
 
 pytestmark = [pytest.mark.browser, pytest.mark.daphne, pytest.mark.once]
 
