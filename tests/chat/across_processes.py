@@ -28,6 +28,13 @@ async def recv_type(ws, kind: str, timeout: float = 10) -> dict:
             return frame
 
 
+async def say(ws, content: str) -> int:
+    """Send a room message; the id of the next message frame, the sender's own copy while
+    nobody else in the room is sending."""
+    await ws.send(json.dumps({"type": "message", "content": content}))
+    return (await recv_type(ws, "message"))["id"]
+
+
 async def frames_until_pong(ws, timeout: float = 10) -> list[dict]:
     """Send a ping; every frame that came before its pong."""
     await ws.send(json.dumps({"type": "ping"}))

@@ -19,6 +19,7 @@ from tests.chat.across_processes import (
     kinds_until_pong,
     recv,
     recv_type,
+    say,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne, pytest.mark.redis]
@@ -78,13 +79,11 @@ async def test_a_message_from_the_other_process_just_before_a_deletion_comes_fir
     bob, _ = await join(server_b, "race", people["bob"])
     carol_a, _ = await join(server_a, "race", people["carol"])
     carol_b, _ = await join(server_b, "race", people["carol"])
-    await alice.send(json.dumps({"type": "message", "content": "m1"}))
-    m1 = (await recv_type(alice, "message"))["id"]
+    m1 = await say(alice, "m1")
     for ws in (bob, carol_a, carol_b):
         assert (await recv_type(ws, "message"))["id"] == m1
     for round_ in range(5):
-        await alice.send(json.dumps({"type": "message", "content": f"victim{round_}"}))
-        victim = (await recv_type(alice, "message"))["id"]
+        victim = await say(alice, f"victim{round_}")
         await bob.send(json.dumps({"type": "message", "content": f"x{round_}"}))
         while (frame := await recv_type(bob, "message"))["content"] != f"x{round_}":
             pass
@@ -107,10 +106,7 @@ async def test_deletions_amid_a_burst_keep_one_order_on_every_connection(two_ser
     bob, _ = await join(server_b, "mix", people["bob"])
     carol, _ = await join(server_a, "mix", people["carol"])
     watchers = [alice, bob, carol, (await join(server_b, "mix", people["alice"]))[0]]
-    mine = []
-    for n in range(10):
-        await alice.send(json.dumps({"type": "message", "content": f"a{n}"}))
-        mine.append((await recv_type(alice, "message"))["id"])
+    mine = [await say(alice, f"a{n}") for n in range(10)]
 
     async def burst(ws, name):
         for n in range(30):
@@ -232,10 +228,7 @@ async def test_an_admin_deletion_reaches_both_processes(servers_on_this_layer, p
     server_a, server_b = servers_on_this_layer
     alice, _ = await join(server_a, "adm", people["alice"])
     bob, _ = await join(server_b, "adm", people["bob"])
-    ids = []
-    for n in range(3):
-        await alice.send(json.dumps({"type": "message", "content": f"spam{n}"}))
-        ids.append((await recv_type(alice, "message"))["id"])
+    ids = [await say(alice, f"spam{n}") for n in range(3)]
     for message_id in ids:
         assert (await recv_type(bob, "message"))["id"] == message_id
     await asyncio.to_thread(admin_delete, ids[:2])

@@ -17,6 +17,7 @@ from tests.chat.across_processes import (
     join,
     kinds_until_pong,
     recv_type,
+    say,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.daphne, pytest.mark.redis]
@@ -91,10 +92,7 @@ async def test_a_read_marker_moved_on_a_reaches_the_users_socket_on_b(two_server
     alice_a, _ = await join(server_a, "rd", people["alice"])
     alice_b, _ = await join(server_b, "rd", people["alice"])
     bob, _ = await join(server_b, "rd", people["bob"])
-    ids = []
-    for n in range(3):
-        await bob.send(json.dumps({"type": "message", "content": f"n{n}"}))
-        ids.append((await recv_type(bob, "message"))["id"])
+    ids = [await say(bob, f"n{n}") for n in range(3)]
     for ws in (alice_a, alice_b):
         for message_id in ids:
             assert (await recv_type(ws, "message"))["id"] == message_id
@@ -126,10 +124,7 @@ async def test_reads_from_both_processes_leave_the_highest_marker(two_servers, p
     alice_a, _ = await join(server_a, "hi", people["alice"])
     alice_b, _ = await join(server_b, "hi", people["alice"])
     bob, _ = await join(server_a, "hi", people["bob"])
-    ids = []
-    for n in range(6):
-        await bob.send(json.dumps({"type": "message", "content": f"n{n}"}))
-        ids.append((await recv_type(bob, "message"))["id"])
+    ids = [await say(bob, f"n{n}") for n in range(6)]
     await asyncio.gather(*((alice_a if k % 2 else alice_b).send(
         json.dumps({"type": "read", "id": message_id})) for k, message_id in enumerate(ids)))
     heard = []
