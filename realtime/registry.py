@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from realtime.scripts import Script, ScriptRunner
+
 
 def connection_prefix(proc_id: str) -> str:
     """How the names of a process's connections start: the registry tells processes apart by it."""
@@ -182,6 +184,7 @@ class RedisRegistry:
             health_check_interval=15, max_connections=64, timeout=10,
         )
         self.redis = redis.Redis(connection_pool=pool)
+        self.script_runner = ScriptRunner(self.redis)
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_conns: dict[str, tuple[str, str]] = {}
         # Departures reaped by a call that then failed: the next call returns them.
@@ -194,9 +197,10 @@ class RedisRegistry:
         self.apps: dict[str, Extension] = {
             name: factory(self) for name, factory in extensions.items()}
 
-    def register_scripts(self, **sources: str) -> dict:
-        """Lua scripts by name, each run by its SHA (loaded on first use)."""
-        return {name: self.redis.register_script(source) for name, source in sources.items()}
+    def register_scripts(self, **sources: str) -> dict[str, Script]:
+        """Lua scripts by name, each run by its SHA (loaded on first use); the calls of
+        one pass of the event loop share one round trip (:mod:`realtime.scripts`)."""
+        return {name: self.script_runner.register(source) for name, source in sources.items()}
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
