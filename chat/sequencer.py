@@ -211,9 +211,10 @@ class RoomSequencer:
         if number is not None:
             event["number"] = number
         try:
-            # Delivered here already, and no other process listens (the in-memory layer
-            # can tell): the layer's round trip would only bring it back to be skipped.
-            if "delivered_by" not in event or local.hub.reaches_others(local.group):
+            # Delivered here already, and no other process listens: the layer's round
+            # trip would only bring it back to be skipped. Asked after the batch is
+            # stored, so a process that subscribes later reads it with the history.
+            if "delivered_by" not in event or await local.hub.reaches_others(local.group):
                 await local.hub.publish(local.group, event)
         except Exception:
             logger.exception("publishing to room %s failed", local.name)

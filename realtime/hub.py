@@ -30,6 +30,8 @@ RECOVERY_POLL_SECONDS = 0.2
 #: After restoring from Redis data loss, publishing waits this long so that the
 #: other processes, polling as well, have restored their memberships too.
 RECOVERY_SETTLE_SECONDS = 2 * RECOVERY_POLL_SECONDS
+#: How long a group found to reach another process is taken to still reach one.
+REACHING_SECONDS = 1.0
 #: Every process listens here for control events (such as revoking a user).
 CONTROL_GROUP = "hub.control"
 
@@ -65,6 +67,8 @@ class Hub:
         # Per-process state of the apps (chat rooms, notification listeners).
         self.apps: dict[str, Any] = {}
         self.channel = ""
+        # When each group was last found to reach another process (reaches_others()).
+        self._reaching: dict[str, float] = {}
         self._membership = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self.heartbeat_seconds = settings.HUB_HEARTBEAT_SECONDS
@@ -181,6 +185,7 @@ class Hub:
             listeners.discard(listener)
             if not listeners:
                 del self.groups[group]
+                self._reaching.pop(group, None)
                 await self.layer.group_discard(group, self.channel)
 
     async def publish(self, group: str, event: dict, *, here_first: bool = False,
@@ -200,7 +205,7 @@ class Hub:
         if here_first:
             event = {**event, "group": group, "here_first": self.proc_id}
             await self.deliver_here(event)
-            if not elsewhere or not self.reaches_others(group):
+            if not elsewhere or not await self.reaches_others(group):
                 return
         if self.suspect:
             await self.recover()
@@ -213,9 +218,21 @@ class Hub:
             self.suspect = True
             raise
 
-    def reaches_others(self, group: str) -> bool:
-        """Whether a layer message to ``group`` may reach a hub other than this one."""
-        return layers.reaches_others(self.layer, group, self.channel)
+    async def reaches_others(self, group: str) -> bool:
+        """Whether a layer message to ``group`` may reach a hub other than this one.
+
+        A "yes" is kept for :data:`REACHING_SECONDS`: a group that spans processes
+        does not pay the question with each message, and a "yes" that is no longer
+        true only costs a message that nobody else receives.
+        """
+        now = time.monotonic()
+        if now - self._reaching.get(group, -REACHING_SECONDS) < REACHING_SECONDS:
+            return True
+        if await layers.reaches_others(self.layer, group, self.channel):
+            self._reaching[group] = now
+            return True
+        self._reaching.pop(group, None)
+        return False
 
     async def deliver_here(self, event: dict) -> None:
         """Hand ``event`` to this process's listeners of its group; one failing is logged."""

@@ -2,10 +2,12 @@
 
 * :func:`reaches_others`: whether a group message would reach another process.
   On the in-memory layer this reads the layer's group table, an attribute of
-  ``InMemoryChannelLayer`` that is not part of channels' documented API; so it
-  is read only for the channels versions it was tested with
-  (:data:`TESTED_CHANNELS`), and otherwise the answer is "yes", which costs a
-  needless layer round trip, never a lost event.
+  ``InMemoryChannelLayer`` that is not part of channels' documented API; on
+  channels-redis's core layer it reads the group's sorted set in Redis, whose
+  key and scores are that layer's own. Each is read only for the versions it
+  was tested with (:data:`TESTED_CHANNELS`, :data:`TESTED_CHANNELS_REDIS`), and
+  otherwise the answer is "yes", which costs a needless layer round trip, never
+  a lost event.
 * :class:`Probes`: a Redis pub/sub subscription is confirmed by an event of our
   own that comes back (``group_add`` returns before Redis applies SUBSCRIBE).
 """
@@ -13,8 +15,10 @@
 import asyncio
 import logging
 import secrets
+import time
 
 from channels.layers import InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from realtime.servers import untested
@@ -29,6 +33,12 @@ PROBE_INTERVAL_SECONDS = 0.1
 PROBE_ATTEMPTS = 50
 
 
+#: The channels-redis releases whose core layer keeps a group as a sorted set of channel
+#: names scored by when they were added, at ``_group_key(group)`` on the shard of
+#: ``consistent_hash(group)``, and drops the members older than ``group_expiry``.
+TESTED_CHANNELS_REDIS = {"channels-redis": ("4.3", "4.4")}
+
+
 def _group_table_readable() -> bool:
     reason = untested(TESTED_CHANNELS)
     if reason is None:
@@ -38,14 +48,41 @@ def _group_table_readable() -> bool:
     return False
 
 
+def _core_groups_readable() -> bool:
+    reason = untested(TESTED_CHANNELS_REDIS)
+    if reason is None:
+        return True
+    logger.warning("%s: every chat batch is published through the Redis layer, even with "
+                   "no other listener", reason)
+    return False
+
+
 #: Whether :func:`reaches_others` may read the in-memory layer's group table.
 GROUP_TABLE_READABLE = _group_table_readable()
+#: Whether :func:`reaches_others` may read the core Redis layer's groups.
+CORE_GROUPS_READABLE = _core_groups_readable()
 
 
-def reaches_others(layer, group: str, channel: str) -> bool:
-    """Whether a message to ``group`` may reach a channel other than ``channel``."""
-    if GROUP_TABLE_READABLE and isinstance(layer, InMemoryChannelLayer):
-        return any(other != channel for other in layer.groups.get(group, ()))
+async def reaches_others(layer, group: str, channel: str) -> bool:
+    """Whether a message to ``group`` may reach a channel other than ``channel``.
+
+    On the core Redis layer this is one round trip, where a message sent costs
+    that layer several (its ``group_send``) and then its receiver more. A
+    channel added after the answer is not missed by a caller that asks after
+    its event is stored: a member adds its channel before it reads what is
+    stored. The pub/sub layer is not asked: there a message is one ``PUBLISH``.
+    """
+    if isinstance(layer, InMemoryChannelLayer):
+        if GROUP_TABLE_READABLE:
+            return any(other != channel for other in layer.groups.get(group, ()))
+        return True
+    if CORE_GROUPS_READABLE and isinstance(layer, RedisChannelLayer):
+        connection = layer.connection(layer.consistent_hash(group))
+        # The members group_send would send to: those added within group_expiry.
+        expired = int(time.time()) - layer.group_expiry
+        members = await connection.zrangebyscore(layer._group_key(group), f"({expired}", "+inf")
+        own = channel.encode()
+        return any(member != own for member in members)
     return True
 
 

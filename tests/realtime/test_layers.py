@@ -1,29 +1,34 @@
-"""The in-memory layer's group table is read only where it was tested, and never needed.
+"""Whether a group message would reach another process, read only where it was tested.
 
-``Hub.publish(..., here_first=True)`` skips the layer when no other hub listens to
-the group; only the in-memory layer can tell, through its group table.
+``Hub.publish(..., here_first=True)`` and a room's sequencer skip the layer when no other
+hub listens to the group. The in-memory layer tells through its group table, the core
+Redis layer through its group's sorted set; the pub/sub layer is not asked.
 """
 
 import importlib
 import logging
+import time
 
 import pytest
 from channels.layers import InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer
 
+from realtime import hub as hub_module
 from realtime import layers
+from realtime.hub import get_hub
 
 
-def test_the_locked_channels_release_has_its_group_table_read():
+async def test_the_locked_channels_release_has_its_group_table_read():
     """Under the locked channels version the fast answer is on: fails if it silently is not."""
     assert layers.GROUP_TABLE_READABLE
     layer = InMemoryChannelLayer()
     layer.groups["room"] = {"mine": 0}
-    assert layers.reaches_others(layer, "room", "mine") is False
+    assert await layers.reaches_others(layer, "room", "mine") is False
     layer.groups["room"]["theirs"] = 0
-    assert layers.reaches_others(layer, "room", "mine") is True
+    assert await layers.reaches_others(layer, "room", "mine") is True
 
 
-def test_an_untested_channels_release_always_goes_through_the_layer(monkeypatch, caplog):
+async def test_an_untested_channels_release_always_goes_through_the_layer(monkeypatch, caplog):
     """Another channels version: one warning, and every message is published (slower, right)."""
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version",
@@ -37,10 +42,79 @@ def test_an_untested_channels_release_always_goes_through_the_layer(monkeypatch,
     monkeypatch.setattr(layers, "GROUP_TABLE_READABLE", readable)
     layer = InMemoryChannelLayer()
     layer.groups["room"] = {"mine": 0}
-    assert layers.reaches_others(layer, "room", "mine") is True
+    assert await layers.reaches_others(layer, "room", "mine") is True
 
 
 @pytest.mark.parametrize("layer", [object(), None])
-def test_other_layers_may_always_reach_others(layer):
-    """Redis layers (or anything else) cannot tell: the message goes through the layer."""
-    assert layers.reaches_others(layer, "room", "mine") is True
+async def test_other_layers_may_always_reach_others(layer):
+    """Layers that cannot tell (the pub/sub layer, anything else): the message goes out."""
+    assert await layers.reaches_others(layer, "room", "mine") is True
+
+
+@pytest.fixture
+async def core_layer(redis_url):
+    layer = RedisChannelLayer(hosts=[redis_url], prefix="rt-test-layers")
+    yield layer
+    await layer.flush()
+    await layer.close_pools()
+
+
+@pytest.mark.redis
+async def test_the_core_redis_layer_tells_whether_another_channel_is_in_the_group(core_layer):
+    """Under the locked channels-redis version: fails if the fast answer is silently off."""
+    assert layers.CORE_GROUPS_READABLE
+    mine = await core_layer.new_channel()
+    assert await layers.reaches_others(core_layer, "room", mine) is False
+    await core_layer.group_add("room", mine)
+    assert await layers.reaches_others(core_layer, "room", mine) is False
+    theirs = await core_layer.new_channel()
+    await core_layer.group_add("room", theirs)
+    assert await layers.reaches_others(core_layer, "room", mine) is True
+    await core_layer.group_discard("room", theirs)
+    assert await layers.reaches_others(core_layer, "room", mine) is False
+
+
+@pytest.mark.redis
+async def test_an_expired_member_of_a_core_group_reaches_nobody(core_layer):
+    """A member older than ``group_expiry`` is one ``group_send`` would drop: it does not count."""
+    mine, theirs = await core_layer.new_channel(), await core_layer.new_channel()
+    await core_layer.group_add("room", mine)
+    connection = core_layer.connection(core_layer.consistent_hash("room"))
+    expired = int(time.time()) - core_layer.group_expiry - 1
+    await connection.zadd(core_layer._group_key("room"), {theirs: expired})
+    assert await layers.reaches_others(core_layer, "room", mine) is False
+
+
+async def test_an_untested_channels_redis_release_always_publishes(monkeypatch, caplog):
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "4.4.0" if name == "channels-redis" else real(name))
+    with caplog.at_level(logging.WARNING, logger="realtime.layers"):
+        readable = layers._core_groups_readable()
+    assert readable is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "channels-redis 4.4.0 is not in the tested range >=4.3,<4.4: every chat batch is "
+        "published through the Redis layer, even with no other listener"]
+    monkeypatch.setattr(layers, "CORE_GROUPS_READABLE", readable)
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1"])
+    assert await layers.reaches_others(layer, "room", "mine") is True
+
+
+async def test_the_hub_keeps_a_yes_for_a_while_and_asks_again_after_a_no(monkeypatch):
+    """A group that reaches another process is not asked about with every message; one
+    that reached nobody is asked each time (a "no" kept could lose a message)."""
+    hub = await get_hub()
+    answers, asked = [False, True, False], []
+
+    async def reaches_others(layer, group, channel):
+        asked.append(group)
+        return answers[len(asked) - 1]
+
+    monkeypatch.setattr(layers, "reaches_others", reaches_others)
+    assert await hub.reaches_others("g") is False
+    assert await hub.reaches_others("g") is True
+    assert await hub.reaches_others("g") is True  # kept: not asked
+    assert asked == ["g", "g"]
+    monkeypatch.setattr(hub_module, "REACHING_SECONDS", 0)
+    assert await hub.reaches_others("g") is False
+    assert asked == ["g", "g", "g"]
