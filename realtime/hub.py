@@ -223,12 +223,22 @@ class Hub:
 
         A "yes" is kept for :data:`REACHING_SECONDS`: a group that spans processes
         does not pay the question with each message, and a "yes" that is no longer
-        true only costs a message that nobody else receives.
+        true only costs a message that nobody else receives. While Redis may have
+        lost the groups (a failed call, or just after a restore) the answer is "yes".
         """
         now = time.monotonic()
         if now - self._reaching.get(group, -REACHING_SECONDS) < REACHING_SECONDS:
             return True
-        if await layers.reaches_others(self.layer, group, self.channel):
+        if self.suspect or now < self._restored_at + RECOVERY_SETTLE_SECONDS:
+            # Redis may have lost the groups: publish(), which first puts this process's
+            # back and waits for the other processes to put theirs back.
+            return True
+        try:
+            reaches = await layers.reaches_others(self.layer, group, self.channel)
+        except Exception:
+            self.suspect = True  # as after a failed publish: Redis may have lost our groups
+            raise
+        if reaches:
             self._reaching[group] = now
             return True
         self._reaching.pop(group, None)

@@ -118,3 +118,35 @@ async def test_the_hub_keeps_a_yes_for_a_while_and_asks_again_after_a_no(monkeyp
     monkeypatch.setattr(hub_module, "REACHING_SECONDS", 0)
     assert await hub.reaches_others("g") is False
     assert asked == ["g", "g", "g"]
+
+
+async def test_the_hub_answers_yes_while_redis_may_have_lost_the_groups(monkeypatch):
+    """After a failed call, and just after a restore, the other processes' groups may be
+    missing from Redis: the batch goes through publish(), which waits for them."""
+    hub = await get_hub()
+
+    async def nobody_else(layer, group, channel):
+        return False
+
+    monkeypatch.setattr(layers, "reaches_others", nobody_else)
+    assert await hub.reaches_others("g") is False
+    monkeypatch.setattr(hub, "suspect", True)
+    assert await hub.reaches_others("g") is True
+    monkeypatch.setattr(hub, "suspect", False)
+    monkeypatch.setattr(hub, "_restored_at", time.monotonic())
+    assert await hub.reaches_others("g") is True
+    monkeypatch.setattr(hub, "_restored_at", time.monotonic() - hub_module.RECOVERY_SETTLE_SECONDS)
+    assert await hub.reaches_others("g") is False
+
+
+async def test_a_failed_question_marks_the_hub_suspect(monkeypatch):
+    hub = await get_hub()
+
+    async def unreachable(layer, group, channel):
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(layers, "reaches_others", unreachable)
+    with pytest.raises(ConnectionError):
+        await hub.reaches_others("g")
+    assert hub.suspect
+    hub.suspect = False
