@@ -21,6 +21,7 @@ from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
+from realtime.scripts import runner_of
 from realtime.servers import untested
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ CORE_GROUPS_READABLE = _core_groups_readable()
 async def reaches_others(layer, group: str, channel: str) -> bool:
     """Whether a message to ``group`` may reach a channel other than ``channel``.
 
-    On the core Redis layer this is one round trip, where a message sent costs
-    that layer several (its ``group_send``) and then its receiver more. A
+    On the core Redis layer this is one command (in a pipeline with the others
+    of this pass of the loop), where a message sent costs that layer several
+    round trips (its ``group_send``) and then its receiver more. A
     channel added after the answer is not missed by a caller that asks after
     its event is stored: a member adds its channel before it reads what is
     stored. The pub/sub layer is not asked: there a message is one ``PUBLISH``.
@@ -80,7 +82,9 @@ async def reaches_others(layer, group: str, channel: str) -> bool:
         connection = layer.connection(layer.consistent_hash(group))
         # The members group_send would send to: those added within group_expiry.
         expired = int(time.time()) - layer.group_expiry
-        members = await connection.zrangebyscore(layer._group_key(group), f"({expired}", "+inf")
+        # The questions of one pass of the loop go in one pipeline (realtime/scripts.py).
+        members = await runner_of(connection).command(
+            "ZRANGEBYSCORE", layer._group_key(group), f"({expired}", "+inf")
         own = channel.encode()
         return any(member != own for member in members)
     return True

@@ -6,7 +6,8 @@ command (a connection from the pool, a write, a wait, a read). :class:`ScriptRun
 queues the calls made in one pass of the event loop and sends them in the next as one
 pipeline of ``EVALSHA``. Each caller still gets its own result or its own error, and the
 calls run in the order they were made. Every script stays atomic on its own; the
-pipeline is not a transaction, so one script's error fails no other.
+pipeline is not a transaction, so one script's error fails no other. Other commands
+of a hot path can join the same pipeline (:meth:`ScriptRunner.command`).
 """
 
 import asyncio
@@ -17,7 +18,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-_Call = tuple[str, Sequence[Any], Sequence[Any], asyncio.Future]
+_Call = tuple[tuple[Any, ...], asyncio.Future]
 
 
 class Script:
@@ -30,11 +31,12 @@ class Script:
         self.runner, self.sha = runner, sha
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> asyncio.Future:
-        return self.runner.call(self.sha, keys, args)
+        return self.runner.command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class ScriptRunner:
-    """Runs the Lua scripts of one Redis client, the calls of each loop pass together."""
+    """Runs the Lua scripts (and other commands) of one Redis client, the calls of each
+    loop pass together."""
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
@@ -49,15 +51,15 @@ class ScriptRunner:
         self.sources[sha] = source
         return Script(self, sha)
 
-    def call(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future:
-        """Queue a call for this pass's pipeline; the future gets its result."""
+    def command(self, *args: Any) -> asyncio.Future:
+        """Queue a command for this pass's pipeline; the future gets its result."""
         loop = asyncio.get_running_loop()
         waiting = self._waiting.get(loop)
         if waiting is None:
             waiting = self._waiting[loop] = []
             loop.call_soon(self._send, loop)
         done = loop.create_future()
-        waiting.append((sha, keys, args, done))
+        waiting.append((args, done))
         return done
 
     def _send(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -73,21 +75,21 @@ class ScriptRunner:
                        if isinstance(result, NoScriptError)]
             if unknown:
                 # Redis lost its scripts (a restart, SCRIPT FLUSH): load them, run those again.
-                for sha in {calls[i][0] for i in unknown}:
+                for sha in {calls[i][0][1] for i in unknown}:
                     await self.redis.script_load(self.sources[sha])
                 again = await self._execute([calls[i] for i in unknown])
                 for i, result in zip(unknown, again, strict=True):
                     results[i] = result
         except asyncio.CancelledError:
-            for *_, done in calls:
+            for _, done in calls:
                 done.cancel()
             raise
         except Exception as exc:
-            for *_, done in calls:
+            for _, done in calls:
                 if not done.done():
                     done.set_exception(exc)
             return
-        for (*_, done), result in zip(calls, results, strict=True):
+        for (_, done), result in zip(calls, results, strict=True):
             if done.done():  # its caller was cancelled
                 continue
             if isinstance(result, Exception):
@@ -97,6 +99,17 @@ class ScriptRunner:
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
-        for sha, keys, args, _ in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
+        for args, _ in calls:
+            pipe.execute_command(*args)
         return await pipe.execute(raise_on_error=False)
+
+
+_runners: "weakref.WeakKeyDictionary[Any, ScriptRunner]" = weakref.WeakKeyDictionary()
+
+
+def runner_of(redis: Any) -> ScriptRunner:
+    """The runner of a Redis client that is not ours (a channel layer's connection)."""
+    runner = _runners.get(redis)
+    if runner is None:
+        runner = _runners[redis] = ScriptRunner(redis)
+    return runner

@@ -8,7 +8,7 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from realtime.scripts import ScriptRunner
+from realtime.scripts import ScriptRunner, runner_of
 
 pytestmark = pytest.mark.redis
 
@@ -111,3 +111,17 @@ async def test_a_cancelled_caller_leaves_the_others_their_results(client):
     first.cancel()
     assert await second == ["b", "2"]
     assert first.cancelled()
+
+
+async def test_other_commands_share_the_pipeline_of_their_pass(client, monkeypatch):
+    """A hot path's plain commands (the layer's group question) go with the scripts."""
+    runner = runner_of(client)
+    assert runner_of(client) is runner
+    echo = runner.register(ECHO)
+    await client.set("rt-test:scripts:plain", "value")
+    counted = CountedPipelines(client, monkeypatch)
+    results = await asyncio.gather(runner.command("GET", "rt-test:scripts:plain"),
+                                   echo(["a"], [1]))
+    assert results == ["value", ["a", "1"]]
+    assert counted.sizes == [2]
+    await client.delete("rt-test:scripts:plain")
