@@ -40,22 +40,23 @@ PROBE_ATTEMPTS = 50
 TESTED_CHANNELS_REDIS = {"channels-redis": ("4.3", "4.4")}
 
 
-def _group_table_readable() -> bool:
-    reason = untested(TESTED_CHANNELS)
+def _tested(tested: dict[str, tuple[str, str]], otherwise: str) -> bool:
+    """Whether the installed versions are the ``tested`` ones; if not, say so once."""
+    reason = untested(tested)
     if reason is None:
         return True
-    logger.warning("%s: every event is published through the in-memory layer, even with "
-                   "no other listener", reason)
+    logger.warning("%s: %s", reason, otherwise)
     return False
+
+
+def _group_table_readable() -> bool:
+    return _tested(TESTED_CHANNELS, "every event is published through the in-memory "
+                                    "layer, even with no other listener")
 
 
 def _core_groups_readable() -> bool:
-    reason = untested(TESTED_CHANNELS_REDIS)
-    if reason is None:
-        return True
-    logger.warning("%s: every chat batch is published through the Redis layer, even with "
-                   "no other listener", reason)
-    return False
+    return _tested(TESTED_CHANNELS_REDIS, "every chat batch is published through the Redis "
+                                          "layer, even with no other listener")
 
 
 #: Whether :func:`reaches_others` may read the in-memory layer's group table.
@@ -67,12 +68,12 @@ CORE_GROUPS_READABLE = _core_groups_readable()
 async def reaches_others(layer, group: str, channel: str) -> bool:
     """Whether a message to ``group`` may reach a channel other than ``channel``.
 
-    On the core Redis layer this is one command (in a pipeline with the others
-    of this pass of the loop), where a message sent costs that layer several
-    round trips (its ``group_send``) and then its receiver more. A
-    channel added after the answer is not missed by a caller that asks after
-    its event is stored: a member adds its channel before it reads what is
-    stored. The pub/sub layer is not asked: there a message is one ``PUBLISH``.
+    On the core Redis layer this is one command (in a pipeline with the others of
+    this pass of the loop), where a message sent costs that layer several round
+    trips (its ``group_send``) and then its receiver more. A channel added after
+    the answer is not missed by a caller that asks after its event is stored: a
+    member adds its channel before it reads what is stored. The pub/sub layer is
+    not asked: there a message is one ``PUBLISH``.
     """
     if isinstance(layer, InMemoryChannelLayer):
         if GROUP_TABLE_READABLE:

@@ -28,23 +28,6 @@ async def test_the_locked_channels_release_has_its_group_table_read():
     assert await layers.reaches_others(layer, "room", "mine") is True
 
 
-async def test_an_untested_channels_release_always_goes_through_the_layer(monkeypatch, caplog):
-    """Another channels version: one warning, and every message is published (slower, right)."""
-    real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "4.4.0" if name == "channels" else real(name))
-    with caplog.at_level(logging.WARNING, logger="realtime.layers"):
-        readable = layers._group_table_readable()
-    assert readable is False
-    assert [r.getMessage() for r in caplog.records] == [
-        "channels 4.4.0 is not in the tested range >=4.3,<4.4: every event is published "
-        "through the in-memory layer, even with no other listener"]
-    monkeypatch.setattr(layers, "GROUP_TABLE_READABLE", readable)
-    layer = InMemoryChannelLayer()
-    layer.groups["room"] = {"mine": 0}
-    assert await layers.reaches_others(layer, "room", "mine") is True
-
-
 @pytest.mark.parametrize("layer", [object(), None])
 async def test_other_layers_may_always_reach_others(layer):
     """Layers that cannot tell (the pub/sub layer, anything else): the message goes out."""
@@ -85,19 +68,33 @@ async def test_an_expired_member_of_a_core_group_reaches_nobody(core_layer):
     assert await layers.reaches_others(core_layer, "room", mine) is False
 
 
-async def test_an_untested_channels_redis_release_always_publishes(monkeypatch, caplog):
+def in_memory_with_mine_alone():
+    layer = InMemoryChannelLayer()
+    layer.groups["room"] = {"mine": 0}
+    return layer
+
+
+@pytest.mark.parametrize("package, check, flag, otherwise, make_layer", [
+    ("channels", "_group_table_readable", "GROUP_TABLE_READABLE",
+     "every event is published through the in-memory layer, even with no other listener",
+     in_memory_with_mine_alone),
+    ("channels-redis", "_core_groups_readable", "CORE_GROUPS_READABLE",
+     "every chat batch is published through the Redis layer, even with no other listener",
+     lambda: RedisChannelLayer(hosts=["redis://127.0.0.1:1"])),
+])
+async def test_an_untested_release_always_goes_through_the_layer(
+        package, check, flag, otherwise, make_layer, monkeypatch, caplog):
+    """Another version: one warning, and every message is published (slower, right)."""
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "4.4.0" if name == "channels-redis" else real(name))
+                        lambda name: "4.4.0" if name == package else real(name))
     with caplog.at_level(logging.WARNING, logger="realtime.layers"):
-        readable = layers._core_groups_readable()
+        readable = getattr(layers, check)()
     assert readable is False
     assert [r.getMessage() for r in caplog.records] == [
-        "channels-redis 4.4.0 is not in the tested range >=4.3,<4.4: every chat batch is "
-        "published through the Redis layer, even with no other listener"]
-    monkeypatch.setattr(layers, "CORE_GROUPS_READABLE", readable)
-    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1"])
-    assert await layers.reaches_others(layer, "room", "mine") is True
+        f"{package} 4.4.0 is not in the tested range >=4.3,<4.4: {otherwise}"]
+    monkeypatch.setattr(layers, flag, readable)
+    assert await layers.reaches_others(make_layer(), "room", "mine") is True
 
 
 async def test_the_hub_keeps_a_yes_for_a_while_and_asks_again_after_a_no(monkeypatch):
