@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from realtime.scripts import Script, ScriptRunner
+from realtime.scripts import Script, runner_of
 
 
 def connection_prefix(proc_id: str) -> str:
@@ -184,7 +184,6 @@ class RedisRegistry:
             health_check_interval=15, max_connections=64, timeout=10,
         )
         self.redis = redis.Redis(connection_pool=pool)
-        self.script_runner = ScriptRunner(self.redis)
         # What this process has written, to put back if Redis loses it (a restart).
         self.own_conns: dict[str, tuple[str, str]] = {}
         # Departures reaped by a call that then failed: the next call returns them.
@@ -200,7 +199,8 @@ class RedisRegistry:
     def register_scripts(self, **sources: str) -> dict[str, Script]:
         """Lua scripts by name, each run by its SHA (loaded on first use); the calls of
         one pass of the event loop share one round trip (:mod:`realtime.scripts`)."""
-        return {name: self.script_runner.register(source) for name, source in sources.items()}
+        runner = runner_of(self.redis)
+        return {name: runner.register(source) for name, source in sources.items()}
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)

@@ -108,7 +108,8 @@ _runners: "weakref.WeakKeyDictionary[Any, ScriptRunner]" = weakref.WeakKeyDictio
 
 
 def runner_of(redis: Any) -> ScriptRunner:
-    """The runner of a Redis client that is not ours (a channel layer's connection)."""
+    """The runner of a Redis client (the registry's, a channel layer's connection): one
+    per client, so that all the calls of a pass on that client share its pipeline."""
     runner = _runners.get(redis)
     if runner is None:
         runner = _runners[redis] = ScriptRunner(redis)
