@@ -51,8 +51,10 @@ class Departure:
     version: int
 
 
-#: A room's publication, ``(epoch, number)``: numbers rise by one per published
-#: batch; the epoch changes when Redis loses them (a restart) and numbering starts over.
+#: A room's publication, ``(epoch, number)``: numbers rise by one per batch published
+#: through the channel layer (one that no other process needed is not numbered: there
+#: is nothing to catch up with); the epoch changes when Redis loses them (a restart)
+#: and numbering starts over.
 Publication = tuple[str, int]
 #: How long a room's last publication is kept after its last batch. Losing it only
 #: starts a new epoch (as after a Redis restart), which is safe once nothing of the
@@ -81,6 +83,10 @@ class RoomTurn:
     published: bool = False
     #: Whether the lock is still this turn's.
     held: bool = True
+    #: How long the holder may keep the lock while it has nothing to store, if no
+    #: other process listens in the room (0: give it up at once; see
+    #: :meth:`chat.sequencer.RoomSequencer.take_turn`).
+    lease: float = 0.0
     renew: Callable[["RoomTurn"], Awaitable[bool]] | None = field(default=None, repr=False)
 
     @property
@@ -214,6 +220,9 @@ class RedisPresence(Extension):
     """Room presence and locks shared by every process on the registry's Redis."""
 
     lock_ttl_ms = 5000
+    #: A turn's :attr:`RoomTurn.lease`: taking and giving back the lock costs two round
+    #: trips to Redis, where a local lock costs nothing.
+    lease_seconds = 0.25
 
     def __init__(self, registry: RedisRegistry) -> None:
         self.proc_id = registry.proc_id
@@ -275,7 +284,7 @@ class RedisPresence(Extension):
             return bool(await self.scripts["keep"](
                 keys, [token, self.lock_ttl_ms, _published(turn), PUBLICATION_TTL_SECONDS]))
 
-        turn = RoomTurn(after=_publication(last), renew=renew)
+        turn = RoomTurn(after=_publication(last), renew=renew, lease=self.lease_seconds)
         try:
             yield turn
         finally:

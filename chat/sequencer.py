@@ -8,7 +8,9 @@ order" holds across every process, and each connection receives a room's ids in
 strictly increasing order. Messages that wait are stored together in one
 transaction (a batch), which keeps the lock and the database round trips few
 under load; a busy sequencer keeps the lock from batch to batch (storing the
-next while the last is published) until another process asks for it.
+next while the last is published) until another process asks for it, and, while
+no other process listens in the room, keeps it for a while when idle too (the
+turn's lease).
 """
 
 import asyncio
@@ -76,9 +78,15 @@ class RoomSequencer:
         #: The publication of a batch that was not delivered here first, while it
         #: may be out: the next batch waits for it instead of overtaking it here.
         self.through_layer: asyncio.Task | None = None
+        #: Whether the last batch found no other process listening in the room.
+        self.alone = False
+        #: Set when something is queued while the turn waits for more (its lease).
+        self.woken: asyncio.Future | None = None
 
     async def submit(self, outgoing: Outgoing) -> int:
         self.queue.append(outgoing)
+        if self.woken is not None and not self.woken.done():
+            self.woken.set_result(None)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self.run(), name=f"sequencer-{self.local.name}")
         return await outgoing.done
@@ -105,23 +113,54 @@ class RoomSequencer:
         channel layer work at the same time; publications go out one after
         another, in id order. Every :data:`HOLD_SECONDS` the lock is given up if
         another process is waiting for it.
+
+        While no other process listens in the room, the turn lasts its
+        ``lease`` past its last batch, and checks for a waiting process once a
+        ``lease``: a room that only this process serves then pays the lock's two
+        round trips once in a while, not with each message. Another process
+        that starts to listen is told by the next batch (whose publication asks
+        the layer); its first message waits at most a ``lease`` meanwhile.
         """
         publishing: asyncio.Task | None = None
         since = time.monotonic()
         try:
-            while self.queue:
-                batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
-                publishing = await self.store(batch, turn, publishing)
-                if self.queue and time.monotonic() - since >= HOLD_SECONDS:
-                    if publishing is not None:
-                        await publishing
-                        publishing = None
-                    if not await turn.keep():
-                        return
-                    since = time.monotonic()
+            while True:
+                while self.queue:
+                    if time.monotonic() - since >= self.hold(turn):
+                        if publishing is not None:
+                            await publishing
+                            publishing = None
+                        if not await turn.keep():
+                            return
+                        since = time.monotonic()
+                    batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+                    publishing = await self.store(batch, turn, publishing)
+                if not await self.more(turn, publishing):
+                    return
         finally:
             if publishing is not None:
                 await publishing
+
+    def hold(self, turn: RoomTurn) -> float:
+        """How long the turn goes on before it checks for a process waiting for it."""
+        return turn.lease if turn.lease and self.alone else HOLD_SECONDS
+
+    async def more(self, turn: RoomTurn, publishing: asyncio.Task | None) -> bool:
+        """Whether something was queued within the turn's lease (if it has one now)."""
+        if publishing is not None:
+            # Whether another process listens is known once the last batch is out.
+            await publishing
+        if self.queue or not turn.lease or not self.alone or not turn.held:
+            return bool(self.queue)
+        self.woken = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(turn.lease):
+                await self.woken
+        except TimeoutError:
+            pass
+        finally:
+            self.woken = None
+        return bool(self.queue)
 
     async def store(self, batch: list[Outgoing], turn: RoomTurn,
                     publishing: asyncio.Task | None) -> asyncio.Task | None:
@@ -214,7 +253,9 @@ class RoomSequencer:
             # Delivered here already, and no other process listens: the layer's round
             # trip would only bring it back to be skipped. Asked after the batch is
             # stored, so a process that subscribes later reads it with the history.
-            if "delivered_by" not in event or await local.hub.reaches_others(local.group):
+            published = ("delivered_by" not in event
+                         or await local.hub.reaches_others(local.group))
+            if published:
                 await local.hub.publish(local.group, event)
         except Exception:
             logger.exception("publishing to room %s failed", local.name)
@@ -225,11 +266,15 @@ class RoomSequencer:
                         stored_id=stored_id,
                     ))
             return
-        turn.advance()
-        if number is not None and "delivered_by" in event:
-            # Seen here already; a batch that went through the layer is noted when it
-            # comes back, so that nothing local overtakes it.
-            local.note_publication(number)
+        self.alone = not published
+        if published:
+            # Only what went through the layer is numbered: another process catches
+            # up with it, and what it never had to receive came with its history.
+            turn.advance()
+            if number is not None and "delivered_by" in event:
+                # Seen here already; a batch that went through the layer is noted when
+                # it comes back, so that nothing local overtakes it.
+                local.note_publication(number)
         for outgoing, stored_id in accepted:
             if not outgoing.done.done():
                 outgoing.done.set_result(stored_id)

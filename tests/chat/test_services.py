@@ -176,3 +176,85 @@ async def test_a_batch_after_one_sent_through_the_layer_does_not_overtake_it(
     await asyncio.sleep(0.2)
     assert [json.loads(frame)["id"] for frame in member.frames] == ids
     await fanout.leave(hub, "behind", member, announced=False)
+
+
+# --- A room only this process serves keeps its Redis lock (the turn's lease) ---------
+
+
+def count_script(monkeypatch, rooms, name: str) -> list[str]:
+    """The keys of each call of one of ``rooms``'s Lua scripts, from now on."""
+    calls, real = [], rooms.scripts[name]
+
+    async def counted(keys, args):
+        calls.append(keys[0])
+        return await real(keys, args)
+
+    monkeypatch.setitem(rooms.scripts, name, counted)
+    return calls
+
+
+async def lock_given_back(rooms, local) -> None:
+    """Wait until the room's sequencer has ended its turn and given back the lock."""
+    await wait_for(lambda: local.sequencer.task is None or local.sequencer.task.done())
+    assert not await rooms.redis.exists(rooms.key("lock", local.name))
+
+
+async def test_a_room_no_other_process_listens_in_keeps_its_lock_between_messages(
+    make_user, redis_url, monkeypatch
+):
+    """Messages within a lease of each other take the lock once, and are not numbered:
+    no other process has to catch up with them. The lock is given back a lease after
+    the last. Fails if the lease is silently off."""
+    user, hub, member, local = await live_member(make_user, "lone")
+    rooms = presence.of(hub.registry)
+    monkeypatch.setattr(rooms, "lease_seconds", 2)
+    locks = count_script(monkeypatch, rooms, "lock")
+    for n in range(3):
+        await services.message_send(local=local, user=user, content=f"m{n}")
+        await asyncio.sleep(0.1)  # an idle room: its turn would have ended
+    assert locks == [rooms.key("lock", "lone")]
+    assert await rooms.redis.exists(rooms.key("lock", "lone"))
+    await lock_given_back(rooms, local)
+    assert (await rooms.room_publication("lone"))[1] == 0
+    assert len(member.frames) == 3
+    await fanout.leave(hub, "lone", member, announced=False)
+
+
+async def test_a_process_that_waits_gets_a_leased_lock(make_user, redis_url, monkeypatch):
+    """Another process that wants the lock gets it once the lease is over, and finds the
+    last publication it has to catch up with unchanged."""
+    user, hub, member, local = await live_member(make_user, "leased")
+    rooms = presence.of(hub.registry)
+    monkeypatch.setattr(rooms, "lease_seconds", 1)
+    await services.message_send(local=local, user=user, content="mine")
+    await asyncio.sleep(0.1)
+    assert await rooms.redis.exists(rooms.key("lock", "leased"))
+    other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
+    try:
+        async with presence.of(other).room_lock("leased") as turn:
+            assert local.sequencer.task.done()
+            assert turn.after[1] == 0
+    finally:
+        await other.close()
+    await fanout.leave(hub, "leased", member, announced=False)
+
+
+async def test_a_room_another_process_listens_in_gives_its_lock_back_after_each_turn(
+    make_user, redis_url, monkeypatch
+):
+    """As soon as another process is in the room's group, each turn gives the lock back
+    when its batch is out, and each batch is numbered for that process to catch up."""
+    user, hub, member, local = await live_member(make_user, "shared")
+    rooms = presence.of(hub.registry)
+    monkeypatch.setattr(rooms, "lease_seconds", 30)
+    locks = count_script(monkeypatch, rooms, "lock")
+    await hub.layer.group_add(local.group, "another-process!x")
+    try:
+        for n in range(2):
+            await services.message_send(local=local, user=user, content=f"m{n}")
+            await lock_given_back(rooms, local)
+    finally:
+        await hub.layer.group_discard(local.group, "another-process!x")
+    assert len(locks) == 2
+    assert (await rooms.room_publication("shared"))[1] == 2
+    await fanout.leave(hub, "shared", member, announced=False)
