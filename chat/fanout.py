@@ -283,6 +283,8 @@ async def leave(hub: Hub, room: str, member: Member, *, announced: bool) -> None
         del local.members[member.conn]
         if not local.members:
             rooms.pop(room, None)
+            # A turn that waits for more here would only keep the lock from the others.
+            local.sequencer.end_lease()
             await hub.unsubscribe(local.group, local)
     if not announced:
         return

@@ -153,6 +153,7 @@ class RoomSequencer:
         if self.queue or not turn.lease or not self.alone or not turn.held:
             return bool(self.queue)
         self.woken = asyncio.get_running_loop().create_future()
+        _leasing.add(self)
         try:
             async with asyncio.timeout(turn.lease):
                 await self.woken
@@ -160,7 +161,13 @@ class RoomSequencer:
             pass
         finally:
             self.woken = None
+            _leasing.discard(self)
         return bool(self.queue)
+
+    def end_lease(self) -> None:
+        """End the turn's wait for more now: its room emptied here, or the process stops."""
+        if self.woken is not None and not self.woken.done():
+            self.woken.set_result(None)
 
     async def store(self, batch: list[Outgoing], turn: RoomTurn,
                     publishing: asyncio.Task | None) -> asyncio.Task | None:
@@ -278,6 +285,20 @@ class RoomSequencer:
         for outgoing, stored_id in accepted:
             if not outgoing.done.done():
                 outgoing.done.set_result(stored_id)
+
+
+#: The sequencers whose turn waits for more within its lease.
+_leasing: "weakref.WeakSet[RoomSequencer]" = weakref.WeakSet()
+
+
+async def end_leases() -> None:
+    """Give back every room lock held in a lease (a shutdown handler): a process that
+    exited holding one would leave that room to the lock's expiry."""
+    sequencers = list(_leasing)
+    for sequencer in sequencers:
+        sequencer.end_lease()
+    tasks = [sequencer.task for sequencer in sequencers if sequencer.task is not None]
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def event_item(room: str, outgoing: Outgoing, message: store.Stored) -> dict:

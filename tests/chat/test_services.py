@@ -11,6 +11,7 @@ from chat import fanout, presence, sequencer, services
 from chat.models import Message, Room
 from realtime.hub import get_hub
 from realtime.registry import RedisRegistry
+from realtime.shutdown import shutdown_handlers
 from tests.chat.helpers import Silent
 from tests.conftest import wait_for
 
@@ -258,3 +259,33 @@ async def test_a_room_another_process_listens_in_gives_its_lock_back_after_each_
     assert len(locks) == 2
     assert (await rooms.room_publication("shared"))[1] == 2
     await fanout.leave(hub, "shared", member, announced=False)
+
+
+async def test_a_room_that_empties_here_gives_its_leased_lock_back_at_once(
+    make_user, redis_url, monkeypatch
+):
+    """Its last member gone, the process has no reason to keep the room's lock."""
+    user, hub, member, local = await live_member(make_user, "emptied")
+    rooms = presence.of(hub.registry)
+    monkeypatch.setattr(rooms, "lease_seconds", 30)
+    await services.message_send(local=local, user=user, content="last words")
+    await asyncio.sleep(0.1)
+    assert await rooms.redis.exists(rooms.key("lock", "emptied"))
+    await fanout.leave(hub, "emptied", member, announced=False)
+    await lock_given_back(rooms, local)
+
+
+async def test_a_stopping_process_gives_its_leased_locks_back(make_user, redis_url,
+                                                             monkeypatch):
+    """The shutdown handler ends every lease, so no room waits for the lock's expiry."""
+    user, hub, member, local = await live_member(make_user, "deploy")
+    rooms = presence.of(hub.registry)
+    monkeypatch.setattr(rooms, "lease_seconds", 30)
+    await services.message_send(local=local, user=user, content="before the restart")
+    await asyncio.sleep(0.1)
+    assert sequencer.end_leases in shutdown_handlers
+    async with asyncio.timeout(10):  # the lease would last 30 s
+        await sequencer.end_leases()
+    assert local.sequencer.task.done()
+    assert not await rooms.redis.exists(rooms.key("lock", "deploy"))
+    await fanout.leave(hub, "deploy", member, announced=False)
