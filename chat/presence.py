@@ -73,9 +73,9 @@ class RoomTurn:
 
     ``after`` is the room's last publication, ``None`` where this process is
     the whole service (nothing comes from elsewhere). :meth:`advance` records
-    each batch the turn publishes; the room's last publication is written when
-    the lock is given up. A turn may publish several batches: :meth:`keep`
-    tells whether it may go on.
+    each batch the turn publishes through the channel layer; the room's last
+    publication is written when the lock is kept or given up. A turn may
+    publish several batches: :meth:`keep` tells whether it may go on.
     """
 
     after: Publication | None = None
