@@ -200,6 +200,18 @@ async def lock_given_back(rooms, local) -> None:
     assert not await rooms.redis.exists(rooms.key("lock", local.name))
 
 
+async def holding_a_lease(make_user, monkeypatch, room: str, lease: float):
+    """A live member of ``room`` whose message left its process holding the lock in a
+    lease of ``lease`` seconds: the hub, the member, its LocalRoom and the presence."""
+    user, hub, member, local = await live_member(make_user, room)
+    rooms = presence.of(hub.registry)
+    monkeypatch.setattr(rooms, "lease_seconds", lease)
+    await services.message_send(local=local, user=user, content="mine")
+    await asyncio.sleep(0.1)  # an idle room: without a lease its turn would have ended
+    assert await rooms.redis.exists(rooms.key("lock", room))
+    return hub, member, local, rooms
+
+
 async def test_a_room_no_other_process_listens_in_keeps_its_lock_between_messages(
     make_user, redis_url, monkeypatch
 ):
@@ -224,12 +236,7 @@ async def test_a_room_no_other_process_listens_in_keeps_its_lock_between_message
 async def test_a_process_that_waits_gets_a_leased_lock(make_user, redis_url, monkeypatch):
     """Another process that wants the lock gets it once the lease is over, and finds the
     last publication it has to catch up with unchanged."""
-    user, hub, member, local = await live_member(make_user, "leased")
-    rooms = presence.of(hub.registry)
-    monkeypatch.setattr(rooms, "lease_seconds", 1)
-    await services.message_send(local=local, user=user, content="mine")
-    await asyncio.sleep(0.1)
-    assert await rooms.redis.exists(rooms.key("lock", "leased"))
+    hub, member, local, _ = await holding_a_lease(make_user, monkeypatch, "leased", 1)
     other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
     try:
         async with presence.of(other).room_lock("leased") as turn:
@@ -265,12 +272,7 @@ async def test_a_room_that_empties_here_gives_its_leased_lock_back_at_once(
     make_user, redis_url, monkeypatch
 ):
     """Its last member gone, the process has no reason to keep the room's lock."""
-    user, hub, member, local = await live_member(make_user, "emptied")
-    rooms = presence.of(hub.registry)
-    monkeypatch.setattr(rooms, "lease_seconds", 30)
-    await services.message_send(local=local, user=user, content="last words")
-    await asyncio.sleep(0.1)
-    assert await rooms.redis.exists(rooms.key("lock", "emptied"))
+    hub, member, local, rooms = await holding_a_lease(make_user, monkeypatch, "emptied", 30)
     await fanout.leave(hub, "emptied", member, announced=False)
     await lock_given_back(rooms, local)
 
@@ -278,11 +280,7 @@ async def test_a_room_that_empties_here_gives_its_leased_lock_back_at_once(
 async def test_a_stopping_process_gives_its_leased_locks_back(make_user, redis_url,
                                                              monkeypatch):
     """The shutdown handler ends every lease, so no room waits for the lock's expiry."""
-    user, hub, member, local = await live_member(make_user, "deploy")
-    rooms = presence.of(hub.registry)
-    monkeypatch.setattr(rooms, "lease_seconds", 30)
-    await services.message_send(local=local, user=user, content="before the restart")
-    await asyncio.sleep(0.1)
+    hub, member, local, rooms = await holding_a_lease(make_user, monkeypatch, "deploy", 30)
     assert sequencer.end_leases in shutdown_handlers
     async with asyncio.timeout(10):  # the lease would last 30 s
         await sequencer.end_leases()
