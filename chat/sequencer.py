@@ -92,6 +92,13 @@ class RoomSequencer:
         return await outgoing.done
 
     async def run(self) -> None:
+        _running.add(self)
+        try:
+            await self.run_turns()
+        finally:
+            _running.discard(self)
+
+    async def run_turns(self) -> None:
         local = self.local
         while self.queue:
             try:
@@ -153,7 +160,6 @@ class RoomSequencer:
         if self.queue or not turn.lease or not self.alone or not turn.held:
             return bool(self.queue)
         self.woken = asyncio.get_running_loop().create_future()
-        _leasing.add(self)
         try:
             async with asyncio.timeout(turn.lease):
                 await self.woken
@@ -161,7 +167,6 @@ class RoomSequencer:
             pass
         finally:
             self.woken = None
-            _leasing.discard(self)
         return bool(self.queue)
 
     def end_lease(self) -> None:
@@ -287,14 +292,15 @@ class RoomSequencer:
                 outgoing.done.set_result(stored_id)
 
 
-#: The sequencers whose turn waits for more within its lease.
-_leasing: "weakref.WeakSet[RoomSequencer]" = weakref.WeakSet()
+#: The sequencers whose task runs (stores, publishes, or waits within a lease).
+_running: "weakref.WeakSet[RoomSequencer]" = weakref.WeakSet()
 
 
 async def end_leases() -> None:
-    """Give back every room lock held in a lease (a shutdown handler): a process that
-    exited holding one would leave that room to the lock's expiry."""
-    sequencers = list(_leasing)
+    """End every lease and wait until each running turn has given its lock back (a
+    shutdown handler): a process that exited holding one would leave that room to the
+    lock's expiry."""
+    sequencers = list(_running)
     for sequencer in sequencers:
         sequencer.end_lease()
     tasks = [sequencer.task for sequencer in sequencers if sequencer.task is not None]
