@@ -82,6 +82,8 @@ class RoomSequencer:
         self.alone = False
         #: Set when something is queued while the turn waits for more (its lease).
         self.woken: asyncio.Future | None = None
+        #: No more leases: the room emptied here, or the process stops.
+        self.lease_ended = False
 
     async def submit(self, outgoing: Outgoing) -> int:
         self.queue.append(outgoing)
@@ -157,7 +159,7 @@ class RoomSequencer:
         if publishing is not None:
             # Whether another process listens is known once the last batch is out.
             await publishing
-        if self.queue or not turn.lease or not self.alone or not turn.held:
+        if self.queue or not turn.lease or not self.alone or not turn.held or self.lease_ended:
             return bool(self.queue)
         self.woken = asyncio.get_running_loop().create_future()
         try:
@@ -170,7 +172,9 @@ class RoomSequencer:
         return bool(self.queue)
 
     def end_lease(self) -> None:
-        """End the turn's wait for more now: its room emptied here, or the process stops."""
+        """End the turn's wait for more now, and take no lease from now on: the room
+        emptied here (a LocalRoom is not used again), or the process stops."""
+        self.lease_ended = True
         if self.woken is not None and not self.woken.done():
             self.woken.set_result(None)
 

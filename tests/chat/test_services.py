@@ -287,3 +287,28 @@ async def test_a_stopping_process_gives_its_leased_locks_back(make_user, redis_u
     assert local.sequencer.task.done()
     assert not await rooms.redis.exists(rooms.key("lock", "deploy"))
     await fanout.leave(hub, "deploy", member, announced=False)
+
+
+async def test_a_room_that_empties_while_its_batch_is_stored_takes_no_lease(
+    make_user, redis_url, monkeypatch
+):
+    """The last member leaves while the turn stores: the turn ends with that batch."""
+    user, hub, member, local = await live_member(make_user, "left")
+    rooms = presence.of(hub.registry)
+    monkeypatch.setattr(rooms, "lease_seconds", 30)
+    storing, stored = asyncio.Event(), asyncio.Event()
+    real_store = sequencer.store_messages
+
+    async def slow_store(room, batch):
+        storing.set()
+        await stored.wait()
+        return await real_store(room, batch)
+
+    monkeypatch.setattr(sequencer, "store_messages", slow_store)
+    sending = asyncio.create_task(
+        services.message_send(local=local, user=user, content="leaving"))
+    await storing.wait()
+    await fanout.leave(hub, "left", member, announced=False)
+    stored.set()
+    await sending
+    await lock_given_back(rooms, local)
