@@ -1,0 +1,93 @@
+"""The CPU and wall time of one chat transaction (``chat.store.insert_batches``).
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_rt \\
+        .venv/bin/python bench/store_cost.py [--server-binding] [--profile]
+
+Stores batches of several shapes (rooms x messages per room) in a migrated
+database, as the sequencer's RoomsWriter does, and prints the CPU time of this
+thread (what holds the GIL the event loop needs) and the wall time per
+transaction. ``--server-binding`` runs the statements on psycopg's
+server-binding cursor instead of the client-binding one Django gives (an
+experiment: the project does not do this); ``--profile`` prints a cProfile of
+the 100-room shape. Without DATABASE_URL it runs on a fresh SQLite file.
+"""
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = ((1, 1), (10, 2), (100, 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--server-binding", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    os.environ.setdefault("SECRET_KEY", "bench-store-cost-not-for-production")
+    os.environ.setdefault("JWT_SECRET", "bench-jwt-secret-not-for-production")
+    if not os.environ.get("DATABASE_URL"):
+        os.environ["SQLITE_PATH"] = str(Path(tempfile.mkdtemp()) / "store_cost.sqlite3")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from chat import store
+    from chat.sequencer import Outgoing
+
+    if not os.environ.get("DATABASE_URL"):
+        call_command("migrate", verbosity=0)
+    if args.server_binding:
+        import psycopg
+
+        from realtime import db
+
+        def driver_cursor(self, connection) -> None:
+            connection.ensure_connection()
+            self.db, self._qmark = connection, False
+            self.cursor = psycopg.Cursor(connection.connection)
+
+        db.DriverCursor.__init__ = driver_cursor
+
+    loop = asyncio.new_event_loop()
+    user, _ = get_user_model().objects.get_or_create(username="store-cost")
+
+    def batches(rooms: int, per_room: int) -> list:
+        return [(f"store-cost-{room}", [Outgoing(sender=user, content="x" * 64,
+                                                 done=loop.create_future())
+                                        for _ in range(per_room)])
+                for room in range(rooms)]
+
+    for rooms, per_room in SHAPES:
+        store.insert_batches(batches(rooms, per_room))  # rooms made, statements built
+        work = [batches(rooms, per_room) for _ in range(200 if rooms < 100 else 60)]
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for transaction in work:
+            store.insert_batches(transaction)
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        print(f"{rooms:4d} rooms x {per_room} messages: {1e3 * cpu / len(work):.2f} ms CPU, "
+              f"{1e3 * wall / len(work):.2f} ms wall per transaction "
+              f"({1e6 * cpu / len(work) / (rooms * per_room):.0f} us CPU per message)")
+    if args.profile:
+        work = [batches(100, 2) for _ in range(60)]
+        profile = cProfile.Profile()
+        profile.enable()
+        for transaction in work:
+            store.insert_batches(transaction)
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
