@@ -196,7 +196,7 @@ class Hub:
         goes through the layer (which then skips them): for a publisher whose
         events need no order across processes. It is then not sent through
         the layer at all when the caller knows no other process needs it
-        (``elsewhere`` false), or on the in-memory layer when no other hub listens.
+        (``elsewhere`` false), or when no other hub listens (:meth:`reaches_others`).
 
         After a failure, the hub first makes sure its memberships are back: a
         message published to a group that a Redis restart emptied reaches nobody,

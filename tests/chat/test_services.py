@@ -200,12 +200,19 @@ async def lock_given_back(rooms, local) -> None:
     assert not await rooms.redis.exists(rooms.key("lock", local.name))
 
 
-async def holding_a_lease(make_user, monkeypatch, room: str, lease: float):
-    """A live member of ``room`` whose message left its process holding the lock in a
-    lease of ``lease`` seconds: the hub, the member, its LocalRoom and the presence."""
+async def leasing_member(make_user, monkeypatch, room: str, lease: float):
+    """:func:`live_member` on a process whose room locks are leased for ``lease`` seconds;
+    and that process's presence."""
     user, hub, member, local = await live_member(make_user, room)
     rooms = presence.of(hub.registry)
     monkeypatch.setattr(rooms, "lease_seconds", lease)
+    return user, hub, member, local, rooms
+
+
+async def holding_a_lease(make_user, monkeypatch, room: str, lease: float):
+    """A live member of ``room`` whose message left its process holding the lock in a
+    lease of ``lease`` seconds: the hub, the member, its LocalRoom and the presence."""
+    user, hub, member, local, rooms = await leasing_member(make_user, monkeypatch, room, lease)
     await services.message_send(local=local, user=user, content="mine")
     await asyncio.sleep(0.1)  # an idle room: without a lease its turn would have ended
     assert await rooms.redis.exists(rooms.key("lock", room))
@@ -218,9 +225,8 @@ async def test_a_room_no_other_process_listens_in_keeps_its_lock_between_message
     """Messages within a lease of each other take the lock once, and are not numbered:
     no other process has to catch up with them. The lock is given back a lease after
     the last. Fails if the lease is silently off."""
-    user, hub, member, local = await live_member(make_user, "lone")
-    rooms = presence.of(hub.registry)
-    monkeypatch.setattr(rooms, "lease_seconds", 2)
+    user, hub, member, local, rooms = await leasing_member(make_user, monkeypatch, "lone",
+                                                          2)
     locks = count_script(monkeypatch, rooms, "lock")
     for n in range(3):
         await services.message_send(local=local, user=user, content=f"m{n}")
@@ -252,9 +258,8 @@ async def test_a_room_another_process_listens_in_gives_its_lock_back_after_each_
 ):
     """As soon as another process is in the room's group, each turn gives the lock back
     when its batch is out, and each batch is numbered for that process to catch up."""
-    user, hub, member, local = await live_member(make_user, "shared")
-    rooms = presence.of(hub.registry)
-    monkeypatch.setattr(rooms, "lease_seconds", 30)
+    user, hub, member, local, rooms = await leasing_member(make_user, monkeypatch, "shared",
+                                                          30)
     locks = count_script(monkeypatch, rooms, "lock")
     await hub.layer.group_add(local.group, "another-process!x")
     try:
@@ -293,9 +298,8 @@ async def test_a_room_that_empties_while_its_batch_is_stored_takes_no_lease(
     make_user, redis_url, monkeypatch
 ):
     """The last member leaves while the turn stores: the turn ends with that batch."""
-    user, hub, member, local = await live_member(make_user, "left")
-    rooms = presence.of(hub.registry)
-    monkeypatch.setattr(rooms, "lease_seconds", 30)
+    user, hub, member, local, rooms = await leasing_member(make_user, monkeypatch, "left",
+                                                          30)
     storing, stored = asyncio.Event(), asyncio.Event()
     real_store = sequencer.store_messages
 
