@@ -7,6 +7,7 @@ import pytest
 from django.db import connection
 from django.db.backends.utils import CursorWrapper
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from chat import store
 from chat.models import Message, Room
@@ -29,8 +30,9 @@ def contents(results: list[list[store.Stored | None]]) -> list[list[str | None]]
 
 def test_the_batches_of_several_rooms_are_one_transaction(make_user):
     """Three rooms, two of them new: one INSERT makes the new rooms, one INSERT stores the
-    messages, one UPDATE moves the rooms' last message time. Each room's messages keep
-    their order, and a private message to nobody is left out (None)."""
+    messages, one UPDATE moves the rooms' last message time (where it is a step behind).
+    Each room's messages keep their order, and a private message to nobody is left out
+    (None)."""
     alice = make_user("alice")
     make_user("bob")
     store.insert_batches([("one", [message(alice, "0")])])
@@ -51,9 +53,36 @@ def test_the_batches_of_several_rooms_are_one_transaction(make_user):
     assert ids == sorted(ids)
     private = Message.objects.select_related("recipient").get(room__name="two")
     assert private.recipient.username == "bob"
-    touched = Room.objects.filter(name__in=["one", "two", "three"], last_message_at=
-                                  results[0][0].created_at)
-    assert touched.count() == 3
+    touched = Room.objects.filter(last_message_at=results[0][0].created_at)
+    assert sorted(touched.values_list("name", flat=True)) == ["three", "two"]
+
+
+def test_a_rooms_last_message_time_moves_once_a_step(make_user, monkeypatch):
+    """``Room.last_message_at`` lags the latest message by less than LAST_MESSAGE_AT_STEP:
+    a busy room's row is rewritten once a step, not with every batch."""
+    alice = make_user("alice")
+    start = timezone.now()
+    moments = iter([start, start + store.LAST_MESSAGE_AT_STEP / 2,
+                    start + store.LAST_MESSAGE_AT_STEP])
+    monkeypatch.setattr(store.timezone, "now", lambda: next(moments))
+
+    def last_message_at():
+        store.insert_batch("busy", [message(alice, "x")])
+        return Room.objects.get(name="busy").last_message_at
+
+    assert last_message_at() == start
+    assert last_message_at() == start
+    assert last_message_at() == start + store.LAST_MESSAGE_AT_STEP
+
+
+def test_the_messages_room_lookups_share_one_index():
+    """The message table has one index that starts with its room: (room, id). A second
+    one on the room alone would be one more B-tree written per stored message."""
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, Message._meta.db_table)
+    by_room = [c["columns"] for c in found.values()
+               if c["index"] and not c["primary_key"] and c["columns"][0] == "room_id"]
+    assert by_room == [["room_id", "id"]]
 
 
 def test_a_large_batch_keeps_its_order(make_user):
