@@ -45,9 +45,8 @@ def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Sto
     is missing (deleted while its members were connected) is made again, as a join
     would. Statements: the recipients of private messages (only if any), the rooms,
     the missing rooms (only if any), the ``INSERT`` of the messages
-    (:func:`realtime.db.insert_returning_ids`), one ``UPDATE`` of the rooms' last
-    message time, which writes only the rooms where it is :data:`LAST_MESSAGE_AT_STEP`
-    behind.
+    (:func:`realtime.db.insert_returning_ids`), and the ``UPDATE`` of the last message
+    time of the rooms where it is :data:`LAST_MESSAGE_AT_STEP` behind (only if any).
     """
     now = timezone.now()
     recipients = {o.recipient for _, batch in batches for o in batch if o.recipient is not None}
@@ -58,24 +57,25 @@ def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Sto
     names = sorted({room for room, _ in batches})
     with db.hot_cursor() as cursor, db.hot_transaction(cursor):
         moment = cursor.db.ops.adapt_datetimefield_value(now)
-        rooms = _room_ids(cursor, names)
+        step_ago = cursor.db.ops.adapt_datetimefield_value(now - LAST_MESSAGE_AT_STEP)
+        rooms = _rooms(cursor, names, step_ago)
         missing = [name for name in names if name not in rooms]
         if missing:
             cursor.execute(db.statement(cursor, _make_rooms_sql, len(missing)),
                            [value for name in missing for value in (name, moment, False)])
-            rooms.update(_room_ids(cursor, missing))
+            rooms.update(_rooms(cursor, missing, step_ago))
         rows: list[tuple] = []
         kept: list[list[bool]] = []  # per room, per message: stored (else no recipient)
         for room, batch in batches:
             keep = [o.recipient is None or o.recipient in users for o in batch]
-            rows.extend((rooms[room], o.sender.pk, o.content, users.get(o.recipient), moment)
+            pk = rooms[room][0]
+            rows.extend((pk, o.sender.pk, o.content, users.get(o.recipient), moment)
                         for o, ok in zip(batch, keep, strict=True) if ok)
             kept.append(keep)
         ids = iter(db.insert_returning_ids(cursor, Message, INSERT_FIELDS, rows))
-        room_ids = sorted(set(rooms.values()))
-        stale = cursor.db.ops.adapt_datetimefield_value(now - LAST_MESSAGE_AT_STEP)
-        cursor.execute(db.statement(cursor, _touch_sql, len(room_ids)),
-                       [moment, *room_ids, stale])
+        behind = sorted(pk for pk, stale in rooms.values() if stale)
+        if behind:
+            cursor.execute(db.statement(cursor, _touch_sql, len(behind)), [moment, *behind])
     return [[Stored(next(ids), now) if ok else None for ok in keep] for keep in kept]
 
 
@@ -84,16 +84,18 @@ def insert_batch(room: str, batch: "list[Outgoing]") -> list[Stored | None]:
     return insert_batches([(room, batch)])[0]
 
 
-def _room_ids(cursor, names: list[str]) -> dict[str, int]:
-    cursor.execute(db.statement(cursor, _rooms_sql, len(names)), names)
-    return {name: pk for pk, name in cursor.fetchall()}
+def _rooms(cursor, names: list[str], step_ago) -> dict[str, tuple[int, bool]]:
+    """``{name: (pk, whether its last_message_at is a step behind or empty)}``."""
+    cursor.execute(db.statement(cursor, _rooms_sql, len(names)), [step_ago, *names])
+    return {name: (pk, bool(stale)) for pk, name, stale in cursor.fetchall()}
 
 
 def _rooms_sql(conn, count: int) -> str:
     opts, quote = Room._meta, conn.ops.quote_name
     name = quote(opts.get_field("name").column)
-    return (f"SELECT {quote(opts.pk.column)}, {name} FROM {quote(opts.db_table)}"
-            f" WHERE {name} IN ({db.placeholders(count)})")
+    last = quote(opts.get_field("last_message_at").column)
+    return (f"SELECT {quote(opts.pk.column)}, {name}, ({last} IS NULL OR {last} <= %s)"
+            f" FROM {quote(opts.db_table)} WHERE {name} IN ({db.placeholders(count)})")
 
 
 def _make_rooms_sql(conn, count: int) -> str:
@@ -106,7 +108,6 @@ def _make_rooms_sql(conn, count: int) -> str:
 
 def _touch_sql(conn, count: int) -> str:
     opts, quote = Room._meta, conn.ops.quote_name
-    last = quote(opts.get_field("last_message_at").column)
-    return (f"UPDATE {quote(opts.db_table)} SET {last} = %s"
-            f" WHERE {quote(opts.pk.column)} IN ({db.placeholders(count)})"
-            f" AND ({last} IS NULL OR {last} <= %s)")
+    return (f"UPDATE {quote(opts.db_table)}"
+            f" SET {quote(opts.get_field('last_message_at').column)} = %s"
+            f" WHERE {quote(opts.pk.column)} IN ({db.placeholders(count)})")

@@ -30,9 +30,9 @@ def contents(results: list[list[store.Stored | None]]) -> list[list[str | None]]
 
 def test_the_batches_of_several_rooms_are_one_transaction(make_user):
     """Three rooms, two of them new: one INSERT makes the new rooms, one INSERT stores the
-    messages, one UPDATE moves the rooms' last message time (where it is a step behind).
-    Each room's messages keep their order, and a private message to nobody is left out
-    (None)."""
+    messages, one UPDATE moves the last message time of the rooms where it is a step
+    behind (the new ones). Each room's messages keep their order, and a private message
+    to nobody is left out (None)."""
     alice = make_user("alice")
     make_user("bob")
     store.insert_batches([("one", [message(alice, "0")])])
@@ -73,6 +73,18 @@ def test_a_rooms_last_message_time_moves_once_a_step(make_user, monkeypatch):
     assert last_message_at() == start
     assert last_message_at() == start
     assert last_message_at() == start + store.LAST_MESSAGE_AT_STEP
+
+
+def test_a_transaction_of_rooms_none_behind_updates_nothing(make_user):
+    """When every room's last message time is less than a step old, the transaction has
+    no UPDATE at all: two statements, the rooms and the INSERT."""
+    alice = make_user("alice")
+    store.insert_batches([("a", [message(alice, "1")]), ("b", [message(alice, "1")])])
+    with CaptureQueriesContext(connection) as queries:
+        store.insert_batches([("a", [message(alice, "2")]), ("b", [message(alice, "2")])])
+    statements = [q["sql"].split()[0].upper() for q in queries]
+    assert [s for s in statements if s in ("SELECT", "INSERT", "UPDATE")] == [
+        "SELECT", "INSERT"]
 
 
 def test_the_messages_room_lookups_share_one_index():
