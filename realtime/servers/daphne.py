@@ -170,6 +170,7 @@ def apply_patches() -> None:
     """The patches below; ``manage.py serve`` applies them before daphne starts."""
     plain_autobahn_log_arguments()
     skip_debug_log_arguments_of_reads()
+    skip_debug_log_arguments_of_new_connections()
     skip_twisted_form_parsing()
     bound_request_bodies()
     stop_gracefully()
@@ -217,6 +218,49 @@ def skip_debug_log_arguments_of_reads() -> None:
 
     dataReceived.skips_debug_arguments = True
     WebSocketProtocol.dataReceived = dataReceived
+
+
+def skip_debug_log_arguments_of_new_connections() -> None:
+    """Open each WebSocket connection without pretty-printing its options for a debug log.
+
+    autobahn's ``_connectionMade`` formats its forty-odd options with
+    ``pprint.pformat`` as the argument of a ``log.debug`` call for every new
+    connection, even when txaio has made ``debug`` a no-op because debug logging is
+    off: a third of the event loop in a reconnect storm (bench/RESULTS.md, "fifteenth
+    part"). While debug is off, autobahn's own method runs with its module's
+    ``pformat`` standing in as a no-op for the length of the call (that log call is
+    its only use there); with debug on, it runs as it is. Only the reactor's thread
+    opens connections, so nothing else sees the stand-in.
+    """
+    import autobahn.websocket.protocol
+    import txaio.tx
+    from daphne.ws_protocol import WebSocketProtocol
+
+    original = WebSocketProtocol._connectionMade
+    no_op = getattr(txaio.tx, "_no_op", None)
+    module = autobahn.websocket.protocol
+    if (getattr(original, "skips_debug_arguments", False) or no_op is None
+            or not hasattr(module, "pformat")):
+        return
+    pformat = module.pformat
+
+    def _connectionMade(self) -> None:
+        if self.log.debug is not no_op:
+            original(self)
+            return
+        module.pformat = _unformatted
+        try:
+            original(self)
+        finally:
+            module.pformat = pformat
+
+    _connectionMade.skips_debug_arguments = True
+    WebSocketProtocol._connectionMade = _connectionMade
+
+
+def _unformatted(*args, **kwargs) -> str:
+    """What a debug-log argument nobody logs is formatted to."""
+    return ""
 
 
 def skip_twisted_form_parsing() -> None:

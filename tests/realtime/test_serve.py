@@ -17,6 +17,7 @@ from realtime.management.commands.serve import HARD_CEILING_WITHOUT_LIMIT, daphn
 from realtime.servers.daphne import (
     plain_autobahn_log_arguments,
     read_short_messages_directly,
+    skip_debug_log_arguments_of_new_connections,
     skip_debug_log_arguments_of_reads,
     skip_twisted_form_parsing,
     skip_unobserved_message_events,
@@ -159,6 +160,42 @@ def test_a_read_reaches_autobahn_whether_or_not_debug_is_on(monkeypatch, debug_o
     assert bool(built) is debug_on, "the debug arguments are built only with debug on"
 
 
+@pytest.mark.parametrize("debug_on", [False, True])
+def test_a_new_connection_is_set_up_whether_or_not_debug_is_on(monkeypatch, debug_on):
+    """With debug off a new connection skips pretty-printing its options for the debug
+    log; with it on autobahn formats them. Either way autobahn sets the connection up
+    from its factory, and its module's pformat is its own again afterwards."""
+    import autobahn.websocket.protocol
+    import txaio
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from daphne.ws_protocol import WebSocketProtocol
+
+    formatted = []
+    real = autobahn.websocket.protocol.pformat
+
+    def pformat(obj, *args, **kwargs):
+        formatted.append(obj)
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(autobahn.websocket.protocol, "pformat", pformat)
+    monkeypatch.setattr(WebSocketProtocol, "_connectionMade", WebSocketProtocol._connectionMade)
+    skip_debug_log_arguments_of_new_connections()
+    patched = WebSocketProtocol._connectionMade
+    skip_debug_log_arguments_of_new_connections()
+    assert WebSocketProtocol._connectionMade is patched and patched.skips_debug_arguments
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(autoPingInterval=7)
+    connection = WebSocketProtocol.__new__(WebSocketProtocol)
+    connection.factory = factory
+    connection.log = txaio.make_logger()
+    connection.log._set_log_level("debug" if debug_on else "info")
+    connection._connectionMade()
+    assert connection.state == WebSocketProtocol.STATE_CONNECTING
+    assert connection.autoPingInterval == 7 and connection._perMessageCompress is None
+    assert bool(formatted) is debug_on, "the options are formatted only with debug on"
+    assert autobahn.websocket.protocol.pformat is pformat
+
+
 def test_the_access_log_is_on_unless_turned_off():
     """ACCESS_LOG=false runs daphne at verbosity 0, which drops only its access log."""
     assert "-v" not in daphne_arguments("127.0.0.1", 8000)
@@ -256,6 +293,7 @@ def test_serve_applies_the_frame_shortcuts_under_the_locked_versions():
         "assert WebSocketProtocol.onMessageEnd.skips_unobserved_events\n"
         "assert WebSocketProtocol.processData.reads_short_messages\n"
         "assert WebSocketProtocol.dataReceived.skips_debug_arguments\n"
+        "assert WebSocketProtocol._connectionMade.skips_debug_arguments\n"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env,
