@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 CLOSE_WAIT_SECONDS = 10.0
 
 
+#: The close-downs still running (a task is only weakly held by the loop).
+_closing_down: set[asyncio.Future] = set()
+
+
 class ProtocolConsumer(AsyncWebsocketConsumer):
     """A consumer that keeps the contract's limits and auth rules."""
 
@@ -67,6 +71,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     _direct = None  # the connection's writer (realtime.servers), set at the accept
     _takes_frames = False  # whether it takes encoded text frames (else ASGI messages)
     _closer: asyncio.Task | None = None
+    _close_down: asyncio.Future | None = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -96,6 +101,13 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except asyncio.CancelledError:
+            # daphne cancels an application whose close has not finished within its
+            # close timeout (10 s: a backlog after thousands of sockets closed at once),
+            # also one that has not read its disconnect yet. What the connection holds
+            # (its rooms and presence, its slot, its registration) is given back anyway.
+            self.close_down(None)
+            raise
 
     async def dispatch(self, message):
         """Call the handler directly.
@@ -175,13 +187,32 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await self.connect()
 
     async def websocket_disconnect(self, message) -> None:
+        """Give back what the connection holds (:meth:`close_down`), then stop."""
+        await asyncio.shield(self.close_down(message.get("code")))
+        raise StopConsumer()
+
+    def close_down(self, code: int | None) -> asyncio.Future:
+        """Start giving back what the connection holds, once; the task that does it.
+
+        It runs in a task of its own, so that a consumer cancelled meanwhile (see
+        :meth:`__call__`) does not leave a room's presence, a slot or a
+        registration behind; a graceful stop waits for it (the consumer leaves
+        ``hub.consumers`` at its end).
+        """
+        self.closing = True
+        if self._close_down is None:
+            self._close_down = asyncio.ensure_future(self._give_back(code))
+            _closing_down.add(self._close_down)
+            self._close_down.add_done_callback(_closing_down.discard)
+        return self._close_down
+
+    async def _give_back(self, code: int | None) -> None:
         """Free the connection's slots, then :meth:`disconnect` and :meth:`leave` (if run).
 
         The slots go first: a client whose close handshake has completed finds
         its slot free, even while this connection's disconnect work (leaving
         rooms, writing acks) goes on.
         """
-        self.closing = True
         if self._expiry is not None:
             self._expiry.cancel()
         if self._counted:
@@ -197,7 +228,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         try:
             try:
                 if self._connected:
-                    await self.disconnect(message.get("code"))
+                    await self.disconnect(code)
             finally:
                 if self._joined:
                     await self.leave()
@@ -211,7 +242,6 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                     logger.exception("could not unregister a connection")
             if self._tracked:  # a refused handshake never was
                 self.hub.consumers.discard(self)
-        raise StopConsumer()
 
     async def join(self) -> None:
         """Before the handshake is answered: subscribe to what the client must not miss.

@@ -7,8 +7,10 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from chat import presence
 from chat.models import Message, Room
 from project.asgi import application
+from realtime.hub import get_hub
 from tests.chat.helpers import open_chat, receive, receive_type, request, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -145,6 +147,39 @@ async def test_two_tabs_count_once_and_leave_after_the_last(alice, bob):
     await tab2.disconnect()
     left = await receive(b)
     assert left == {**left, "type": "user_left", "user_id": "alice", "users": ["bob"]}
+    await b.disconnect()
+
+
+@pytest.mark.parametrize("cancelled", ["while it leaves", "before it reads its close"])
+async def test_a_connection_the_server_cancels_still_leaves_the_room(alice, bob, monkeypatch,
+                                                                     cancelled):
+    """daphne cancels an application whose close takes longer than its close timeout (a
+    backlog after thousands of sockets closed at once), whether or not it has read its
+    disconnect yet. The connection still leaves: the room gets user_left, and its users
+    no longer list it."""
+    b, _, _ = await open_chat("cut", bob)
+    a, _, _ = await open_chat("cut", alice)
+    assert (await receive(b))["user_id"] == "alice"
+    present = type(presence.of((await get_hub()).registry))
+    room_leave = present.room_leave
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow_room_leave(self, room, conn):
+        entered.set()
+        await gate.wait()
+        return await room_leave(self, room, conn)
+
+    monkeypatch.setattr(present, "room_leave", slow_room_leave)
+    if cancelled == "while it leaves":
+        await a.send_input({"type": "websocket.disconnect", "code": 1001})
+        await asyncio.wait_for(entered.wait(), 5)
+    a.future.cancel()  # what daphne's application checker does
+    gate.set()
+    left = await receive(b)
+    assert left == {**left, "type": "user_left", "user_id": "alice", "users": ["bob"]}
+    tab, _, joined = await open_chat("cut", bob)
+    assert joined["users"] == ["bob"]
+    await tab.disconnect()
     await b.disconnect()
 
 
