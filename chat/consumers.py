@@ -86,8 +86,10 @@ class ChatConsumer(Gapless, ProtocolConsumer):
             return
         if self.closing:
             return
-        await fanout.announce_join(self.local, self)
+        # From here the room's presence may hold this connection, even if the join is
+        # cut short (a cancelled application): the leave must take it out again.
         self.announced = True
+        await fanout.announce_join(self.local, self)
         await fanout.go_live(self)
 
     async def read_history(self) -> str | None:

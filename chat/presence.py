@@ -28,6 +28,9 @@ APP = "chat"
 class RoomChange:
     """The result of a join or leave: was/is the user present, and who is.
 
+    A leave of a connection that is not in the room changes nothing and reports
+    the user as present: there is no departure to announce.
+
     ``version`` rises with every change of the room's presence, so a listener
     can drop a presence event older than one it has already seen.
     """
@@ -157,6 +160,8 @@ class LocalPresence(Extension):
     async def room_leave(self, room: str, conn: str) -> RoomChange:
         members = self.room_conns.get(room, {})
         user = members.pop(conn, None)
+        if user is None:  # never joined: nothing changed, nobody to announce
+            return RoomChange(True, sorted(set(members.values())), self.version)
         present = user in members.values()
         users = sorted(set(members.values()))
         if not members:

@@ -38,6 +38,7 @@ return {before[ARGV[2]] and 1 or 0, list, bump(KEYS[3], ARGV[4], 1, ARGV[5])}
 
 ROOM_LEAVE = USERS + BUMP + """
 local user = redis.call('HGET', KEYS[1], ARGV[1])
+if not user then return {1, {}, 0} end
 redis.call('HDEL', KEYS[1], ARGV[1])
 local list, seen = users_of(KEYS[1])
 local prefix, own = ARGV[4], false
@@ -48,6 +49,7 @@ if not own then redis.call('SREM', KEYS[3], ARGV[5]) end
 return {(user and seen[user]) and 1 or 0, list, bump(KEYS[2], ARGV[2], 1, ARGV[3])}
 """  # KEYS: room hash, room version, proc rooms set; ARGV: conn, version floor, version ttl,
 #    "<proc>|", room. The room leaves the process's set with its last connection there.
+#    A connection that is not in the room changes nothing (and is reported present).
 
 REAP_ROOM = USERS + BUMP + """
 local _, before = users_of(KEYS[1])

@@ -183,6 +183,48 @@ async def test_a_connection_the_server_cancels_still_leaves_the_room(alice, bob,
     await b.disconnect()
 
 
+async def test_a_connection_the_server_cancels_while_it_joins_leaves_no_user_behind(
+        alice, bob, monkeypatch):
+    """Cancelled once the room's presence holds it but before its user_joined went out,
+    a connection is taken out of the presence again: the room's users do not keep it."""
+    b, _, _ = await open_chat("cut", bob)
+    present = type(presence.of((await get_hub()).registry))
+    room_join = present.room_join
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def joined_then_held(self, room, conn, user):
+        change = await room_join(self, room, conn, user)
+        entered.set()
+        await gate.wait()
+        return change
+
+    monkeypatch.setattr(present, "room_join", joined_then_held)
+    a, _, _ = await open_chat("cut", alice, join=False)
+    await asyncio.wait_for(entered.wait(), 5)
+    a.future.cancel()  # what daphne's application checker does
+    gate.set()
+    monkeypatch.setattr(present, "room_join", room_join)
+    left = await receive(b)  # the room never saw alice join, but it did hold her
+    assert left == {**left, "type": "user_left", "user_id": "alice", "users": ["bob"]}
+    tab, _, joined = await open_chat("cut", bob)
+    assert joined["users"] == ["bob"]
+    await tab.disconnect()
+    await b.disconnect()
+
+
+async def test_leaving_a_room_one_never_joined_announces_nothing(bob):
+    """A leave of a connection the room's presence does not hold changes nothing: no
+    user_left, even for a user who is there with another connection."""
+    b, _, _ = await open_chat("quiet", bob)
+    room_presence = presence.of((await get_hub()).registry)
+    change = await room_presence.room_leave("quiet", "no-such-connection")
+    assert change.user_present
+    joined = await room_presence.room_join("quiet", "another-connection", "carol")
+    assert joined.users == ["bob", "carol"]
+    await room_presence.room_leave("quiet", "another-connection")
+    await b.disconnect()
+
+
 # --- Messages ------------------------------------------------------------------
 
 
