@@ -35,7 +35,9 @@ class Migration(migrations.Migration):
             ],
             database_operations=[
                 migrations.RunSQL(
-                    f'DROP INDEX "{ROOM_INDEX}"',
+                    # IF EXISTS: a database whose index Django named otherwise still
+                    # migrates (it keeps that index, which costs only speed).
+                    f'DROP INDEX IF EXISTS "{ROOM_INDEX}"',
                     reverse_sql=f'CREATE INDEX "{ROOM_INDEX}" ON "chat_message" ("room_id")',
                 ),
             ],
