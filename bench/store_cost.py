@@ -106,15 +106,16 @@ def database_backend_cpu():
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         pid = cursor.fetchone()[0]
+    from thread_cpu import snapshot  # bench/, this script's directory
+
     ticks = os.sysconf("SC_CLK_TCK")
 
     def seconds() -> float:
         try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
+            threads = snapshot(str(pid)).values()
+        except OSError:  # the backend is gone, or runs on another machine
             return 0.0
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return sum(user + system for _, user, system in threads) / ticks
 
     return seconds
 
