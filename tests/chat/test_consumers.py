@@ -150,6 +150,24 @@ async def test_two_tabs_count_once_and_leave_after_the_last(alice, bob):
     await b.disconnect()
 
 
+async def hold_presence(monkeypatch, method: str, *, after_call: bool):
+    """Make this process's presence ``method`` (``room_join``, ``room_leave``) stop at a
+    gate, before or after its real call, until the test opens it: ``entered`` is set
+    when a call reaches the gate."""
+    present = type(presence.of((await get_hub()).registry))
+    real = getattr(present, method)
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(self, *args):
+        result = await real(self, *args) if after_call else None
+        entered.set()
+        await gate.wait()
+        return result if after_call else await real(self, *args)
+
+    monkeypatch.setattr(present, method, held)
+    return entered, gate
+
+
 @pytest.mark.parametrize("cancelled", ["while it leaves", "before it reads its close"])
 async def test_a_connection_the_server_cancels_still_leaves_the_room(alice, bob, monkeypatch,
                                                                      cancelled):
@@ -160,16 +178,7 @@ async def test_a_connection_the_server_cancels_still_leaves_the_room(alice, bob,
     b, _, _ = await open_chat("cut", bob)
     a, _, _ = await open_chat("cut", alice)
     assert (await receive(b))["user_id"] == "alice"
-    present = type(presence.of((await get_hub()).registry))
-    room_leave = present.room_leave
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    async def slow_room_leave(self, room, conn):
-        entered.set()
-        await gate.wait()
-        return await room_leave(self, room, conn)
-
-    monkeypatch.setattr(present, "room_leave", slow_room_leave)
+    entered, gate = await hold_presence(monkeypatch, "room_leave", after_call=False)
     if cancelled == "while it leaves":
         await a.send_input({"type": "websocket.disconnect", "code": 1001})
         await asyncio.wait_for(entered.wait(), 5)
@@ -188,22 +197,12 @@ async def test_a_connection_the_server_cancels_while_it_joins_leaves_no_user_beh
     """Cancelled once the room's presence holds it but before its user_joined went out,
     a connection is taken out of the presence again: the room's users do not keep it."""
     b, _, _ = await open_chat("cut", bob)
-    present = type(presence.of((await get_hub()).registry))
-    room_join = present.room_join
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    async def joined_then_held(self, room, conn, user):
-        change = await room_join(self, room, conn, user)
-        entered.set()
-        await gate.wait()
-        return change
-
-    monkeypatch.setattr(present, "room_join", joined_then_held)
+    entered, gate = await hold_presence(monkeypatch, "room_join", after_call=True)
     a, _, _ = await open_chat("cut", alice, join=False)
     await asyncio.wait_for(entered.wait(), 5)
     a.future.cancel()  # what daphne's application checker does
     gate.set()
-    monkeypatch.setattr(present, "room_join", room_join)
+    monkeypatch.undo()  # bob's next tab joins without the gate
     left = await receive(b)  # the room never saw alice join, but it did hold her
     assert left == {**left, "type": "user_left", "user_id": "alice", "users": ["bob"]}
     tab, _, joined = await open_chat("cut", bob)
