@@ -28,8 +28,8 @@ APP = "chat"
 class RoomChange:
     """The result of a join or leave: was/is the user present, and who is.
 
-    A leave of a connection that is not in the room changes nothing and reports
-    the user as present: there is no departure to announce.
+    A leave of a connection that is not in the room changes nothing: it reports
+    the user as present (there is no departure to announce) and no ``users``.
 
     ``version`` rises with every change of the room's presence, so a listener
     can drop a presence event older than one it has already seen.
@@ -161,7 +161,7 @@ class LocalPresence(Extension):
         members = self.room_conns.get(room, {})
         user = members.pop(conn, None)
         if user is None:  # never joined: nothing changed, nobody to announce
-            return RoomChange(True, sorted(set(members.values())), self.version)
+            return RoomChange(True, [], self.version)
         present = user in members.values()
         users = sorted(set(members.values()))
         if not members:
