@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,9 @@ BENCH_PYTHON = BENCH_VENV / "bin" / "python"
 PEER_MODULES = ("picows", "uvloop", "orjson", "psutil", "fastapi", "uvicorn")
 SECRET = "bench-jwt-secret-not-for-production"
 USER_PREFIX, STAFF = "bench_u", "bench_staff"
+#: While a scenario runs on a PostgreSQL server whose autovacuum is off, the bench runs
+#: ``ANALYZE`` on the run's databases this often, in its place (Bench.analysing).
+ANALYZE_EVERY = 5.0
 
 # loadgen ends a fan-out run without reporting when nothing arrives for --idle-timeout
 # (default 5 s) and counts the join storm over after --quiet (0.5 s) of silence; on a
@@ -246,6 +250,45 @@ class Bench:
                 conn.execute("VACUUM ANALYZE")
         log(f"vacuumed and analysed {1 + len(self.own_databases)} database(s)")
 
+    @contextlib.contextmanager
+    def analysing(self):
+        """While the block runs, ``ANALYZE`` the run's PostgreSQL databases every
+        ``ANALYZE_EVERY`` seconds, if the server's autovacuum is off.
+
+        A deployment's autovacuum keeps the planner's statistics close to its tables
+        (autoanalyze). The bench's start empty, and without it they stay those of the
+        empty tables through the scenario: the planner then reads every acked
+        notification left in the partial index of undelivered ones, with every batch,
+        and notify falls from run to run (bench/RESULTS.md, "sixteenth part"). Dead rows
+        are left to the product, as between two of autovacuum's vacuums.
+        """
+        if not self.postgres():
+            yield
+            return
+        import psycopg
+
+        with psycopg.connect(self.args.database_url, autocommit=True) as conn:
+            if conn.execute("SHOW autovacuum").fetchone()[0] == "on":
+                yield
+                return
+        stop = threading.Event()
+
+        def analyse() -> None:
+            while not stop.wait(ANALYZE_EVERY):
+                for url in [self.args.database_url, *self.own_databases]:
+                    with contextlib.suppress(psycopg.Error), \
+                            psycopg.connect(url, autocommit=True) as conn:
+                        conn.execute("ANALYZE")
+
+        log(f"autovacuum is off: the bench analyses every {ANALYZE_EVERY:g} s in its place")
+        thread = threading.Thread(target=analyse, name="analyse", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def own_database(self, label: str, root: Path) -> str:
         """A PostgreSQL database of the server ``label`` alone (its URL), made afresh.
 
@@ -388,10 +431,11 @@ class Bench:
         self.vacuum_database()
         load_before = os.getloadavg()
         started = time.time()
-        if self.peer:
-            record = self.run_loadgen(name, kind, extra, layer, projects, seed)
-        else:
-            record = self.run_builtin(name, layer, projects[0])
+        with self.analysing():
+            if self.peer:
+                record = self.run_loadgen(name, kind, extra, layer, projects, seed)
+            else:
+                record = self.run_builtin(name, layer, projects[0])
         record.update(scenario=name, layer=layer, loadavg_before=load_before,
                       loadavg_after=os.getloadavg(), seconds=round(time.time() - started, 1))
         self.results.append(record)
