@@ -34,6 +34,13 @@ RECOVERY_SETTLE_SECONDS = 2 * RECOVERY_POLL_SECONDS
 REACHING_SECONDS = 1.0
 #: Every process listens here for control events (such as revoking a user).
 CONTROL_GROUP = "hub.control"
+#: How many of this process's publishes may be in the layer at once; the others wait
+#: their turn. channels-redis takes a connection from its pool for each ``group_send``,
+#: and redis-py's pool raises ``MaxConnectionsError`` past its cap instead of waiting
+#: (``max_connections``: 1000 in project/settings.py, redis-py's default 100): when
+#: 2,000 chat sockets left one room at once, their ``user_left`` events failed so
+#: (bench/RESULTS.md, "sixteenth part").
+MAX_PUBLISHES_IN_LAYER = 50
 
 
 class Listener(Protocol):
@@ -84,6 +91,7 @@ class Hub:
         # Redis pub/sub: subscriptions are confirmed by a probe (see subscribe()).
         self.pubsub = layers.is_pubsub(self.layer)
         self.probes = layers.Probes(self.layer)
+        self._publishing = asyncio.Semaphore(MAX_PUBLISHES_IN_LAYER)
 
     async def start(self) -> None:
         # The default "specific" prefix: channels-redis reads every channel of a
@@ -213,7 +221,9 @@ class Hub:
         if settling > 0:
             await asyncio.sleep(settling)
         try:
-            await self.layer.group_send(group, {"type": "hub.event", "group": group, **event})
+            async with self._publishing:
+                await self.layer.group_send(group, {"type": "hub.event", "group": group,
+                                                    **event})
         except Exception:
             self.suspect = True
             raise

@@ -10,9 +10,11 @@ import asyncio
 
 import pytest
 from channels.layers import InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer
+from django.conf import settings
 
 from realtime import layers
-from realtime.hub import Hub
+from realtime.hub import MAX_PUBLISHES_IN_LAYER, Hub
 from realtime.layers import PROBE
 
 
@@ -156,3 +158,33 @@ async def test_on_the_in_memory_layer_here_first_sends_only_when_another_hub_lis
     finally:
         await hub.close()
         await other.close()
+
+
+@pytest.mark.redis
+async def test_a_burst_of_publishes_past_the_layers_connection_pool_waits_its_turn(redis_url):
+    """Thousands of sockets leaving one room publish their ``user_left`` at once.
+
+    channels-redis takes a pooled connection for each ``group_send``, and redis-py's
+    pool raises past its cap instead of waiting: the publishes beyond the hub's bound
+    wait for a turn, so every one arrives and the hub does not take the burst for a
+    lost Redis.
+    """
+    pool_cap = MAX_PUBLISHES_IN_LAYER + 10  # room for the receive loop's connection
+    layer = RedisChannelLayer(hosts=[{"address": redis_url, "max_connections": pool_cap}],
+                              prefix=f"{settings.REDIS_PREFIX}:burst", capacity=10000)
+    hub = Hub()
+    hub.layer, hub.pubsub = layer, False
+    await hub.start()
+    try:
+        listener = Recorder()
+        await hub.subscribe("room", listener)
+        count = 4 * pool_cap
+        await asyncio.gather(*(hub.publish("room", {"kind": "left", "n": n})
+                               for n in range(count)))
+        await until(lambda: len(listener.events) >= count, seconds=10)
+        assert sorted(event["n"] for event in listener.events) == list(range(count))
+        assert not hub.suspect
+    finally:
+        await hub.close()
+        await layer.flush()
+        await layer.close_pools()
