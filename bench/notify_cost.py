@@ -1,0 +1,106 @@
+"""The time of each statement of a notify batch (``notifications.store.store_batch``) as the
+table fills.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/notify_cost \\
+        .venv/bin/python bench/notify_cost.py [--batches 3500] [--analyze-every 500]
+
+Stores batches as the writer does under notify64: 40 posts to 100 users each, every
+batch carrying the acks of the one before. Every ``--report`` batches it prints the
+wall time per batch, and on PostgreSQL per statement (by its first words). With
+``--analyze-every N`` it runs ``ANALYZE`` every N batches, as autoanalyze would on a
+deployment. The database must be migrated (``manage.py migrate``); its notifications
+are deleted first. Without DATABASE_URL it runs on a fresh SQLite file.
+"""
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTS, USERS = 40, 100
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=3500)
+    parser.add_argument("--report", type=int, default=250, help="batches per line")
+    parser.add_argument("--analyze-every", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    os.environ.setdefault("SECRET_KEY", "bench-notify-cost-not-for-production")
+    os.environ.setdefault("JWT_SECRET", "bench-jwt-secret-not-for-production")
+    if not os.environ.get("DATABASE_URL"):
+        os.environ["SQLITE_PATH"] = str(Path(tempfile.mkdtemp()) / "notify_cost.sqlite3")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.db import connection
+
+    from notifications import store
+    from notifications.models import Notification
+
+    if not os.environ.get("DATABASE_URL"):
+        call_command("migrate", verbosity=0)
+    names = [f"notify-cost-{i}" for i in range(USERS)]
+    for name in names:
+        get_user_model().objects.get_or_create(username=name)
+    Notification.objects.all().delete()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {Notification._meta.db_table}")
+
+    seconds: dict[str, float] = collections.defaultdict(float)
+    timed_cursor_class(connection, seconds)
+    acks: dict[int, set[int]] = {}
+    stored = 0
+    started = time.perf_counter()
+    for batch in range(1, args.batches + 1):
+        posts = [store.Post(target=names[(stored + i) % USERS], data={"n": stored + i})
+                 for i in range(POSTS)]
+        acks_now, acks = acks, collections.defaultdict(set)
+        for result in store.store_batch(posts, acks_now):
+            acks[result.user_id].add(result.pk)
+        stored += POSTS
+        if args.analyze_every and batch % args.analyze_every == 0:
+            with connection.cursor() as cursor:
+                cursor.execute(f"ANALYZE {Notification._meta.db_table}")
+        if batch % args.report == 0:
+            wall = time.perf_counter() - started
+            parts = "  ".join(f"{name} {1e3 * spent / args.report:.2f}"
+                              for name, spent in sorted(seconds.items()))
+            print(f"{stored:7d} stored: {1e3 * wall / args.report:.2f} ms a batch  ({parts})",
+                  flush=True)
+            seconds.clear()
+            started = time.perf_counter()
+
+
+def timed_cursor_class(connection, seconds: dict[str, float]) -> None:
+    """Time every statement of the driver's cursors of ``connection`` into ``seconds``,
+    by the statement's first three words (PostgreSQL: psycopg's ``cursor_factory``;
+    elsewhere only the batch is timed)."""
+    connection.ensure_connection()
+    if connection.vendor != "postgresql":
+        return
+    driver = connection.connection
+
+    class Timed(driver.cursor_factory):
+        def execute(self, query, params=None, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super().execute(query, params, *args, **kwargs)
+            finally:
+                words = str(query).split()[:3]
+                seconds[" ".join(words).lower()] += time.perf_counter() - start
+
+    driver.cursor_factory = Timed
+
+
+if __name__ == "__main__":
+    main()
