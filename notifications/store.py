@@ -96,7 +96,8 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     over ``NOTIFICATIONS_QUEUE_LIMIT`` to trim. On PostgreSQL the targets' user
     rows are locked first (in primary-key order), so that batches of other
     processes trim one queue one after the other; acks come before the insert,
-    so what they deliver no longer counts against the limit.
+    so what they deliver no longer counts against the limit. On PostgreSQL the
+    transaction plans no bitmap scans (:data:`NO_BITMAP_SCANS`).
 
     A result is a :class:`Stored` notification, a :class:`Refused`, or
     :data:`AUTHORISED` for a post without data that passed its checks.
@@ -141,6 +142,8 @@ def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, 
         results.append(AUTHORISED)  # replaced by the stored row below
     queues = sorted({user_id for _, user_id, _ in accepted if user_id is not None})
     with db.hot_transaction(cursor):
+        if (queues or acks) and cursor.db.vendor == "postgresql":
+            cursor.execute(NO_BITMAP_SCANS, [])
         if queues and cursor.db.features.has_select_for_update:
             _lock_users(cursor, queues)
         if acks:
@@ -174,6 +177,15 @@ def _lock_sql(conn, count: int) -> str:
     return (f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
             f" ({db.placeholders(count)}) ORDER BY {pk} FOR UPDATE")
 
+
+#: Run first in a PostgreSQL batch's transaction (it lasts until the transaction ends).
+#: Every acked notification leaves an entry in the partial index of undelivered ones
+#: until a vacuum. A bitmap scan reads the row of each such entry again with every batch,
+#: and never marks it dead; an index scan marks it, and later scans skip it. The planner
+#: picks bitmap scans for the queue count and the acks' UPDATE while its statistics put a
+#: user's queue at a few rows (taken on a near-empty table, say): a batch took 32 ms after
+#: 140,000 notifications instead of 2.4 (bench/RESULTS.md, "sixteenth part").
+NO_BITMAP_SCANS = "SET LOCAL enable_bitmapscan = off"
 
 #: The columns :func:`_insert` writes, in the order of its values.
 INSERT_FIELDS = ("user", "data", "broadcast", "created_at", "delivered_at")

@@ -313,3 +313,32 @@ async def test_without_the_registry_a_note_still_reaches_this_process(
     assert status == "queued"
     assert published == [(["bob"], True)]
     assert [frame["id"] for frame in await receive_notes(tab, 1)] == [note_id]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL planner setting")
+def test_a_batch_never_reads_acked_notifications_again_on_postgresql(make_user, monkeypatch):
+    """Acked notifications stay in the index of undelivered ones until a vacuum.
+
+    A bitmap scan reads each of their rows again with every batch (the planner takes one
+    while its statistics put a queue at a few rows); an index scan marks them dead once.
+    So the queue count and the acks' UPDATE of a batch run without bitmap scans, and the
+    setting ends with the batch's transaction.
+    """
+    bea = make_user("bea")
+    seen: dict[str, str] = {}
+
+    def watching(name, statement):
+        def run(cursor, *args):
+            cursor.execute("SHOW enable_bitmapscan", [])
+            seen[name] = cursor.fetchone()[0]
+            return statement(cursor, *args)
+        return run
+
+    monkeypatch.setattr(store, "_over_limit", watching("count", store._over_limit))
+    monkeypatch.setattr(store, "_mark_delivered", watching("acks", store._mark_delivered))
+    (first,) = store.store_batch([store.Post(target="bea", data={"n": 1})], {})
+    store.store_batch([store.Post(target="bea", data={"n": 2})], {bea.pk: {first.pk}})
+    assert seen == {"count": "off", "acks": "off"}
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW enable_bitmapscan")
+        assert cursor.fetchone()[0] == "on"
