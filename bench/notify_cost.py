@@ -14,13 +14,10 @@ are deleted first. Without DATABASE_URL it runs on a fresh SQLite file.
 
 import argparse
 import collections
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import scratch_django  # bench/, this script's directory
+
 POSTS, USERS = 40, 100
 
 
@@ -30,24 +27,13 @@ def main() -> None:
     parser.add_argument("--report", type=int, default=250, help="batches per line")
     parser.add_argument("--analyze-every", type=int, default=0, metavar="N")
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    os.environ.setdefault("SECRET_KEY", "bench-notify-cost-not-for-production")
-    os.environ.setdefault("JWT_SECRET", "bench-jwt-secret-not-for-production")
-    if not os.environ.get("DATABASE_URL"):
-        os.environ["SQLITE_PATH"] = str(Path(tempfile.mkdtemp()) / "notify_cost.sqlite3")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    scratch_django.setup("notify_cost")
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
 
     from notifications import store
     from notifications.models import Notification
 
-    if not os.environ.get("DATABASE_URL"):
-        call_command("migrate", verbosity=0)
     names = [f"notify-cost-{i}" for i in range(USERS)]
     for name in names:
         get_user_model().objects.get_or_create(username=name)

@@ -17,12 +17,10 @@ import asyncio
 import cProfile
 import os
 import pstats
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import scratch_django  # bench/, this script's directory
+
 SHAPES = ((1, 1), (10, 2), (100, 2))
 
 
@@ -31,23 +29,12 @@ def main() -> None:
     parser.add_argument("--server-binding", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    os.environ.setdefault("SECRET_KEY", "bench-store-cost-not-for-production")
-    os.environ.setdefault("JWT_SECRET", "bench-jwt-secret-not-for-production")
-    if not os.environ.get("DATABASE_URL"):
-        os.environ["SQLITE_PATH"] = str(Path(tempfile.mkdtemp()) / "store_cost.sqlite3")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    scratch_django.setup("store_cost")
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
 
     from chat import store
     from chat.sequencer import Outgoing
 
-    if not os.environ.get("DATABASE_URL"):
-        call_command("migrate", verbosity=0)
     if args.server_binding:
         import psycopg
 
