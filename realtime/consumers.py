@@ -173,6 +173,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         metrics.inc("realtime_connections_open", endpoint=self.endpoint)
         self.bucket = TokenBucket(settings.WS_RATE_LIMIT, settings.WS_RATE_BURST)
         if self.requires_user:
+            # Set before the round trip: a cancel that lands while Redis takes the slot
+            # (daphne's close timeout) must still give it back at the close-down.
+            self._registered = True
             self._registered = await self.hub.registry.register(
                 self.user.username, self.conn, self.endpoint,
                 settings.WS_MAX_CONNECTIONS_PER_USER,

@@ -5,6 +5,7 @@ endpoint of ``tests.realtime.support`` for the ones that do.
 """
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -18,6 +19,7 @@ from django.test import override_settings
 from project.asgi import application
 from realtime import consumers, limits
 from realtime.echo import EchoConsumer
+from realtime.hub import get_hub
 from tests.realtime.support import close_code, communicator, forge, receive_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -457,3 +459,36 @@ async def test_a_close_the_server_can_send_at_once_is_awaited():
     consumer.close = close
     await consumer.close_with(consumers.CloseCode.SLOW_CONSUMER)
     assert closes == [4010] and consumer._closer is None and not consumer._direct.aborted
+
+
+@override_settings(WS_MAX_CONNECTIONS_PER_USER=1)
+async def test_a_connection_cancelled_while_it_takes_its_user_slot_gives_it_back(
+        own_users, token_for, monkeypatch):
+    """daphne cancels an application that outlives its close timeout, also one still in
+    its handshake (a backlog). A cancel that lands after the registry took the user's slot,
+    before the consumer heard so, still gives the slot back: the user's next connection
+    is accepted."""
+    name, _ = own_users
+    registry = type((await get_hub()).registry)
+    real_register = registry.register
+    took_it, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow_answer(self, *args):
+        registered = await real_register(self, *args)
+        took_it.set()
+        await gate.wait()
+        return registered
+
+    monkeypatch.setattr(registry, "register", slow_answer)
+    first = communicator(f"/ws/test/?token={token_for(name)}")
+    connecting = asyncio.ensure_future(first.connect())
+    await asyncio.wait_for(took_it.wait(), 5)
+    first.future.cancel()  # what daphne's application checker does
+    with contextlib.suppress(asyncio.CancelledError):
+        await connecting
+    monkeypatch.setattr(registry, "register", real_register)
+    await asyncio.gather(*consumers._closing_down)
+    again = communicator(f"/ws/test/?token={token_for(name)}")
+    await again.connect()
+    assert await receive_json(again) == {"type": "hello", "user_id": name}
+    await again.disconnect()
