@@ -12,6 +12,7 @@ from chat.models import Message, Room
 from project.asgi import application
 from realtime.hub import get_hub
 from tests.chat.helpers import open_chat, receive, receive_type, request, send
+from tests.realtime.support import hold
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,20 +153,9 @@ async def test_two_tabs_count_once_and_leave_after_the_last(alice, bob):
 
 async def hold_presence(monkeypatch, method: str, *, after_call: bool):
     """Make this process's presence ``method`` (``room_join``, ``room_leave``) stop at a
-    gate, before or after its real call, until the test opens it: ``entered`` is set
-    when a call reaches the gate."""
+    gate (:func:`tests.realtime.support.hold`)."""
     present = type(presence.of((await get_hub()).registry))
-    real = getattr(present, method)
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    async def held(self, *args):
-        result = await real(self, *args) if after_call else None
-        entered.set()
-        await gate.wait()
-        return result if after_call else await real(self, *args)
-
-    monkeypatch.setattr(present, method, held)
-    return entered, gate
+    return hold(monkeypatch, present, method, after_call=after_call)
 
 
 @pytest.mark.parametrize("cancelled", ["while it leaves", "before it reads its close"])

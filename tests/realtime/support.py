@@ -8,6 +8,7 @@ test can see who was authenticated; like every JSON endpoint it answers ``ping``
 and handles ``auth``, and it takes ``ack`` (and does nothing with it).
 """
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -87,3 +88,23 @@ def raw_token(header: dict[str, Any], payload: dict[str, Any], key: str | None =
     secret = (key or settings.JWT_SECRET).encode()
     signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return signing_input + "." + _b64(signature)
+
+
+def hold(monkeypatch, owner: type, method: str, *, after_call: bool
+         ) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make ``owner.method`` (an async method) stop at a gate, before or after its real
+    call, until the test opens it; ``entered`` is set when a call reaches the gate.
+
+    Returns ``(entered, gate)``. ``monkeypatch.undo()`` (or the test's end) restores it.
+    """
+    real = getattr(owner, method)
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(self, *args):
+        result = await real(self, *args) if after_call else None
+        entered.set()
+        await gate.wait()
+        return result if after_call else await real(self, *args)
+
+    monkeypatch.setattr(owner, method, held)
+    return entered, gate

@@ -20,7 +20,7 @@ from project.asgi import application
 from realtime import consumers, limits
 from realtime.echo import EchoConsumer
 from realtime.hub import get_hub
-from tests.realtime.support import close_code, communicator, forge, receive_json
+from tests.realtime.support import close_code, communicator, forge, hold, receive_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -469,24 +469,15 @@ async def test_a_connection_cancelled_while_it_takes_its_user_slot_gives_it_back
     before the consumer heard so, still gives the slot back: the user's next connection
     is accepted."""
     name, _ = own_users
-    registry = type((await get_hub()).registry)
-    real_register = registry.register
-    took_it, gate = asyncio.Event(), asyncio.Event()
-
-    async def slow_answer(self, *args):
-        registered = await real_register(self, *args)
-        took_it.set()
-        await gate.wait()
-        return registered
-
-    monkeypatch.setattr(registry, "register", slow_answer)
+    took_it, _ = hold(monkeypatch, type((await get_hub()).registry), "register",
+                      after_call=True)
     first = communicator(f"/ws/test/?token={token_for(name)}")
     connecting = asyncio.ensure_future(first.connect())
     await asyncio.wait_for(took_it.wait(), 5)
     first.future.cancel()  # what daphne's application checker does
     with contextlib.suppress(asyncio.CancelledError):
         await connecting
-    monkeypatch.setattr(registry, "register", real_register)
+    monkeypatch.undo()  # the next connection registers without the gate
     await asyncio.gather(*consumers._closing_down)
     again = communicator(f"/ws/test/?token={token_for(name)}")
     await again.connect()
