@@ -245,10 +245,15 @@ class Bench:
             return
         import psycopg
 
-        for url in [self.args.database_url, *self.own_databases]:
+        for url in self.databases():
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("VACUUM ANALYZE")
-        log(f"vacuumed and analysed {1 + len(self.own_databases)} database(s)")
+        log(f"vacuumed and analysed {len(self.databases())} database(s)")
+
+    def databases(self) -> list[str]:
+        """The URLs of the run's PostgreSQL databases: ``--database-url`` and the servers'
+        own (:meth:`own_database`)."""
+        return [self.args.database_url, *self.own_databases]
 
     @contextlib.contextmanager
     def analysing(self):
@@ -256,11 +261,11 @@ class Bench:
         ``ANALYZE_EVERY`` seconds, if the server's autovacuum is off.
 
         A deployment's autovacuum keeps the planner's statistics close to its tables
-        (autoanalyze). The bench's start empty, and without it they stay those of the
-        empty tables through the scenario: the planner then reads every acked
-        notification left in the partial index of undelivered ones, with every batch,
-        and notify falls from run to run (bench/RESULTS.md, "sixteenth part"). Dead rows
-        are left to the product, as between two of autovacuum's vacuums.
+        (autoanalyze). The bench's start empty, and without it they would stay those of
+        the empty tables through the scenario, which no deployment runs on: before the
+        notification writer stopped planning bitmap scans, notify fell from run to run
+        so (bench/RESULTS.md, "sixteenth part"). Dead rows are left to the product, as
+        between two of autovacuum's vacuums.
         """
         if not self.postgres():
             yield
@@ -275,7 +280,7 @@ class Bench:
 
         def analyse() -> None:
             while not stop.wait(ANALYZE_EVERY):
-                for url in [self.args.database_url, *self.own_databases]:
+                for url in self.databases():
                     with contextlib.suppress(psycopg.Error), \
                             psycopg.connect(url, autocommit=True) as conn:
                         conn.execute("ANALYZE")
