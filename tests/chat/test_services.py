@@ -246,7 +246,9 @@ async def test_a_process_that_waits_gets_a_leased_lock(make_user, redis_url, mon
     other = RedisRegistry("other-proc", redis_url, settings.REDIS_PREFIX)
     try:
         async with presence.of(other).room_lock("leased") as turn:
-            assert local.sequencer.task.done()
+            # The turn gave the lock back: its task ends with the unlock's reply, which
+            # may reach this process just after the other registry's lock.
+            await wait_for(lambda: local.sequencer.task.done(), timeout=1)
             assert turn.after[1] == 0
     finally:
         await other.close()
