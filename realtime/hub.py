@@ -36,10 +36,11 @@ REACHING_SECONDS = 1.0
 CONTROL_GROUP = "hub.control"
 #: How many of this process's publishes may be in the layer at once; the others wait
 #: their turn. channels-redis takes a connection from its pool for each ``group_send``,
-#: and redis-py's pool raises ``MaxConnectionsError`` past its cap instead of waiting
-#: (``max_connections``: 1000 in project/settings.py, redis-py's default 100): when
-#: 2,000 chat sockets left one room at once, their ``user_left`` events failed so
-#: (bench/RESULTS.md, "sixteenth part").
+#: and redis-py's pool raises ``MaxConnectionsError`` past its cap instead of waiting:
+#: when 2,000 chat sockets left one room at once, their ``user_left`` events failed so
+#: (bench/RESULTS.md, "sixteenth part"). Fewer where the layer's pool is smaller
+#: (:func:`realtime.layers.publish_bound`; ``max_connections`` is 1000 in
+#: project/settings.py, redis-py's default 100).
 MAX_PUBLISHES_IN_LAYER = 50
 
 
@@ -94,6 +95,8 @@ class Hub:
         self._publishing = asyncio.Semaphore(MAX_PUBLISHES_IN_LAYER)
 
     async def start(self) -> None:
+        self._publishing = asyncio.Semaphore(
+            layers.publish_bound(self.layer, MAX_PUBLISHES_IN_LAYER))
         # The default "specific" prefix: channels-redis reads every channel of a
         # process through one loop per prefix.
         self.channel = await self.layer.new_channel()

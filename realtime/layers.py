@@ -10,6 +10,8 @@
   a lost event.
 * :class:`Probes`: a Redis pub/sub subscription is confirmed by an event of our
   own that comes back (``group_add`` returns before Redis applies SUBSCRIBE).
+* :func:`publish_bound`: how many group messages the core Redis layer can have in
+  flight before its connection pool raises, read from the pools it would make.
 """
 
 import asyncio
@@ -89,6 +91,35 @@ async def reaches_others(layer, group: str, channel: str) -> bool:
         own = channel.encode()
         return any(member != own for member in members)
     return True
+
+
+#: Connections of the core Redis layer's pool left to what is not a publish: the
+#: receive loop's blocking pop, ``group_add`` and ``group_discard``.
+POOL_RESERVE = 10
+
+
+def publish_bound(layer, most: int) -> int:
+    """How many ``group_send`` calls may be in ``layer`` at once: ``most``, or fewer
+    where the core Redis layer's connection pool would raise before that.
+
+    channels-redis takes a pooled connection for each ``group_send``, and redis-py's
+    pool raises ``MaxConnectionsError`` past its ``max_connections`` (the host's
+    setting, else redis-py's default) instead of waiting. The cap is read from a pool
+    made as the layer makes its own (``create_pool``), which opens no connection;
+    of several hosts, the smallest counts.
+    """
+    if not isinstance(layer, RedisChannelLayer):
+        return most
+    caps = []
+    for index in range(len(layer.hosts)):
+        try:
+            caps.append(layer.create_pool(index).max_connections)
+        except Exception:
+            logger.warning("could not read the Redis layer's pool size; assuming %d "
+                           "connections", most + POOL_RESERVE, exc_info=True)
+    if not caps:
+        return most
+    return max(1, min(most, min(caps) - POOL_RESERVE))
 
 
 def is_pubsub(layer) -> bool:

@@ -161,15 +161,18 @@ async def test_on_the_in_memory_layer_here_first_sends_only_when_another_hub_lis
 
 
 @pytest.mark.redis
-async def test_a_burst_of_publishes_past_the_layers_connection_pool_waits_its_turn(redis_url):
+@pytest.mark.parametrize("pool_cap", [MAX_PUBLISHES_IN_LAYER + layers.POOL_RESERVE,
+                                      layers.POOL_RESERVE + 5],
+                         ids=["pool-over-the-hubs-bound", "pool-under-the-hubs-bound"])
+async def test_a_burst_of_publishes_past_the_layers_connection_pool_waits_its_turn(redis_url,
+                                                                                    pool_cap):
     """Thousands of sockets leaving one room publish their ``user_left`` at once.
 
     channels-redis takes a pooled connection for each ``group_send``, and redis-py's
     pool raises past its cap instead of waiting: the publishes beyond the hub's bound
     wait for a turn, so every one arrives and the hub does not take the burst for a
-    lost Redis.
+    lost Redis. A pool smaller than that bound (many processes on one Redis) lowers it.
     """
-    pool_cap = MAX_PUBLISHES_IN_LAYER + 10  # room for the receive loop's connection
     layer = RedisChannelLayer(hosts=[{"address": redis_url, "max_connections": pool_cap}],
                               prefix=f"{settings.REDIS_PREFIX}:burst", capacity=10000)
     hub = Hub()

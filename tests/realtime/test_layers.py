@@ -147,3 +147,35 @@ async def test_a_failed_question_marks_the_hub_suspect(monkeypatch):
         await hub.reaches_others("g")
     assert hub.suspect
     hub.suspect = False
+
+
+def core_layer_of(*hosts) -> RedisChannelLayer:
+    """A core layer that is only looked at: its pools are made, never connected."""
+    return RedisChannelLayer(hosts=list(hosts), prefix="rt-test-bound")
+
+
+def test_publishes_in_the_core_layer_stay_under_its_pool_size():
+    """Each ``group_send`` holds one of the pool's connections, and the pool raises past
+    its ``max_connections``: the bound leaves ``POOL_RESERVE`` of them to the rest."""
+    url = "redis://127.0.0.1:1/0"  # never connected
+    assert layers.publish_bound(core_layer_of({"address": url, "max_connections": 1000}),
+                                50) == 50
+    assert layers.publish_bound(core_layer_of({"address": url, "max_connections": 30}),
+                                50) == 30 - layers.POOL_RESERVE
+    assert layers.publish_bound(core_layer_of({"address": url, "max_connections": 4}), 50) == 1
+    # Of several shards the smallest pool counts; a URL's own setting counts too.
+    assert layers.publish_bound(core_layer_of({"address": url, "max_connections": 1000},
+                                              f"{url}?max_connections=25"), 50) == 15
+
+
+def test_without_a_pool_size_the_bound_follows_redis_pys_default():
+    from redis.asyncio import ConnectionPool
+
+    default = ConnectionPool().max_connections
+    assert layers.publish_bound(core_layer_of("redis://127.0.0.1:1/0"), 1000) == (
+        default - layers.POOL_RESERVE)
+
+
+@pytest.mark.parametrize("layer", [InMemoryChannelLayer(), object()])
+def test_other_layers_take_the_hubs_own_bound(layer):
+    assert layers.publish_bound(layer, 50) == 50
