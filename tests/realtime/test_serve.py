@@ -90,10 +90,12 @@ def test_daphne_listens_with_that_backlog(daphne_server):
 
 @pytest.fixture
 def gc_thresholds():
-    """The test process's garbage-collection thresholds, put back afterwards."""
+    """The test process's garbage-collection thresholds, put back afterwards, and nothing
+    left frozen."""
     saved = gc.get_threshold()
     yield saved
     gc.set_threshold(*saved)
+    gc.unfreeze()
 
 
 @pytest.mark.parametrize("patched", [True, False])
@@ -107,6 +109,17 @@ def test_serve_spaces_full_collections_only_with_the_daphne_patches(
     with override_settings(GC_THRESHOLD2=1234):
         call_command("serve", port=8123, stdout=io.StringIO())
     assert gc.get_threshold() == ((700, 10, 1234) if patched else (700, 10, 10))
+
+
+def test_serve_leaves_what_startup_made_out_of_later_collections(monkeypatch, gc_thresholds):
+    """Django, the libraries and the application, built before daphne runs, are frozen: a
+    full collection then walks only what the server made since (its connections)."""
+    monkeypatch.setattr(servers, "prepare_daphne", lambda: True)
+    monkeypatch.setattr(serve.CommandLineInterface, "run", lambda self, argv: None)
+    gc.unfreeze()
+    call_command("serve", port=8123, stdout=io.StringIO())
+    assert "project.asgi" in sys.modules
+    assert gc.get_freeze_count() > 10_000
 
 
 @override_settings(GC_THRESHOLD2=0)

@@ -55,6 +55,20 @@ def space_full_collections() -> None:
         gc.set_threshold(first, second, settings.GC_THRESHOLD2)
 
 
+def freeze_startup_objects() -> None:
+    """Leave what startup made (Django, the libraries, the ASGI application) out of every
+    later collection: a full collection then walks only what the server made since.
+
+    The application is built here, before daphne imports it by name (it finds it
+    built). Startup objects that become cyclic garbage later are never collected,
+    which costs at most a part of the startup heap.
+    """
+    import project.asgi  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 def browser_url(host: str, port: int) -> str:
     """Where a browser on this machine finds a server listening on ``host``."""
     if host in {"", "0.0.0.0", "::"}:
@@ -78,4 +92,5 @@ class Command(BaseCommand):
         # Logs which fast paths are on, then patches daphne (closed sockets among them).
         if servers.prepare_daphne():
             space_full_collections()
+        freeze_startup_objects()
         CommandLineInterface().run(argv)
