@@ -61,9 +61,10 @@ start_handlers: list[StartHandler] = []
 class Hub:
     """Everything one process (one event loop) shares between its connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, layer: Any = None) -> None:
         self.proc_id = secrets.token_hex(6)
-        self.layer = get_channel_layer()
+        #: The project's channel layer, unless one is given (tests of a layer's own setup).
+        self.layer = get_channel_layer() if layer is None else layer
         self.registry = new_registry(self.proc_id)
         self.groups: dict[str, set[Listener]] = {}
         self.slots = ConnectionSlots()  # this process's WebSocket slots (the caps)
@@ -92,11 +93,10 @@ class Hub:
         # Redis pub/sub: subscriptions are confirmed by a probe (see subscribe()).
         self.pubsub = layers.is_pubsub(self.layer)
         self.probes = layers.Probes(self.layer)
-        self._publishing = asyncio.Semaphore(MAX_PUBLISHES_IN_LAYER)
-
-    async def start(self) -> None:
         self._publishing = asyncio.Semaphore(
             layers.publish_bound(self.layer, MAX_PUBLISHES_IN_LAYER))
+
+    async def start(self) -> None:
         # The default "specific" prefix: channels-redis reads every channel of a
         # process through one loop per prefix.
         self.channel = await self.layer.new_channel()

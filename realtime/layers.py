@@ -115,8 +115,8 @@ def publish_bound(layer, most: int) -> int:
         try:
             caps.append(layer.create_pool(index).max_connections)
         except Exception:
-            logger.warning("could not read the Redis layer's pool size; assuming %d "
-                           "connections", most + POOL_RESERVE, exc_info=True)
+            logger.warning("could not read the pool size of the Redis layer's host %d;"
+                           " leaving it out of the publish bound", index, exc_info=True)
     if not caps:
         return most
     return max(1, min(most, min(caps) - POOL_RESERVE))

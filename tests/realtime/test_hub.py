@@ -175,8 +175,7 @@ async def test_a_burst_of_publishes_past_the_layers_connection_pool_waits_its_tu
     """
     layer = RedisChannelLayer(hosts=[{"address": redis_url, "max_connections": pool_cap}],
                               prefix=f"{settings.REDIS_PREFIX}:burst", capacity=10000)
-    hub = Hub()
-    hub.layer, hub.pubsub = layer, False
+    hub = Hub(layer)
     await hub.start()
     try:
         listener = Recorder()
