@@ -14,6 +14,7 @@ from daphne.cli import CommandLineInterface
 from daphne.endpoints import build_endpoint_description_strings
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.utils.module_loading import import_string
 
 from realtime import servers
 
@@ -40,7 +41,8 @@ def daphne_arguments(host: str, port: int) -> list[str]:
     if not settings.ACCESS_LOG:
         # Verbosity 0 only drops the access log: Django's LOGGING configures the rest.
         args += ["-v", "0"]
-    return [*args, "project.asgi:application"]
+    module, _, name = settings.ASGI_APPLICATION.rpartition(".")
+    return [*args, f"{module}:{name}"]
 
 
 def space_full_collections() -> None:
@@ -59,12 +61,11 @@ def freeze_startup_objects() -> None:
     """Leave what startup made (Django, the libraries, the ASGI application) out of every
     later collection: a full collection then walks only what the server made since.
 
-    The application is built here, before daphne imports it by name (it finds it
-    built). Startup objects that become cyclic garbage later are never collected,
-    which costs at most a part of the startup heap.
+    The application (``ASGI_APPLICATION``) is built here, before daphne imports it
+    by the same name (it finds it built). Startup objects that become cyclic garbage
+    later are never collected, which costs at most a part of the startup heap.
     """
-    import project.asgi  # noqa: F401
-
+    import_string(settings.ASGI_APPLICATION)
     gc.collect()
     gc.freeze()
 
