@@ -24,7 +24,6 @@ from realtime.middleware import WebSocketAuthStack  # noqa: E402
 from realtime.shutdown import TrackRequests  # noqa: E402
 
 servers.adapters()  # says at start-up which server fast paths are on (and warns if off)
-servers.prepare_uvicorn()  # under uvicorn: its graceful stop (daphne's: manage.py serve)
 
 application = ProtocolTypeRouter(
     {
@@ -34,3 +33,5 @@ application = ProtocolTypeRouter(
         "websocket": WebSocketAuthStack(URLRouter(websocket_urlpatterns)),
     }
 )
+# Under uvicorn: its graceful stop, and the startup objects frozen (daphne: manage.py serve).
+servers.prepare_uvicorn()

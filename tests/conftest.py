@@ -9,6 +9,7 @@
 
 import asyncio
 import functools
+import gc
 import os
 import socket
 import subprocess
@@ -427,3 +428,13 @@ async def read_until_closed(server, stalled) -> websockets.ConnectionClosed:
         while True:
             await asyncio.wait_for(stalled.recv(), 10)
     return closed.value
+
+
+@pytest.fixture
+def gc_thresholds():
+    """The test process's garbage-collection thresholds, put back afterwards, and nothing
+    left frozen."""
+    saved = gc.get_threshold()
+    yield saved
+    gc.set_threshold(*saved)
+    gc.unfreeze()

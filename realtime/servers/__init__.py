@@ -9,10 +9,13 @@ rest of the project uses only what this module exports.
 A writer has ``write(frame)`` and ``write_if_idle(frame)`` (encoded frames of
 :mod:`realtime.wire`; ``False``: not written), ``unsent_bytes()`` (what the client
 has not taken: the slow-reader bound), ``paused`` (a close would wait now),
-``abort()`` and ``asgi_send`` (the ``send`` for every other message, in order).
+``abort()``, ``asgi_send`` (the ``send`` for every other message, in order) and
+``frees_closed_connections`` (its server frees a closed connection without the
+garbage collector, so full collections may be spaced).
 """
 
 import functools
+import gc
 import importlib
 import importlib.metadata
 import logging
@@ -21,8 +24,8 @@ import sys
 
 from realtime.servers.asgi import AsgiWriter
 
-__all__ = ["AsgiWriter", "adapters", "prepare_daphne", "prepare_uvicorn", "send_http_response",
-           "switch_off", "untested", "writer_for"]
+__all__ = ["AsgiWriter", "adapters", "freeze_startup_objects", "prepare_daphne", "prepare_uvicorn",
+           "send_http_response", "space_full_collections", "switch_off", "untested", "writer_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ def writer_for(send):
     if writer.name not in _announced:
         _announced.add(writer.name)
         logger.info("WebSocket frames go through %s", writer.name)
+        if writer.frees_closed_connections:
+            space_full_collections()
     return writer
 
 
@@ -126,11 +131,44 @@ def prepare_daphne() -> bool:
 
 
 def prepare_uvicorn() -> None:
-    """What ``project.asgi`` does as uvicorn loads it: the uvicorn adapter's graceful stop.
+    """What ``project.asgi`` does once it has built the application, as uvicorn loads it:
+    the uvicorn adapter's graceful stop, and the startup objects frozen.
 
     uvicorn runs no start-up code of ours but the application's import; nothing
-    is done where uvicorn is not the server that imports it.
+    is done where uvicorn is not the server that imports it. Full collections are
+    spaced later, by :func:`writer_for`, once the first WebSocket shows which of
+    uvicorn's implementations serves them.
     """
     adapter = adapters().get("uvicorn")
     if adapter is not None and "uvicorn.server" in sys.modules:
         adapter.stop_gracefully()
+        freeze_startup_objects()
+
+
+def space_full_collections() -> None:
+    """Full garbage collections every ``GC_THRESHOLD2`` middle-generation ones.
+
+    A full collection walks every live connection while the server waits. Only
+    where closed connections are freed without the collector: under ``manage.py
+    serve`` with the daphne adapter's patches, and under uvicorn once a WebSocket
+    is served by its ``websockets-sansio`` implementation (the writer's
+    ``frees_closed_connections``). Spacing the full collections then leaves no
+    closed connection waiting for one.
+    """
+    from django.conf import settings
+
+    if settings.GC_THRESHOLD2:
+        first, second, _ = gc.get_threshold()
+        gc.set_threshold(first, second, settings.GC_THRESHOLD2)
+
+
+def freeze_startup_objects() -> None:
+    """Leave what startup made (Django, the libraries, the ASGI application, which
+    must be built by now) out of every later collection: a full collection then
+    walks only what the server made since.
+
+    Startup objects that become cyclic garbage later are never collected, which
+    costs at most a part of the startup heap.
+    """
+    gc.collect()
+    gc.freeze()

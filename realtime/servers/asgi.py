@@ -31,6 +31,8 @@ class AsgiWriter:
     name = "the plain ASGI send"
     #: Text goes through :meth:`asgi_send` as text: encoded frames are for the fast paths.
     takes_frames = False
+    #: Whether closed connections need no collector depends on the server: unknown here.
+    frees_closed_connections = False
 
     def __init__(self, send: Callable[[dict], Awaitable[None]],
                  backlog: Callable[[], int] | None = None) -> None:

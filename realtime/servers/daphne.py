@@ -97,6 +97,9 @@ class DirectWriter:
 
     name = "daphne's socket writer"
     takes_frames = True
+    #: Only with this module's patches, which ``manage.py serve`` applies (and then spaces
+    #: the collections itself); daphne started by its own command has none.
+    frees_closed_connections = False
     #: Twisted buffers without waiting, so a close never waits on this writer.
     paused = False
 

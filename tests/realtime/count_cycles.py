@@ -3,9 +3,10 @@
 ``python -m tests.realtime.count_cycles OUT.json -- manage.py serve ...`` (or ``-- -m
 module ...``): each ``SIGUSR1`` runs ``gc.collect()`` keeping the garbage
 (``gc.DEBUG_SAVEALL``) and writes to OUT.json, by type (``module.QualName``), the objects
-it found unreachable (``garbage``) and those still alive (``alive``), then lets the garbage
-go. Automatic collection is off meanwhile, so that each count holds every cycle made
-since the one before, however young.
+it found unreachable (``garbage``) and those still alive (``alive``; frozen objects are
+not among them), with the process's collection thresholds (``threshold``), then lets
+the garbage go. Automatic collection is off meanwhile, so that each count holds
+every cycle made since the one before, however young.
 """
 
 import collections
@@ -39,7 +40,8 @@ def main() -> None:
             gc.disable()
         alive = collections.Counter(map(type_name, gc.get_objects()))
         with open(out + ".part", "w") as file:
-            json.dump({"garbage": garbage, "alive": alive}, file)
+            json.dump({"garbage": garbage, "alive": alive, "threshold": gc.get_threshold()},
+                      file)
         # Renamed whole, so that a reader never sees half a file.
         os.replace(out + ".part", out)
 

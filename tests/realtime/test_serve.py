@@ -88,16 +88,6 @@ def test_daphne_listens_with_that_backlog(daphne_server):
     assert listening[2] == "1234"  # State Recv-Q Send-Q: Send-Q is the backlog
 
 
-@pytest.fixture
-def gc_thresholds():
-    """The test process's garbage-collection thresholds, put back afterwards, and nothing
-    left frozen."""
-    saved = gc.get_threshold()
-    yield saved
-    gc.set_threshold(*saved)
-    gc.unfreeze()
-
-
 @pytest.mark.parametrize("patched", [True, False])
 def test_serve_spaces_full_collections_only_with_the_daphne_patches(
         monkeypatch, gc_thresholds, patched):
@@ -125,7 +115,7 @@ def test_serve_leaves_what_startup_made_out_of_later_collections(monkeypatch, gc
 @override_settings(GC_THRESHOLD2=0)
 def test_zero_keeps_pythons_thresholds(gc_thresholds):
     gc.set_threshold(700, 10, 10)
-    serve.space_full_collections()
+    servers.space_full_collections()
     assert gc.get_threshold() == (700, 10, 10)
 
 

@@ -9,12 +9,14 @@ take a frame at once.
 
 import asyncio
 import functools
+import gc
 import logging
 import socket
 
 import pytest
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from daphne.server import Server
+from django.test import override_settings
 from twisted.internet import tcp
 from websockets.protocol import State
 
@@ -300,6 +302,36 @@ async def test_the_transport_writer_says_when_uvicorns_send_would_wait(uvicorn_s
     assert w.paused
     w.abort()
     assert uvicorn_send.__self__.transport.aborted
+
+
+async def plain_send(message) -> None:
+    pass
+
+
+@override_settings(GC_THRESHOLD2=1234)
+async def test_the_first_uvicorn_websocket_spaces_full_collections(
+        uvicorn_send, monkeypatch, gc_thresholds):
+    """Under websockets-sansio closed connections need no collector (test_servers.py):
+    from the first WebSocket it serves, a full collection comes every GC_THRESHOLD2
+    middle-generation collections."""
+    monkeypatch.setattr(servers, "_announced", set())  # as in a process that just started
+    gc.set_threshold(700, 10, 10)
+    servers.writer_for(plain_send)
+    assert gc.get_threshold() == (700, 10, 10)
+    servers.writer_for(uvicorn_send)
+    assert gc.get_threshold() == (700, 10, 1234)
+
+
+@override_settings(GC_THRESHOLD2=1234)
+async def test_daphnes_writer_leaves_the_spacing_to_serve(daphne_send, monkeypatch,
+                                                           gc_thresholds):
+    """daphne frees closed sockets only with the patches that ``manage.py serve`` applies,
+    and serve spaces the collections itself (test_serve.py); daphne run by its own
+    command keeps Python's thresholds."""
+    monkeypatch.setattr(servers, "_announced", set())
+    gc.set_threshold(700, 10, 10)
+    assert isinstance(servers.writer_for(daphne_send), daphne_adapter.DirectWriter)
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 # --- uvicorn HTTP answers ---------------------------------------------------------------

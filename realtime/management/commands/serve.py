@@ -7,7 +7,6 @@ find dead peers, and the handshake and close timeouts are short. The daphne
 adapter's start-up patches (:mod:`realtime.servers.daphne`) apply first.
 """
 
-import gc
 import sys
 
 from daphne.cli import CommandLineInterface
@@ -45,31 +44,6 @@ def daphne_arguments(host: str, port: int) -> list[str]:
     return [*args, f"{module}:{name}"]
 
 
-def space_full_collections() -> None:
-    """Full garbage collections every ``GC_THRESHOLD2`` middle-generation ones.
-
-    Only with the daphne adapter's patches on: they free a closed WebSocket's objects
-    without the collector, so spacing the full collections leaves no closed connection
-    waiting for one.
-    """
-    if settings.GC_THRESHOLD2:
-        first, second, _ = gc.get_threshold()
-        gc.set_threshold(first, second, settings.GC_THRESHOLD2)
-
-
-def freeze_startup_objects() -> None:
-    """Leave what startup made (Django, the libraries, the ASGI application) out of every
-    later collection: a full collection then walks only what the server made since.
-
-    The application (``ASGI_APPLICATION``) is built here, before daphne imports it
-    by the same name (it finds it built). Startup objects that become cyclic garbage
-    later are never collected, which costs at most a part of the startup heap.
-    """
-    import_string(settings.ASGI_APPLICATION)
-    gc.collect()
-    gc.freeze()
-
-
 def browser_url(host: str, port: int) -> str:
     """Where a browser on this machine finds a server listening on ``host``."""
     if host in {"", "0.0.0.0", "::"}:
@@ -92,6 +66,8 @@ class Command(BaseCommand):
         sys.stdout.flush()
         # Logs which fast paths are on, then patches daphne (closed sockets among them).
         if servers.prepare_daphne():
-            space_full_collections()
-        freeze_startup_objects()
+            servers.space_full_collections()
+        # Built before the freeze; daphne, importing it by the same name, finds it built.
+        import_string(settings.ASGI_APPLICATION)
+        servers.freeze_startup_objects()
         CommandLineInterface().run(argv)
