@@ -132,7 +132,8 @@ def prepare_daphne() -> bool:
 
 def prepare_uvicorn() -> None:
     """What ``project.asgi`` does once it has built the application, as uvicorn loads it:
-    the uvicorn adapter's graceful stop, and the startup objects frozen.
+    the uvicorn adapter's graceful stop and its upgrade that frees uvicorn's HTTP
+    protocol, and the startup objects frozen.
 
     uvicorn runs no start-up code of ours but the application's import; nothing
     is done where uvicorn is not the server that imports it. Full collections are
@@ -142,6 +143,7 @@ def prepare_uvicorn() -> None:
     adapter = adapters().get("uvicorn")
     if adapter is not None and "uvicorn.server" in sys.modules:
         adapter.stop_gracefully()
+        adapter.free_the_http_protocol_at_upgrade()
         freeze_startup_objects()
 
 
@@ -151,9 +153,10 @@ def space_full_collections() -> None:
     A full collection walks every live connection while the server waits. Only
     where closed connections are freed without the collector: under ``manage.py
     serve`` with the daphne adapter's patches, and under uvicorn once a WebSocket
-    is served by its ``websockets-sansio`` implementation (the writer's
+    upgraded by its httptools protocol (patched by :func:`prepare_uvicorn`) is
+    served by its ``websockets-sansio`` implementation (the writer's
     ``frees_closed_connections``). Spacing the full collections then leaves no
-    closed connection waiting for one.
+    connection waiting for one.
     """
     from django.conf import settings
 

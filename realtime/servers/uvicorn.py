@@ -63,9 +63,12 @@ class TransportWriter:
 
     name = "uvicorn's transport writer"
     takes_frames = True
-    #: websockets-sansio leaves its upgrade's cycle while young and none at the close
-    #: (tests/realtime/test_servers.py): full collections may be spaced.
-    frees_closed_connections = True
+    @property
+    def frees_closed_connections(self) -> bool:
+        """websockets-sansio leaves no cycle at the close, and the upgrade none once
+        :func:`free_the_http_protocol_at_upgrade` has freed one (the process's HTTP
+        protocol is httptools')."""
+        return _freed_upgrades > 0
 
     def __init__(self, protocol, asgi_send=None) -> None:
         from websockets.protocol import State
@@ -119,6 +122,37 @@ def httptools_impl():
     except ImportError:  # uvicorn without httptools
         return None
     return httptools_impl
+
+
+_freed_upgrades = 0  # WebSocket upgrades whose httptools protocol was freed at once
+
+
+def free_the_http_protocol_at_upgrade() -> None:
+    """Free uvicorn's httptools protocol when it hands its connection to WebSocket.
+
+    Its parser calls it back, so the two are a reference cycle. uvicorn breaks it in
+    ``connection_lost``, but not at an upgrade, where the protocol hands the
+    transport on and is left to the garbage collector with the transport. In a
+    reconnect storm the handshakes wait long enough for those protocols to reach the
+    oldest generation, so each waited for a full collection. Dropping the parser
+    once the transport is handed on, as ``connection_lost`` does, frees it at once.
+    """
+    impl = httptools_impl()
+    if impl is None:
+        return
+    protocol_class = impl.HttpToolsProtocol
+    original = protocol_class.handle_websocket_upgrade
+    if getattr(original, "frees_the_protocol", False):
+        return
+
+    def handle_websocket_upgrade(self) -> None:
+        global _freed_upgrades
+        original(self)
+        self.parser = None  # nothing reads it again: the transport has a new protocol
+        _freed_upgrades += 1
+
+    handle_websocket_upgrade.frees_the_protocol = True
+    protocol_class.handle_websocket_upgrade = handle_websocket_upgrade
 
 
 def http_cycle(send):

@@ -301,45 +301,39 @@ async def test_without_the_patch_closed_websockets_wait_for_the_collector(daphne
     assert all(count >= 5 for count in left.values()), left
 
 
-#: uvicorn's WebSocket connection objects, whichever implementation serves them.
+#: uvicorn's connection objects: its HTTP protocol, which upgrades, the WebSocket
+#: protocols of both its implementations, and the transport.
 UVICORN_CONNECTION_TYPES = (
+    "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol",
     "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol",
     "uvicorn.protocols.websockets.websockets_impl.WebSocketProtocol",
     "uvloop.loop.TCPTransport", "asyncio.selector_events._SelectorSocketTransport",
 )
-
 #: The ASGI application's type: startup made it, so it is frozen under uvicorn too.
 APPLICATION = "channels.routing.ProtocolTypeRouter"
 
 
-async def cycles_left_by_closing(server, out, sockets: int = 5) -> tuple[dict[str, int], dict]:
-    """The uvicorn connection objects found in cycles made by closing ``sockets`` open
-    echo sockets, and the last count (count_cycles.py). A count while they are open
-    takes what their upgrades left first (uvicorn's HTTP protocol, garbage from the
-    upgrade on, and young)."""
-
-    async def count() -> dict:
-        out.unlink(missing_ok=True)
-        server.process.send_signal(signal.SIGUSR1)
-        await wait_for(out.exists, timeout=10)
-        return json.loads(out.read_text())
-
+async def cycles_left_by_websockets(server, out, sockets: int = 5) -> tuple[dict[str, int],
+                                                                          dict]:
+    """The uvicorn connection objects found in cycles once ``sockets`` echo sockets have
+    opened, closed and been let go, and the last count (count_cycles.py)."""
     opened = [await connect(f"{server.ws_url}/ws/echo/", compression=None)
               for _ in range(sockets)]
     for ws in opened:
         await ws.send("hi")
         assert await asyncio.wait_for(ws.recv(), 5) == "Echo: hi"
-    await count()
-    for ws in opened:
         await ws.close()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
     found = dict.fromkeys(UVICORN_CONNECTION_TYPES, 0)
     while True:
-        counts = await count()
+        out.unlink(missing_ok=True)
+        server.process.send_signal(signal.SIGUSR1)
+        await wait_for(out.exists, timeout=10)
+        counts = json.loads(out.read_text())
         for name in UVICORN_CONNECTION_TYPES:
             found[name] += counts["garbage"].get(name, 0)
-        if not any(counts["alive"].get(name) for name in UVICORN_CONNECTION_TYPES[:2]):
+        if not any(counts["alive"].get(name) for name in UVICORN_CONNECTION_TYPES):
             return found, counts
         assert loop.time() < deadline, (found, server.output())
         await asyncio.sleep(0.3)
@@ -353,12 +347,13 @@ def counting_cycles(out, command: list[str]) -> list[str]:
 @pytest.mark.django_db(transaction=True)
 async def test_uvicorn_sansio_frees_a_closed_websocket_without_the_collector(
         daphne_server, tmp_path):
-    """Under uvicorn's websockets-sansio a closed WebSocket leaves nothing in a cycle, so
-    the server spaces its full collections (GC_THRESHOLD2) and has frozen its startup
-    objects: a full collection walks only its connections."""
+    """Under uvicorn's websockets-sansio a WebSocket leaves nothing in a cycle, neither
+    at the upgrade (realtime/servers/uvicorn.py frees the HTTP protocol there) nor at
+    the close. So the server spaces its full collections (GC_THRESHOLD2) and has
+    frozen its startup objects: a full collection walks only its connections."""
     out = tmp_path / "cycles.json"
     server = daphne_server(command=counting_cycles(out, UVICORN), GC_THRESHOLD2="1234")
-    left, counts = await cycles_left_by_closing(server, out)
+    left, counts = await cycles_left_by_websockets(server, out)
     assert left == dict.fromkeys(UVICORN_CONNECTION_TYPES, 0)
     assert counts["threshold"][2] == 1234
     assert APPLICATION not in counts["alive"], "the application is not frozen"
@@ -373,7 +368,7 @@ async def test_uvicorns_legacy_websockets_wait_for_the_collector(daphne_server, 
     out = tmp_path / "cycles.json"
     legacy = [arg if arg != "websockets-sansio" else "websockets" for arg in UVICORN]
     server = daphne_server(command=counting_cycles(out, legacy), GC_THRESHOLD2="1234")
-    left, counts = await cycles_left_by_closing(server, out)
+    left, counts = await cycles_left_by_websockets(server, out)
     assert left["uvicorn.protocols.websockets.websockets_impl.WebSocketProtocol"] >= 5, left
     assert counts["threshold"][2] == 10, "Python's own"
     assert APPLICATION not in counts["alive"], "the application is not frozen"

@@ -311,15 +311,28 @@ async def plain_send(message) -> None:
 @override_settings(GC_THRESHOLD2=1234)
 async def test_the_first_uvicorn_websocket_spaces_full_collections(
         uvicorn_send, monkeypatch, gc_thresholds):
-    """Under websockets-sansio closed connections need no collector (test_servers.py):
-    from the first WebSocket it serves, a full collection comes every GC_THRESHOLD2
-    middle-generation collections."""
+    """Under websockets-sansio, upgraded by the patched httptools protocol, connections
+    need no collector (test_servers.py): from the first WebSocket served, a full
+    collection comes every GC_THRESHOLD2 middle-generation collections."""
     monkeypatch.setattr(servers, "_announced", set())  # as in a process that just started
+    monkeypatch.setattr(uvicorn_adapter, "_freed_upgrades", 1)
     gc.set_threshold(700, 10, 10)
     servers.writer_for(plain_send)
     assert gc.get_threshold() == (700, 10, 10)
     servers.writer_for(uvicorn_send)
     assert gc.get_threshold() == (700, 10, 1234)
+
+
+@override_settings(GC_THRESHOLD2=1234)
+async def test_an_upgrade_not_freed_keeps_pythons_thresholds(uvicorn_send, monkeypatch,
+                                                               gc_thresholds):
+    """Another HTTP implementation (h11) upgraded it, or the patch is off: its protocol
+    may wait in a cycle for a full collection, so they are not spaced."""
+    monkeypatch.setattr(servers, "_announced", set())
+    monkeypatch.setattr(uvicorn_adapter, "_freed_upgrades", 0)
+    gc.set_threshold(700, 10, 10)
+    assert isinstance(servers.writer_for(uvicorn_send), uvicorn_adapter.TransportWriter)
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 @override_settings(GC_THRESHOLD2=1234)
