@@ -298,11 +298,12 @@ SERVER_PORT = env_int("PORT", 8000, minimum=1)
 # drops the SYNs of a reconnect storm, which the clients resend 1, 3, 7 s later; the
 # kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = env_int("LISTEN_BACKLOG", 2048, minimum=1)
-# Collections of the middle generation between two full garbage collections under
-# manage.py serve (Python's default: 10). A full collection walks every live connection
-# while the server waits (reconnect storms: bench/RESULTS.md). Raised only where the daphne
-# adapter frees closed WebSockets without the collector (else their cycles would wait for
-# the rarer full collections); 0 keeps Python's default.
+# Collections of the middle generation between two full garbage collections (Python's
+# default: 10). A full collection walks every live connection while the server waits
+# (reconnect storms: bench/RESULTS.md). Raised only where connections are freed without
+# the collector (else their cycles would wait for the rarer full collections): under
+# manage.py serve with the daphne adapter on, and under uvicorn's httptools and
+# websockets-sansio with its adapter on (realtime.servers); 0 keeps Python's default.
 GC_THRESHOLD2 = env_int("GC_THRESHOLD2", 1000)
 WS_PING_INTERVAL = env_int("WS_PING_INTERVAL", 20, minimum=1)
 WS_PING_TIMEOUT = env_int("WS_PING_TIMEOUT", 30, minimum=1)

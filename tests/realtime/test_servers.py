@@ -301,13 +301,18 @@ async def test_without_the_patch_closed_websockets_wait_for_the_collector(daphne
     assert all(count >= 5 for count in left.values()), left
 
 
-#: uvicorn's connection objects: its HTTP protocol, which upgrades, the WebSocket
-#: protocols of both its implementations, and the transport.
-UVICORN_CONNECTION_TYPES = (
+#: uvicorn's connection protocols: its HTTP protocol, which upgrades, and the WebSocket
+#: protocols of both its implementations.
+UVICORN_PROTOCOLS = (
     "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol",
     "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol",
     "uvicorn.protocols.websockets.websockets_impl.WebSocketProtocol",
-    "uvloop.loop.TCPTransport", "asyncio.selector_events._SelectorSocketTransport",
+)
+#: With the transports they hold (the server's connections to Redis and PostgreSQL are
+#: transports too, alive throughout).
+UVICORN_CONNECTION_TYPES = (
+    *UVICORN_PROTOCOLS, "uvloop.loop.TCPTransport",
+    "asyncio.selector_events._SelectorSocketTransport",
 )
 #: The ASGI application's type: startup made it, so it is frozen under uvicorn too.
 APPLICATION = "channels.routing.ProtocolTypeRouter"
@@ -333,7 +338,7 @@ async def cycles_left_by_websockets(server, out, sockets: int = 5) -> tuple[dict
         counts = json.loads(out.read_text())
         for name in UVICORN_CONNECTION_TYPES:
             found[name] += counts["garbage"].get(name, 0)
-        if not any(counts["alive"].get(name) for name in UVICORN_CONNECTION_TYPES):
+        if not any(counts["alive"].get(name) for name in UVICORN_PROTOCOLS):
             return found, counts
         assert loop.time() < deadline, (found, server.output())
         await asyncio.sleep(0.3)
