@@ -72,7 +72,9 @@ class RoomSequencer:
     """Stores and publishes a room's messages one batch at a time, in id order."""
 
     def __init__(self, local: SequencedRoom) -> None:
-        self.local = local
+        # Weak: the room owns its sequencer, so an emptied room is freed at once, not
+        # left in a cycle for a full collection. A running turn holds the room itself.
+        self._room = weakref.ref(local)
         self.queue: list[Outgoing] = []
         self.task: asyncio.Task | None = None
         #: The publication of a batch that was not delivered here first, while it
@@ -84,6 +86,15 @@ class RoomSequencer:
         self.woken: asyncio.Future | None = None
         #: No more leases: the room emptied here, or the process stops.
         self.lease_ended = False
+
+    @property
+    def local(self) -> SequencedRoom:
+        """The room this sequences: alive whenever the sequencer is used (its callers
+        and its running turn hold it)."""
+        local = self._room()
+        if local is None:
+            raise RuntimeError("the room of this sequencer is gone")
+        return local
 
     async def submit(self, outgoing: Outgoing) -> int:
         self.queue.append(outgoing)

@@ -2,6 +2,8 @@
 transaction (chat.store), and one room's failure stays that room's."""
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 from channels.db import database_sync_to_async
@@ -98,6 +100,28 @@ async def test_a_batch_delivered_here_skips_the_layer_when_nobody_else_listens(m
     assert sent == [local.group] and "together" in member.frames[-1]
     await hub.layer.group_discard(local.group, "another-process!x")
     await fanout.leave(hub, "quiet", member, announced=False)
+
+
+async def test_an_emptied_room_is_freed_without_the_garbage_collector(make_user):
+    """Once its last member has left, a room that stored a message is freed by reference
+    counting: no cycle between it and its sequencer (or the sequencer's finished task)
+    waits for a full collection, which the servers space out (GC_THRESHOLD2)."""
+    alice = await database_sync_to_async(make_user)("alice")
+    hub = await get_hub()
+    member = Silent(hub.new_connection_name(), "alice")
+    local = await fanout.join(hub, "emptied", member)
+    await fanout.go_live(member)
+    await services.message_send(local=local, user=alice, content="before leaving")
+    task = local.sequencer.task
+    await fanout.leave(hub, "emptied", member, announced=False)
+    await task
+    room, sequencer = weakref.ref(local), weakref.ref(local.sequencer)
+    gc.disable()
+    try:
+        del local, task
+        assert room() is None and sequencer() is None
+    finally:
+        gc.enable()
 
 
 # --- A batch's frames go to each member in one write --------------------------------------
