@@ -20,7 +20,15 @@ from tests.realtime.pretend_version import run_as_main
 
 
 def type_name(o: object) -> str:
-    return f"{type(o).__module__}.{type(o).__qualname__}"
+    """``module.QualName`` of the type; a function, coroutine or task by its own name."""
+    kind = type(o).__qualname__
+    if kind == "function":
+        return f"function {o.__module__}.{o.__qualname__}"
+    if kind == "coroutine":
+        return f"coroutine {o.__qualname__}"
+    if kind == "Task":
+        return f"task {o.get_name()}"
+    return f"{type(o).__module__}.{kind}"
 
 
 def main() -> None:
