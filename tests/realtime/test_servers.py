@@ -255,30 +255,41 @@ CONNECTION_TYPES = ("daphne.ws_protocol.WebSocketProtocol", "daphne.http_protoco
                     "twisted.web.http.HTTPChannel", "twisted.internet.tcp.Server")
 
 
+def counting_cycles(out, command: list[str]) -> list[str]:
+    """``command`` run under count_cycles.py, which writes its counts to ``out``."""
+    return [sys.executable, "-m", "tests.realtime.count_cycles", str(out), "--", *command[1:]]
+
+
+async def cycles_until_let_go(server, out, found_types: tuple[str, ...],
+                              alive_types: tuple[str, ...]) -> tuple[dict[str, int], dict]:
+    """Count (count_cycles.py) until none of ``alive_types`` is alive, within 15 s: how
+    many of each of ``found_types`` the counts found in cycles, and the last count."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    found = dict.fromkeys(found_types, 0)
+    while True:
+        out.unlink(missing_ok=True)
+        server.process.send_signal(signal.SIGUSR1)
+        await wait_for(out.exists, timeout=10)
+        counts = json.loads(out.read_text())
+        for name in found_types:
+            found[name] += counts["garbage"].get(name, 0)
+        if not any(counts["alive"].get(name) for name in alive_types):
+            return found, counts
+        assert loop.time() < deadline, (found, server.output())
+        await asyncio.sleep(0.3)
+
+
 async def cycles_left_by_closed_sockets(daphne_server, tmp_path, command: list[str],
                                         sockets: int = 5) -> dict[str, int]:
     """The connection objects found in cycles once ``sockets`` echo sockets have opened,
     closed and been let go by daphne (it drops a closed one within a second or two)."""
     out = tmp_path / "cycles.json"
-    counting = [sys.executable, "-m", "tests.realtime.count_cycles", str(out), "--",
-                *command[1:]]
-    server = daphne_server(command=counting)
+    server = daphne_server(command=counting_cycles(out, command))
     for _ in range(sockets):
         await echo_once(server)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    found = dict.fromkeys(CONNECTION_TYPES, 0)
-    while True:
-        assert loop.time() < deadline, (found, server.output())
-        out.unlink(missing_ok=True)
-        server.process.send_signal(signal.SIGUSR1)
-        await wait_for(out.exists, timeout=10)
-        counts = json.loads(out.read_text())
-        for name in CONNECTION_TYPES:
-            found[name] += counts["garbage"].get(name, 0)
-        if not any(counts["alive"].get(name) for name in CONNECTION_TYPES):
-            return found
-        await asyncio.sleep(0.3)
+    found, _ = await cycles_until_let_go(server, out, CONNECTION_TYPES, CONNECTION_TYPES)
+    return found
 
 
 @pytest.mark.daphne
@@ -328,24 +339,7 @@ async def cycles_left_by_websockets(server, out, sockets: int = 5) -> tuple[dict
         await ws.send("hi")
         assert await asyncio.wait_for(ws.recv(), 5) == "Echo: hi"
         await ws.close()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    found = dict.fromkeys(UVICORN_CONNECTION_TYPES, 0)
-    while True:
-        out.unlink(missing_ok=True)
-        server.process.send_signal(signal.SIGUSR1)
-        await wait_for(out.exists, timeout=10)
-        counts = json.loads(out.read_text())
-        for name in UVICORN_CONNECTION_TYPES:
-            found[name] += counts["garbage"].get(name, 0)
-        if not any(counts["alive"].get(name) for name in UVICORN_PROTOCOLS):
-            return found, counts
-        assert loop.time() < deadline, (found, server.output())
-        await asyncio.sleep(0.3)
-
-
-def counting_cycles(out, command: list[str]) -> list[str]:
-    return [sys.executable, "-m", "tests.realtime.count_cycles", str(out), "--", *command[1:]]
+    return await cycles_until_let_go(server, out, UVICORN_CONNECTION_TYPES, UVICORN_PROTOCOLS)
 
 
 @pytest.mark.daphne
