@@ -6,6 +6,9 @@ and ``httptools`` implementations, so it is on only for the versions in
 """
 
 import functools
+import logging
+
+logger = logging.getLogger(__name__)
 
 #: Package -> (lowest tested version, first untested version).
 TESTED = {"uvicorn": ("0.54", "0.55")}
@@ -63,6 +66,7 @@ class TransportWriter:
 
     name = "uvicorn's transport writer"
     takes_frames = True
+
     @property
     def frees_closed_connections(self) -> bool:
         """websockets-sansio leaves no cycle at the close, and the upgrade none once
@@ -141,7 +145,12 @@ def free_the_http_protocol_at_upgrade() -> None:
     if impl is None:
         return
     protocol_class = impl.HttpToolsProtocol
-    original = protocol_class.handle_websocket_upgrade
+    original = getattr(protocol_class, "handle_websocket_upgrade", None)
+    if original is None:
+        # The writer then says frees_closed_connections=False: Python's spacing stays.
+        logger.warning("uvicorn's HttpToolsProtocol has no handle_websocket_upgrade; its "
+                       "protocols are left to the garbage collector at an upgrade")
+        return
     if getattr(original, "frees_the_protocol", False):
         return
 

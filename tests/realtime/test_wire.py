@@ -347,6 +347,21 @@ async def test_daphnes_writer_leaves_the_spacing_to_serve(daphne_send, monkeypat
     assert gc.get_threshold() == (700, 10, 10)
 
 
+def test_an_upgrade_without_the_expected_method_is_left_alone(monkeypatch, caplog):
+    """A tested uvicorn whose httptools protocol lacks handle_websocket_upgrade: one
+    warning, nothing patched, and full collections keep Python's spacing."""
+    from types import SimpleNamespace
+
+    protocol_class = type("HttpToolsProtocol", (), {})
+    monkeypatch.setattr(uvicorn_adapter, "httptools_impl",
+                        lambda: SimpleNamespace(HttpToolsProtocol=protocol_class))
+    monkeypatch.setattr(uvicorn_adapter, "_freed_upgrades", 0)
+    uvicorn_adapter.free_the_http_protocol_at_upgrade()
+    assert "has no handle_websocket_upgrade" in caplog.text
+    assert not hasattr(protocol_class, "handle_websocket_upgrade")
+    assert uvicorn_adapter._freed_upgrades == 0
+
+
 # --- uvicorn HTTP answers ---------------------------------------------------------------
 
 
