@@ -72,7 +72,7 @@ class TransportWriter:
         """websockets-sansio leaves no cycle at the close, and the upgrade none once
         :func:`free_the_http_protocol_at_upgrade` has freed one (the process's HTTP
         protocol is httptools')."""
-        return _freed_upgrades > 0
+        return _upgrade_freed
 
     def __init__(self, protocol, asgi_send=None) -> None:
         from websockets.protocol import State
@@ -128,7 +128,7 @@ def httptools_impl():
     return httptools_impl
 
 
-_freed_upgrades = 0  # WebSocket upgrades whose httptools protocol was freed at once
+_upgrade_freed = False  # a WebSocket upgrade has freed its httptools protocol at once
 
 
 def free_the_http_protocol_at_upgrade() -> None:
@@ -155,10 +155,10 @@ def free_the_http_protocol_at_upgrade() -> None:
         return
 
     def handle_websocket_upgrade(self) -> None:
-        global _freed_upgrades
+        global _upgrade_freed
         original(self)
         self.parser = None  # nothing reads it again: the transport has a new protocol
-        _freed_upgrades += 1
+        _upgrade_freed = True
 
     handle_websocket_upgrade.frees_the_protocol = True
     protocol_class.handle_websocket_upgrade = handle_websocket_upgrade

@@ -315,7 +315,7 @@ async def test_the_first_uvicorn_websocket_spaces_full_collections(
     need no collector (test_servers.py): from the first WebSocket served, a full
     collection comes every GC_THRESHOLD2 middle-generation collections."""
     monkeypatch.setattr(servers, "_announced", set())  # as in a process that just started
-    monkeypatch.setattr(uvicorn_adapter, "_freed_upgrades", 1)
+    monkeypatch.setattr(uvicorn_adapter, "_upgrade_freed", True)
     gc.set_threshold(700, 10, 10)
     servers.writer_for(plain_send)
     assert gc.get_threshold() == (700, 10, 10)
@@ -329,7 +329,7 @@ async def test_an_upgrade_not_freed_keeps_pythons_thresholds(uvicorn_send, monke
     """Another HTTP implementation (h11) upgraded it, or the patch is off: its protocol
     may wait in a cycle for a full collection, so they are not spaced."""
     monkeypatch.setattr(servers, "_announced", set())
-    monkeypatch.setattr(uvicorn_adapter, "_freed_upgrades", 0)
+    monkeypatch.setattr(uvicorn_adapter, "_upgrade_freed", False)
     gc.set_threshold(700, 10, 10)
     assert isinstance(servers.writer_for(uvicorn_send), uvicorn_adapter.TransportWriter)
     assert gc.get_threshold() == (700, 10, 10)
@@ -355,11 +355,11 @@ def test_an_upgrade_without_the_expected_method_is_left_alone(monkeypatch, caplo
     protocol_class = type("HttpToolsProtocol", (), {})
     monkeypatch.setattr(uvicorn_adapter, "httptools_impl",
                         lambda: SimpleNamespace(HttpToolsProtocol=protocol_class))
-    monkeypatch.setattr(uvicorn_adapter, "_freed_upgrades", 0)
+    monkeypatch.setattr(uvicorn_adapter, "_upgrade_freed", False)
     uvicorn_adapter.free_the_http_protocol_at_upgrade()
     assert "has no handle_websocket_upgrade" in caplog.text
     assert not hasattr(protocol_class, "handle_websocket_upgrade")
-    assert uvicorn_adapter._freed_upgrades == 0
+    assert uvicorn_adapter._upgrade_freed is False
 
 
 # --- uvicorn HTTP answers ---------------------------------------------------------------
