@@ -23,23 +23,17 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from run import free_port, server_command  # bench/, this script's directory
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWN = 12
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_users(env: dict, count: int) -> list[str]:
@@ -57,14 +51,6 @@ def make_users(env: dict, count: int) -> list[str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def server_command(server: str, port: int) -> list[str]:
-    if server == "daphne":
-        return ["manage.py", "serve", "--port", str(port)]
-    return ["-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port",
-            str(port), "--ws", "websockets-sansio", "--lifespan", "off", "--no-access-log",
-            "--log-level", "warning"]
-
-
 class Probe:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.port, self.out = args, free_port(), workdir / "count.json"
@@ -75,7 +61,7 @@ class Probe:
                        env=self.env, check=True)
         self.tokens = make_users(self.env, args.sockets)
         command = [sys.executable, "-m", "tests.realtime.count_cycles", str(self.out), "--",
-                   *server_command(args.server, self.port)]
+                   *server_command(args.server, self.port)[1:]]
         self.process = subprocess.Popen(command, cwd=ROOT, env=self.env,
                                         stdout=subprocess.DEVNULL)
 

@@ -124,6 +124,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_command(kind: str, port: int) -> list[str]:
+    """The command that serves the project with ``kind`` (daphne or uvicorn) on ``port``."""
+    if kind == "daphne":
+        return [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    # The same limits as `manage.py serve` (see README "Running daphne").
+    return [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host",
+            "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio", "--ws-max-size",
+            str(4 * 65536), "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
+            "--lifespan", "off", "--no-access-log", "--log-level", "warning"]
+
+
 def pinned(cmd: list[str], cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if cpu and shutil.which("taskset") else cmd
 
@@ -373,14 +384,7 @@ class Bench:
             # Nor do they share a cluster on Redis (presence, the registry, the room locks).
             if "REDIS_PREFIX" in env:
                 env["REDIS_PREFIX"] = f"bench-{label.removeprefix('project-')}"
-        if kind == "daphne":
-            cmd = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        else:
-            # The same limits as `manage.py serve` (see README "Running daphne").
-            cmd = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host",
-                   "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio", "--ws-max-size",
-                   str(4 * 65536), "--ws-ping-interval", "20", "--ws-ping-timeout", "30",
-                   "--lifespan", "off", "--no-access-log", "--log-level", "warning"]
+        cmd = server_command(kind, port)
         server = Server(label, pinned(cmd, self.server_cpu), env, root, port,
                         self.out / f"{label}-{layer}.log")
         self.servers.append(server)
