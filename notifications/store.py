@@ -47,9 +47,15 @@ def undelivered_frames(user_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
 def acknowledge(user_id: int, ids: Iterable[int]) -> int:
     """Mark delivered those of ``ids`` that are the user's; others are ignored.
 
-    Returns how many were newly marked.
+    Returns how many were newly marked. On PostgreSQL it holds the user's row
+    lock, as a batch does (:func:`store_batch`).
     """
-    with db.hot_cursor() as cursor:
+    ids = set(ids)
+    if not ids:
+        return 0
+    with db.hot_cursor() as cursor, db.hot_transaction(cursor):
+        if cursor.db.features.has_select_for_update:
+            _lock_users(cursor, [user_id])
         return _mark_delivered(cursor, {user_id: ids}, timezone.now())
 
 
@@ -93,10 +99,13 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
 
     One query finds every user the batch names (Bearer actors and targets),
     one ``INSERT`` stores every accepted post, and one count finds the queues
-    over ``NOTIFICATIONS_QUEUE_LIMIT`` to trim. On PostgreSQL the targets' user
-    rows are locked first (in primary-key order), so that batches of other
-    processes trim one queue one after the other; acks come before the insert,
-    so what they deliver no longer counts against the limit. On PostgreSQL the
+    over ``NOTIFICATIONS_QUEUE_LIMIT`` to trim. On PostgreSQL the user rows of
+    every queue the batch writes (its targets' and its acknowledging users')
+    are locked first, in primary-key order, so that the batches of other
+    processes write one queue one after the other. Without the acknowledging
+    users' locks, a batch that trims Ann's queue and acknowledges Bob's
+    deadlocked with one that did the reverse. Acks come before the insert, so
+    what they deliver no longer counts against the limit. On PostgreSQL the
     transaction plans no bitmap scans (:data:`NO_BITMAP_SCANS`).
 
     A result is a :class:`Stored` notification, a :class:`Refused`, or
@@ -144,8 +153,8 @@ def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, 
     with db.hot_transaction(cursor):
         if (queues or acks) and cursor.db.vendor == "postgresql":
             cursor.execute(NO_BITMAP_SCANS, [])
-        if queues and cursor.db.features.has_select_for_update:
-            _lock_users(cursor, queues)
+        if (queues or acks) and cursor.db.features.has_select_for_update:
+            _lock_users(cursor, sorted({*queues, *acks}))
         if acks:
             _mark_delivered(cursor, acks, now)
         pks = _insert(cursor, [(user_id, data) for _, user_id, data in accepted], now)

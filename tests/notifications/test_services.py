@@ -2,12 +2,15 @@
 
 import asyncio
 import json
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer
-from django.db import connection, transaction
+from django.contrib.auth import get_user_model
+from django.db import connection, connections, transaction
 
 from notifications import api, push, store
 from notifications import protocol as note_protocol
@@ -342,3 +345,104 @@ def test_a_batch_never_reads_acked_notifications_again_on_postgresql(make_user, 
     with connection.cursor() as cursor:
         cursor.execute("SHOW enable_bitmapscan")
         assert cursor.fetchone()[0] == "on"
+
+
+def waiting_for_a_lock() -> bool:
+    """Whether a session of this test database waits for a lock."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                       " current_database() AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0] > 0
+
+
+def in_a_thread(work, errors: list) -> threading.Thread:
+    """``work()`` in a thread of its own (a connection of its own), errors kept."""
+
+    def run():
+        try:
+            work()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL row locks")
+def test_batches_trimming_and_acknowledging_each_others_queues_do_not_deadlock(
+        make_user, monkeypatch, settings):
+    """Two processes' batches: one posts to Ann and acks Bob's, the other the reverse.
+
+    Both queues are full, so each batch trims its target's queue, whose oldest row the
+    other batch has just acked. Each batch holds the user locks of the queues it writes,
+    acks included, so the second waits for the first instead of deadlocking with it.
+    """
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 3
+    ann, bob = make_user("ann"), make_user("bob")
+    queues = {user.pk: [row.pk for row in store.store_batch(
+        [store.Post(target=user.username, data={"n": n}) for n in range(3)], {})]
+        for user in (ann, bob)}
+    at_trim, trim_now = threading.Semaphore(0), threading.Event()
+    trim = store._trim_queue
+
+    def trim_when_told(cursor, user_id):
+        at_trim.release()
+        trim_now.wait(10)
+        trim(cursor, user_id)
+
+    monkeypatch.setattr(store, "_trim_queue", trim_when_told)
+    errors: list[Exception] = []
+    threads = [
+        in_a_thread(lambda target=target, acker=acker: store.store_batch(
+            [store.Post(target=target.username, data={"n": 3})],
+            {acker.pk: {queues[acker.pk][0]}}), errors)
+        for target, acker in ((ann, bob), (bob, ann))
+    ]
+    # Trim once both batches are at their trim, or once one waits for the other's lock.
+    deadline, arrived = time.monotonic() + 10, 0
+    while time.monotonic() < deadline and arrived < 2:
+        if at_trim.acquire(timeout=0.02):
+            arrived += 1
+        elif waiting_for_a_lock():
+            break
+    trim_now.set()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    assert arrived < 2, "both batches reached their trim at once"
+    # Whichever went first, each queue holds its three newest.
+    for user in (ann, bob):
+        undelivered = [row.pk for row in store.undelivered([user.pk])[user.pk]]
+        assert undelivered[:2] == queues[user.pk][1:] and len(undelivered) == 3
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL row locks")
+def test_acknowledging_waits_for_the_users_lock_on_postgresql(make_user):
+    """A plain ``ack`` holds the user's row lock too, as a batch does."""
+    ann = make_user("ann")
+    (stored,) = store.store_batch([store.Post(target="ann", data={})], {})
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with transaction.atomic():
+            get_user_model().objects.select_for_update().get(pk=ann.pk)
+            locked.set()
+            release.wait(10)
+
+    errors: list[Exception] = []
+    holder = in_a_thread(hold_the_lock, errors)
+    assert locked.wait(10)
+    acker = in_a_thread(lambda: api.ack(ann.pk, [stored.pk]), errors)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and acker.is_alive() and not waiting_for_a_lock():
+        time.sleep(0.02)
+    waited = acker.is_alive()
+    release.set()
+    holder.join(20)
+    acker.join(20)
+    assert errors == []
+    assert waited, "the ack did not wait for the user's lock"
+    assert store.undelivered([ann.pk])[ann.pk] == []
