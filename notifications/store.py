@@ -183,8 +183,11 @@ def _users_sql(conn, count: int) -> str:
 def _lock_sql(conn, count: int) -> str:
     opts, quote = get_user_model()._meta, conn.ops.quote_name
     pk = quote(opts.pk.column)
+    # NO KEY UPDATE excludes the other batches alone. FOR UPDATE would also exclude the
+    # key-share lock that a foreign key's check takes: every chat message a user sends.
+    mode = "NO KEY UPDATE" if conn.features.has_select_for_no_key_update else "UPDATE"
     return (f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
-            f" ({db.placeholders(count)}) ORDER BY {pk} FOR UPDATE")
+            f" ({db.placeholders(count)}) ORDER BY {pk} FOR {mode}")
 
 
 #: Run first in a PostgreSQL batch's transaction (it lasts until the transaction ends).
@@ -241,7 +244,8 @@ def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
 
 
 def _lock_users(cursor, user_ids: list[int]) -> None:
-    """Lock these user rows until the transaction ends, in primary-key order (PostgreSQL)."""
+    """Lock these user rows against other batches until the transaction ends, in
+    primary-key order (PostgreSQL)."""
     cursor.execute(db.statement(cursor, _lock_sql, len(user_ids)), user_ids)
 
 

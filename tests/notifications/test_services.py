@@ -446,3 +446,45 @@ def test_acknowledging_waits_for_the_users_lock_on_postgresql(make_user):
     assert errors == []
     assert waited, "the ack did not wait for the user's lock"
     assert store.undelivered([ann.pk])[ann.pk] == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL row locks")
+def test_a_batch_does_not_wait_for_a_transaction_that_only_refers_to_its_user(make_user):
+    """A batch's user locks exclude the other batches of that user, nothing else.
+
+    A transaction that stores a row referring to Ann (here a chat message she sends)
+    takes a key-share lock on her user row when it checks the foreign key: at its commit
+    under Django's deferred constraints, at once with immediate ones (as here, so that
+    the lock is held while the batch runs). A batch that posts to Ann and acks her
+    notifications does not wait for it.
+    """
+    from chat.models import Message, Room
+
+    ann = make_user("ann")
+    room = Room.objects.create(name="lobby")
+    (stored,) = store.store_batch([store.Post(target="ann", data={})], {})
+    held, release = threading.Event(), threading.Event()
+
+    def send_and_hold():
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            Message.objects.create(room=room, sender=ann, content="hi")
+            held.set()
+            release.wait(10)
+
+    errors: list[Exception] = []
+    holder = in_a_thread(send_and_hold, errors)
+    assert held.wait(10)
+    batch = in_a_thread(lambda: store.store_batch(
+        [store.Post(target="ann", data={"n": 1})], {ann.pk: {stored.pk}}), errors)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and batch.is_alive() and not waiting_for_a_lock():
+        time.sleep(0.02)
+    waited = batch.is_alive()
+    release.set()
+    holder.join(20)
+    batch.join(20)
+    assert errors == []
+    assert not waited, "the batch waited for a chat message's transaction"
+    assert len(store.undelivered([ann.pk])[ann.pk]) == 1
