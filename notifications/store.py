@@ -47,15 +47,14 @@ def undelivered_frames(user_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
 def acknowledge(user_id: int, ids: Iterable[int]) -> int:
     """Mark delivered those of ``ids`` that are the user's; others are ignored.
 
-    Returns how many were newly marked. On PostgreSQL it holds the user's row
-    lock, as a batch does (:func:`store_batch`).
+    Returns how many were newly marked. It starts as a batch does
+    (:func:`_start_writing_queues`).
     """
     ids = set(ids)
     if not ids:
         return 0
     with db.hot_cursor() as cursor, db.hot_transaction(cursor):
-        if cursor.db.features.has_select_for_update:
-            _lock_users(cursor, [user_id])
+        _start_writing_queues(cursor, [user_id])
         return _mark_delivered(cursor, {user_id: ids}, timezone.now())
 
 
@@ -151,10 +150,7 @@ def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, 
         results.append(AUTHORISED)  # replaced by the stored row below
     queues = sorted({user_id for _, user_id, _ in accepted if user_id is not None})
     with db.hot_transaction(cursor):
-        if (queues or acks) and cursor.db.vendor == "postgresql":
-            cursor.execute(NO_BITMAP_SCANS, [])
-        if (queues or acks) and cursor.db.features.has_select_for_update:
-            _lock_users(cursor, sorted({*queues, *acks}))
+        _start_writing_queues(cursor, sorted({*queues, *acks}))
         if acks:
             _mark_delivered(cursor, acks, now)
         pks = _insert(cursor, [(user_id, data) for _, user_id, data in accepted], now)
@@ -243,10 +239,19 @@ def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
             for pk, name, active, staff in cursor.fetchall()}
 
 
-def _lock_users(cursor, user_ids: list[int]) -> None:
-    """Lock these user rows against other batches until the transaction ends, in
-    primary-key order (PostgreSQL)."""
-    cursor.execute(db.statement(cursor, _lock_sql, len(user_ids)), user_ids)
+def _start_writing_queues(cursor, user_ids: list[int]) -> None:
+    """The first statements of a transaction that writes these users' queues.
+
+    On PostgreSQL: no bitmap scans (:data:`NO_BITMAP_SCANS`), and the user rows
+    locked against other writers of the same queues until the transaction ends,
+    in primary-key order (``user_ids`` sorted).
+    """
+    if not user_ids:
+        return
+    if cursor.db.vendor == "postgresql":
+        cursor.execute(NO_BITMAP_SCANS, [])
+    if cursor.db.features.has_select_for_update:
+        cursor.execute(db.statement(cursor, _lock_sql, len(user_ids)), user_ids)
 
 
 def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime) -> list[int]:

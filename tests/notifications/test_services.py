@@ -324,8 +324,8 @@ def test_a_batch_never_reads_acked_notifications_again_on_postgresql(make_user, 
 
     A bitmap scan reads each of their rows again with every batch (the planner takes one
     while its statistics put a queue at a few rows); an index scan marks them dead once.
-    So the queue count and the acks' UPDATE of a batch run without bitmap scans, and the
-    setting ends with the batch's transaction.
+    So the queue count and the acks' UPDATE of a batch, and a plain ack, run without
+    bitmap scans, and the setting ends with their transaction.
     """
     bea = make_user("bea")
     seen: dict[str, str] = {}
@@ -339,9 +339,13 @@ def test_a_batch_never_reads_acked_notifications_again_on_postgresql(make_user, 
 
     monkeypatch.setattr(store, "_over_limit", watching("count", store._over_limit))
     monkeypatch.setattr(store, "_mark_delivered", watching("acks", store._mark_delivered))
-    (first,) = store.store_batch([store.Post(target="bea", data={"n": 1})], {})
-    store.store_batch([store.Post(target="bea", data={"n": 2})], {bea.pk: {first.pk}})
+    first, second = store.store_batch([store.Post(target="bea", data={"n": n}) for n in (1, 2)],
+                                      {})
+    store.store_batch([store.Post(target="bea", data={"n": 3})], {bea.pk: {first.pk}})
     assert seen == {"count": "off", "acks": "off"}
+    seen.clear()
+    assert api.ack(bea.pk, [second.pk]) == 1
+    assert seen == {"acks": "off"}
     with connection.cursor() as cursor:
         cursor.execute("SHOW enable_bitmapscan")
         assert cursor.fetchone()[0] == "on"
