@@ -191,16 +191,18 @@ class RoomSequencer:
 
     async def store(self, batch: list[Outgoing], turn: RoomTurn,
                     publishing: asyncio.Task | None) -> asyncio.Task | None:
-        """:meth:`store_batch`, and one by one if the batch fails; the last publication."""
+        """:meth:`store_batch`, and one by one if the batch fails; the last publication.
+
+        :meth:`store_batch` raises only when its insert failed, which stored nothing,
+        so each message is tried again alone: one bad message then fails only
+        itself, and a batch that failed on a connection the database had dropped (a
+        restart) is stored on the new one the worker opens, even a batch of one.
+        """
         try:
             return await self.store_batch(batch, turn, publishing)
         except Exception:
-            if len(batch) == 1:
-                self.fail(batch)
-                return publishing
-        # One bad message must not sink the others: store them one by one.
-        logger.warning("a batch in room %s failed; storing its messages one by one",
-                       self.local.name)
+            logger.warning("a batch of %d in room %s failed; storing its messages one by one",
+                           len(batch), self.local.name, exc_info=True)
 
         async def alone(outgoing: Outgoing) -> None:
             nonlocal publishing

@@ -388,6 +388,33 @@ def expired(seconds: int = 10) -> timedelta:
     return timedelta(seconds=-seconds)
 
 
+async def lose_the_database_connection() -> None:
+    """Take the database worker's connection away, as a database restart would.
+
+    On PostgreSQL the server ends the worker's session (``pg_terminate_backend``);
+    on SQLite, which has no server, the worker's connection is closed under Django.
+    """
+    connection = connections["default"]
+
+    def backend_pid() -> int:
+        connections["default"].ensure_connection()
+        return connections["default"].connection.info.backend_pid
+
+    if connection.vendor == "postgresql":
+        pid = await db.run(backend_pid)
+
+        def terminate() -> None:
+            try:
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+            finally:
+                connections["default"].close()
+
+        await asyncio.to_thread(terminate)
+    else:
+        await db.run(lambda: connections["default"].connection.close())
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -13,7 +13,7 @@ from realtime.hub import get_hub
 from realtime.registry import RedisRegistry
 from realtime.shutdown import shutdown_handlers
 from tests.chat.helpers import Silent
-from tests.conftest import wait_for
+from tests.conftest import lose_the_database_connection, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,6 +42,26 @@ async def test_one_bad_message_does_not_sink_its_batch(make_user, monkeypatch):
     contents = [m.content async for m in Message.objects.order_by("id")]
     assert contents == ["one", "three"]
     await fanout.leave(hub, "batch", member, announced=False)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_messages_sent_after_the_database_connection_is_lost_are_stored(make_user,
+                                                                            count):
+    """The batch that finds the connection gone (a database restart, an idle timeout)
+    fails, and its messages are stored again one by one on a new connection: each
+    sender gets its id, and every message is stored once."""
+    user = await database_sync_to_async(make_user)("writer")
+    hub = await get_hub()
+    member = Silent(hub.new_connection_name(), "writer")
+    local = await fanout.join(hub, "lost", member)
+    await services.message_send(local=local, user=user, content="before")
+    await lose_the_database_connection()
+    ids = await asyncio.gather(
+        *(services.message_send(local=local, user=user, content=f"m{n}") for n in range(count)))
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids)
+    contents = [m.content async for m in Message.objects.order_by("id")]
+    assert contents == ["before", *(f"m{n}" for n in range(count))]
+    await fanout.leave(hub, "lost", member, announced=False)
 
 
 async def test_ids_are_returned_in_submission_order(make_user):

@@ -14,6 +14,7 @@ from notifications import api, errors, push, store, writer
 from notifications import protocol as note_protocol
 from notifications.models import Notification
 from realtime import db
+from tests.conftest import lose_the_database_connection
 from tests.notifications.conftest import receive, receive_notes, send, undelivered_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -282,3 +283,18 @@ async def test_a_batch_larger_than_one_insert_keeps_posting_order(amake_user, ba
     assert ids == sorted(ids) and len(set(ids)) == count
     rows = [(row.pk, row.data["n"]) async for row in Notification.objects.order_by("id")]
     assert rows == list(zip(ids, range(count), strict=True))
+
+
+async def test_posts_survive_the_loss_of_the_database_connection(amake_user, caplog):
+    """A batch whose connection is gone (a database restart, an idle timeout) fails, and
+    its posts are stored again one by one on a new connection: each is answered as
+    stored, once, and nothing is lost."""
+    bob = await amake_user("bob")
+    (first, _) = await api.anotify(bob, {"n": 0})  # the worker's connection is open
+    await lose_the_database_connection()
+    results = await asyncio.gather(*(api.anotify(bob, {"n": n}) for n in range(1, 4)))
+    ids = [note_id for note_id, _ in results]
+    assert all(ids) and ids == sorted(ids)
+    assert "storing each alone" in caplog.text
+    rows = [(row.pk, row.data) async for row in Notification.objects.order_by("id")]
+    assert rows == [(first, {"n": 0})] + [(i, {"n": n}) for n, i in enumerate(ids, 1)]
