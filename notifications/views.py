@@ -17,7 +17,7 @@ from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 
-from notifications.errors import Refused
+from notifications.errors import Refused, ServiceUnavailable
 from notifications.writer import post_notification
 from realtime.api import ApiError, api_view, read_json_object
 from realtime.hub import Hub, get_hub
@@ -27,12 +27,15 @@ logger = logging.getLogger(__name__)
 
 #: The methods both endpoints take (the edge checks the same).
 METHODS = ("POST",)
+#: The 503 of a post the database could not store (nothing of it was kept).
+UNAVAILABLE = ("unavailable", "the notification could not be stored; try again")
 
 
 async def post(target: str | None, data: dict[str, Any] | None, *,
                actor: str | None = None, refused: ApiError | None = None
                ) -> tuple[int, dict[str, Any]]:
-    """Store and push one post of the API: ``(202, body)``, or raise ``ApiError``.
+    """Store and push one post of the API: ``(202, body)``, or raise ``ApiError``
+    (503 ``unavailable`` when the database could not store it).
 
     ``target`` is a username (``None``: a broadcast); ``actor`` the username of
     a Bearer token, checked (active, staff) in the same database round trip as
@@ -51,6 +54,8 @@ async def post(target: str | None, data: dict[str, Any] | None, *,
                 None if nobody else target, data, actor=actor)
         except Refused as exc:
             raise ApiError(exc.code, exc.message) from None
+        except ServiceUnavailable:
+            raise ApiError(*UNAVAILABLE) from None
     if refused is not None:
         raise refused
     if nobody:

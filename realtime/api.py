@@ -40,6 +40,7 @@ STATUS_OF = {
     "too_large": 413,
     "conflict": 409,
     "throttled": 429,
+    "unavailable": 503,
 }
 
 

@@ -12,6 +12,7 @@ import json
 
 import pytest
 from channels.testing import HttpCommunicator
+from django.db import OperationalError
 from django.test import AsyncClient
 from django.urls import Resolver404, include, path, resolve
 
@@ -139,6 +140,27 @@ async def test_every_error_is_the_one_django_gives(staff, path, body, method, au
     assert {name: answer[2][name] for name in SECURITY_HEADERS} == {
         name: reference[2][name] for name in SECURITY_HEADERS}
     assert answer[2]["content-type"] == "application/json"
+    assert await Notification.objects.acount() == 0
+
+
+@pytest.mark.parametrize("path", [NOTIFY, BROADCAST])
+async def test_a_post_the_database_cannot_store_is_503_unavailable(staff, path, monkeypatch):
+    """The database is down: both ways answer 503 ``unavailable`` with an error body
+    (not an HTML 500), and nothing is stored."""
+    from notifications import writer
+
+    def database_down(posts, acks):
+        raise OperationalError("the database is down")
+
+    monkeypatch.setattr(writer, "store_batch", database_down)
+    credentials = bearer("boss")
+    answer = await via_edge(path, '{"k": 1}', authorization=credentials)
+    reference = await via_django(path, '{"k": 1}', authorization=credentials)
+    assert answer[:2] == reference[:2]
+    assert answer[0] == 503 and answer[1]["error"] == "unavailable"
+    assert set(answer[1]) == {"error", "message"} and answer[1]["message"]
+    assert answer[2]["content-type"] == "application/json"
+    monkeypatch.undo()
     assert await Notification.objects.acount() == 0
 
 
