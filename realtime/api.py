@@ -6,6 +6,7 @@ async, wrapped by :func:`api_view`, and raise :class:`ApiError` to answer one.
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from math import isfinite
@@ -14,11 +15,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from realtime import tokens
+from realtime.batching import ServiceUnavailable
 from realtime.middleware import get_active_user
 from realtime.protocol import (
     API_MAX_BODY_BYTES,
@@ -61,6 +64,8 @@ def error_response(code: str, message: str) -> JsonResponse:
 
 _csrf = CsrfViewMiddleware(lambda request: None)
 
+logger = logging.getLogger(__name__)
+
 
 #: The 413 of a body over ``API_MAX_BODY_BYTES``.
 TOO_LARGE = ("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
@@ -68,6 +73,8 @@ TOO_LARGE = ("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
 NO_ACTIVE_USER = ("unauthorized", "token names no active user")
 #: The 403 of a user who is not staff on a staff-only endpoint.
 STAFF_ONLY = ("forbidden", "staff only")
+#: The 503 of a request the database (or the channel layer) could not serve.
+UNAVAILABLE = ("unavailable", "the service is unavailable; try again")
 
 
 def bearer_username(header: str) -> str:
@@ -240,6 +247,8 @@ def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[
     """Wrap an async API view: method check, authentication, error translation.
 
     The view gets ``request.api_user`` (``AnonymousUser`` when ``auth`` is off).
+    A database error, or a :class:`~realtime.batching.ServiceUnavailable`, is
+    logged and answered 503 ``unavailable`` with the API's error body.
     """
 
     def decorator(view: View) -> View:
@@ -254,6 +263,9 @@ def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()
+            except (DatabaseError, ServiceUnavailable):
+                logger.exception("could not serve %s %s", request.method, request.path)
+                return error_response(*UNAVAILABLE)
 
         return wrapper
 

@@ -89,3 +89,26 @@ def test_unknown_api_path_is_json_404(room_with_messages):
     """Any unknown /api/ path answers 404 not_found as JSON."""
     response = Client().get("/api/nothing/here")
     assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/api/rooms", "/api/rooms/api/messages"])
+def test_the_database_down_is_503_unavailable(room_with_messages, token_for, monkeypatch,
+                                               caplog, path):
+    """A request the database cannot serve gets the API's error body with 503, not an
+    HTML 500; the error is logged."""
+    from django.db import OperationalError
+
+    from chat import services
+
+    token = token_for("bob")  # the token's user is looked up before the failure
+
+    def database_down(*args, **kwargs):
+        raise OperationalError("the database is down")
+
+    monkeypatch.setattr(services.rooms, "room_history", database_down)
+    monkeypatch.setattr(services.rooms, "rooms_overview", database_down)
+    response = get(path, token)
+    assert response.status_code == 503
+    assert response.json() == {"error": "unavailable",
+                               "message": "the service is unavailable; try again"}
+    assert f"could not serve GET {path}" in caplog.text
