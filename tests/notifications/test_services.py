@@ -423,32 +423,44 @@ def test_batches_trimming_and_acknowledging_each_others_queues_do_not_deadlock(
         assert undelivered[:2] == queues[user.pk][1:] and len(undelivered) == 3
 
 
+def waits_while_held(hold, work) -> bool:
+    """Whether ``work()`` waits for a lock that ``hold()`` took.
+
+    ``hold()`` runs in a transaction of a thread of its own, kept open until ``work()``,
+    in another thread, waits for a lock or ends. Both must succeed.
+    """
+    held, release = threading.Event(), threading.Event()
+
+    def holding():
+        with transaction.atomic():
+            hold()
+            held.set()
+            release.wait(10)
+
+    errors: list[Exception] = []
+    holder = in_a_thread(holding, errors)
+    assert held.wait(10)
+    worker = in_a_thread(work, errors)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and worker.is_alive() and not waiting_for_a_lock():
+        time.sleep(0.02)
+    waited = worker.is_alive()
+    release.set()
+    holder.join(20)
+    worker.join(20)
+    assert errors == []
+    return waited
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL row locks")
 def test_acknowledging_waits_for_the_users_lock_on_postgresql(make_user):
     """A plain ``ack`` holds the user's row lock too, as a batch does."""
     ann = make_user("ann")
     (stored,) = store.store_batch([store.Post(target="ann", data={})], {})
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_lock():
-        with transaction.atomic():
-            get_user_model().objects.select_for_update().get(pk=ann.pk)
-            locked.set()
-            release.wait(10)
-
-    errors: list[Exception] = []
-    holder = in_a_thread(hold_the_lock, errors)
-    assert locked.wait(10)
-    acker = in_a_thread(lambda: api.ack(ann.pk, [stored.pk]), errors)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and acker.is_alive() and not waiting_for_a_lock():
-        time.sleep(0.02)
-    waited = acker.is_alive()
-    release.set()
-    holder.join(20)
-    acker.join(20)
-    assert errors == []
-    assert waited, "the ack did not wait for the user's lock"
+    assert waits_while_held(
+        lambda: get_user_model().objects.select_for_update().get(pk=ann.pk),
+        lambda: api.ack(ann.pk, [stored.pk]),
+    ), "the ack did not wait for the user's lock"
     assert store.undelivered([ann.pk])[ann.pk] == []
 
 
@@ -467,28 +479,13 @@ def test_a_batch_does_not_wait_for_a_transaction_that_only_refers_to_its_user(ma
     ann = make_user("ann")
     room = Room.objects.create(name="lobby")
     (stored,) = store.store_batch([store.Post(target="ann", data={})], {})
-    held, release = threading.Event(), threading.Event()
 
-    def send_and_hold():
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            Message.objects.create(room=room, sender=ann, content="hi")
-            held.set()
-            release.wait(10)
+    def send():
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        Message.objects.create(room=room, sender=ann, content="hi")
 
-    errors: list[Exception] = []
-    holder = in_a_thread(send_and_hold, errors)
-    assert held.wait(10)
-    batch = in_a_thread(lambda: store.store_batch(
-        [store.Post(target="ann", data={"n": 1})], {ann.pk: {stored.pk}}), errors)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and batch.is_alive() and not waiting_for_a_lock():
-        time.sleep(0.02)
-    waited = batch.is_alive()
-    release.set()
-    holder.join(20)
-    batch.join(20)
-    assert errors == []
-    assert not waited, "the batch waited for a chat message's transaction"
+    assert not waits_while_held(send, lambda: store.store_batch(
+        [store.Post(target="ann", data={"n": 1})], {ann.pk: {stored.pk}})
+    ), "the batch waited for a chat message's transaction"
     assert len(store.undelivered([ann.pk])[ann.pk]) == 1
