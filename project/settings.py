@@ -147,6 +147,23 @@ else:
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"] = {**SQLITE_OPTIONS,
                                        **DATABASES["default"].get("OPTIONS", {})}
+#: PostgreSQL: how long a connection attempt may take, and about how long a database host
+#: that stopped answering (a dead host, a network partition) may hold a connection before
+#: its query fails (TCP keepalives, then libpq's tcp_user_timeout). Without them the
+#: operating system waits minutes, and every store of the process waits behind it.
+DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1)
+DATABASE_DEAD_PEER_SECONDS = env_int("DATABASE_DEAD_PEER_SECONDS", 30, minimum=2)
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"]["OPTIONS"] = {
+        "connect_timeout": DATABASE_CONNECT_TIMEOUT,
+        "keepalives": 1,
+        "keepalives_idle": DATABASE_DEAD_PEER_SECONDS // 2,
+        "keepalives_interval": max(1, DATABASE_DEAD_PEER_SECONDS // 8),
+        "keepalives_count": 4,
+        "tcp_user_timeout": DATABASE_DEAD_PEER_SECONDS * 1000,
+        # Parameters of the URL itself (?connect_timeout=...) win.
+        **DATABASES["default"].get("OPTIONS", {}),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer ----------------------------------------------------------

@@ -3,6 +3,8 @@
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from django.db import OperationalError
+
 T = TypeVar("T")
 
 #: Rows per transaction: two usernames each in one ``IN`` stay under SQLite's parameter cap.
@@ -17,15 +19,24 @@ class ServiceUnavailable(Exception):
         self.stored_id = stored_id
 
 
+class DatabaseUnreachable(OperationalError):
+    """No connection to the database could be made (``realtime.db`` raises it)."""
+
+
 async def each_alone(items: list[T], store: Callable[[T], Awaitable[None]],
                      failed: Callable[[T], None]) -> None:
     """After a batch failed: ``store`` each item in a transaction of its own.
 
     One bad item then fails only itself; ``failed(item)`` is called, inside the
     ``except`` (so ``logger.exception`` works there), for each that fails again.
+    Once the database cannot be reached, the items left fail with it, untried.
     """
-    for item in items:
+    for index, item in enumerate(items):
         try:
             await store(item)
+        except DatabaseUnreachable:
+            for untried in items[index:]:
+                failed(untried)
+            return
         except Exception:
             failed(item)

@@ -39,12 +39,13 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
-from realtime.batching import MAX_BATCH
+from realtime.batching import MAX_BATCH, DatabaseUnreachable
 
 __all__ = [
     "CHECKPOINT_SECONDS",
     "IDLE_CHECK_SECONDS",
     "INSERT_CHUNK",
+    "RECONNECT_PAUSE_SECONDS",
     "WORKER_CHECKPOINT_PAGES",
     "Lookup",
     "close",
@@ -65,6 +66,9 @@ V = TypeVar("V")
 
 #: After this long without work, connections are checked before the next call.
 IDLE_CHECK_SECONDS = 30.0
+#: After a failed attempt to connect, calls fail at once (:class:`DatabaseUnreachable`)
+#: for this long instead of each waiting for an attempt of its own.
+RECONNECT_PAUSE_SECONDS = 1.0
 #: How often the worker's SQLite write-ahead logs are copied back, off the worker.
 CHECKPOINT_SECONDS = 0.2
 #: The log size (pages) at which the worker checkpoints (and so restarts the log) itself:
@@ -74,6 +78,7 @@ WORKER_CHECKPOINT_PAGES = 10_000
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _last_used = 0.0  # only read and written on the worker thread
+_no_attempt_until = 0.0  # the same (and by close(), once the worker has stopped)
 _worker = threading.local()
 #: The checkpointing threads, by database file.
 _checkpointers: dict[str, "Checkpointer"] = {}
@@ -117,11 +122,29 @@ def _drop_unusable() -> None:
             connection.errors_occurred = False
 
 
+def _connect() -> None:
+    """Make sure the worker has a connection, or raise :class:`DatabaseUnreachable`.
+
+    A failed attempt is not made again for :data:`RECONNECT_PAUSE_SECONDS`: while
+    the database is down (or its host is silent, each attempt lasting up to
+    ``DATABASE_CONNECT_TIMEOUT``), every call in the queue fails at once.
+    """
+    global _no_attempt_until
+    if time.monotonic() < _no_attempt_until:
+        raise DatabaseUnreachable("the database could not be reached a moment ago")
+    try:
+        connections[DEFAULT_DB_ALIAS].ensure_connection()
+    except Exception as exc:
+        _no_attempt_until = time.monotonic() + RECONNECT_PAUSE_SECONDS
+        raise DatabaseUnreachable(f"the database could not be reached: {exc}") from exc
+
+
 def _call(func: Callable[..., T], args: tuple, kwargs: dict) -> T:
     global _last_used
     if time.monotonic() - _last_used > IDLE_CHECK_SECONDS:
         _drop_unusable()
     try:
+        _connect()
         return func(*args, **kwargs)
     except Exception:
         _drop_unusable()
@@ -220,8 +243,9 @@ def _close_connections() -> None:
 
 
 def close() -> None:
-    """Close the worker's connections and stop it (a later :func:`run` starts a new one)."""
-    global _executor
+    """Close the worker's connections and stop it (a later :func:`run` starts a new one,
+    which tries to connect at once)."""
+    global _executor, _no_attempt_until
     with _lock:
         executor, _executor = _executor, None
         checkpointers = list(_checkpointers.values())
@@ -235,6 +259,7 @@ def close() -> None:
     except RuntimeError:
         pass  # interpreter shutdown has already stopped the thread (and its connections)
     executor.shutdown()
+    _no_attempt_until = 0.0
 
 
 # --- SQLite checkpoints ---------------------------------------------------------------

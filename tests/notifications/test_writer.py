@@ -7,8 +7,12 @@ user's queue is read again (at-least-once, never a redelivery we could avoid).
 """
 
 import asyncio
+import contextlib
+import socket
 
 import pytest
+from django.db import connection
+from django.db import connections as djconnections
 
 from notifications import api, errors, push, store, writer
 from notifications import protocol as note_protocol
@@ -298,3 +302,41 @@ async def test_posts_survive_the_loss_of_the_database_connection(amake_user, cap
     assert "storing each alone" in caplog.text
     rows = [(row.pk, row.data) async for row in Notification.objects.order_by("id")]
     assert rows == [(first, {"n": 0})] + [(i, {"n": n}) for n, i in enumerate(ids, 1)]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a database server's host")
+async def test_posts_fail_soon_when_the_database_host_is_silent(amake_user, caplog):
+    """The database host takes the TCP connection but never answers (a hung host, a
+    firewall that drops): the batch fails once ``connect_timeout`` has passed, its posts
+    with it, each with ``ServiceUnavailable``, after a single attempt to connect."""
+    bob = await amake_user("bob")
+    silent = socket.create_server(("127.0.0.1", 0), backlog=16)  # never accepts
+    settings_dict = await db.run(lambda: djconnections["default"].settings_dict)
+
+    def connect_to(port: int, timeout: int) -> None:
+        worker = djconnections["default"]
+        worker.close()
+        worker.settings_dict = {**settings_dict, "HOST": "127.0.0.1", "PORT": port,
+                                "OPTIONS": {**settings_dict["OPTIONS"],
+                                            "connect_timeout": timeout}}
+
+    await db.run(connect_to, silent.getsockname()[1], 2)
+    try:
+        results = await asyncio.wait_for(asyncio.gather(
+            *(api.anotify(bob, {"n": n}) for n in range(5)), return_exceptions=True), 30)
+    finally:
+        silent.setblocking(False)
+        attempts = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                silent.accept()[0].close()
+                attempts += 1
+        silent.close()
+    assert [type(result) for result in results] == [errors.ServiceUnavailable] * 5
+    assert attempts == 1
+    assert "could not be reached" in caplog.text
+    # A new worker thread connects with the settings again (test_db checks that the same
+    # worker tries again after RECONNECT_PAUSE_SECONDS).
+    await asyncio.to_thread(db.close)
+    note_id, _ = await api.anotify(bob, {"n": 5})
+    assert await undelivered_ids(bob) == [note_id]

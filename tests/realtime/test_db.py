@@ -1,6 +1,7 @@
 """The database worker (``realtime.db``): one thread, connections kept, broken ones dropped."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -8,11 +9,12 @@ import threading
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections, transaction
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.test.utils import CaptureQueriesContext
 
 from realtime import db
+from realtime.batching import DatabaseUnreachable, each_alone
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,6 +73,54 @@ async def test_an_idle_broken_connection_is_replaced_before_use(monkeypatch):
     monkeypatch.setattr(db, "IDLE_CHECK_SECONDS", -1.0)
     _, after = await db.run(connection_state)  # no error: checked and reopened first
     assert after is not before
+
+
+async def test_an_unreachable_database_fails_calls_at_once_until_the_pause_ends(monkeypatch):
+    """A failed attempt to connect is a ``DatabaseUnreachable``; the calls of the next
+    ``RECONNECT_PAUSE_SECONDS`` fail the same way without an attempt of their own (each
+    could last ``DATABASE_CONNECT_TIMEOUT``), and the first call after it connects."""
+    await db.run(lambda: connections[DEFAULT_DB_ALIAS].close())
+    wrapper = type(connections[DEFAULT_DB_ALIAS])
+    attempts = []
+
+    def refused(self):
+        attempts.append(threading.current_thread().name)
+        raise OperationalError("connection refused")
+
+    def the_workers() -> list[str]:  # not the SQLite checkpointer's
+        return [name for name in attempts if name.startswith("db-worker")]
+
+    monkeypatch.setattr(db, "RECONNECT_PAUSE_SECONDS", 0.2)
+    with monkeypatch.context() as down:
+        down.setattr(wrapper, "connect", refused)
+        for _ in range(3):
+            with pytest.raises(DatabaseUnreachable):
+                await db.run(connection_state)
+        assert len(the_workers()) == 1
+        await asyncio.sleep(0.3)
+        with pytest.raises(DatabaseUnreachable):
+            await db.run(connection_state)
+        assert len(the_workers()) == 2
+    await asyncio.sleep(0.3)
+    _, after = await db.run(connection_state)
+    assert after is not None
+
+
+async def test_each_alone_fails_the_rest_untried_once_the_database_is_unreachable():
+    """After a failed batch each item is tried alone; one bad item fails only itself,
+    but once the database cannot be reached, the items left fail without a try."""
+    tried, failed = [], []
+
+    async def store(item: str) -> None:
+        tried.append(item)
+        if item == "bad":
+            raise ValueError(item)
+        if item == "unreachable":
+            raise DatabaseUnreachable("down")
+
+    await each_alone(["a", "bad", "b", "unreachable", "c", "d"], store, failed.append)
+    assert tried == ["a", "bad", "b", "unreachable"]
+    assert failed == ["bad", "unreachable", "c", "d"]
 
 
 async def test_close_closes_the_connections_and_a_later_call_starts_again():
@@ -362,3 +412,21 @@ def test_a_sqlite_database_gets_the_same_settings_however_it_is_named(tmp_path, 
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-5:] == ["wal", "2", "20000", "IMMEDIATE", str(path)]
+
+
+def test_postgresql_connections_give_up_on_a_silent_host(monkeypatch):
+    """A PostgreSQL URL gets a connect timeout, TCP keepalives and a TCP user timeout
+    from DATABASE_CONNECT_TIMEOUT and DATABASE_DEAD_PEER_SECONDS; parameters of the URL
+    itself win."""
+    env = {**os.environ, "DEBUG": "true", "DATABASE_CONNECT_TIMEOUT": "3",
+           "DATABASE_DEAD_PEER_SECONDS": "16",
+           "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none?keepalives_count=9"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    script = ("import json; from django.conf import settings\n"
+              "print(json.dumps(settings.DATABASES['default']['OPTIONS'], sort_keys=True))")
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {
+        "connect_timeout": 3, "keepalives": 1, "keepalives_idle": 8, "keepalives_interval": 2,
+        "keepalives_count": 9, "tcp_user_timeout": 16000}
