@@ -47,8 +47,8 @@ def undelivered_frames(user_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
 def acknowledge(user_id: int, ids: Iterable[int]) -> int:
     """Mark delivered those of ``ids`` that are the user's; others are ignored.
 
-    Returns how many were newly marked. It starts as a batch does
-    (:func:`_start_writing_queues`).
+    Returns how many were newly marked. Like a batch, on PostgreSQL it holds the
+    user's lock and plans no bitmap scans (:func:`_start_writing_queues`).
     """
     ids = set(ids)
     if not ids:
@@ -179,8 +179,9 @@ def _users_sql(conn, count: int) -> str:
 def _lock_sql(conn, count: int) -> str:
     opts, quote = get_user_model()._meta, conn.ops.quote_name
     pk = quote(opts.pk.column)
-    # NO KEY UPDATE excludes the other batches alone. FOR UPDATE would also exclude the
-    # key-share lock that a foreign key's check takes: every chat message a user sends.
+    # FOR NO KEY UPDATE conflicts with itself, so it excludes only other writers of the
+    # queue. FOR UPDATE would also wait for (and hold up) the key-share lock of a foreign
+    # key's check, which every chat message of the user takes at its commit.
     mode = "NO KEY UPDATE" if conn.features.has_select_for_no_key_update else "UPDATE"
     return (f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
             f" ({db.placeholders(count)}) ORDER BY {pk} FOR {mode}")
