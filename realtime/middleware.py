@@ -10,6 +10,7 @@ close with that code.
 """
 
 import copy
+import logging
 from datetime import datetime
 from importlib import import_module
 from urllib.parse import parse_qs, urlparse
@@ -19,11 +20,14 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.db import DatabaseError
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
 from realtime import db, tokens
 from realtime.protocol import CloseCode
+
+logger = logging.getLogger(__name__)
 
 
 def origin_allowed(value: bytes) -> bool:
@@ -114,8 +118,18 @@ async def authenticate(scope) -> tuple[object, CloseCode | None, datetime | None
     for a WebSocket scope.
 
     The session key is set only when the session cookie authenticated the user:
-    such a connection lasts as long as its session (``realtime.sessions``).
+    such a connection lasts as long as its session (``realtime.sessions``). When
+    the database cannot say who the user is, the code is 4013 (it stands for
+    1013, "try again later", as it does for the connection caps).
     """
+    try:
+        return await _authenticate(scope)
+    except DatabaseError as exc:
+        logger.warning("could not authenticate a WebSocket: %s", exc)
+        return AnonymousUser(), CloseCode.TOO_MANY_CONNECTIONS, None, None
+
+
+async def _authenticate(scope) -> tuple[object, CloseCode | None, datetime | None, str | None]:
     token, present = find_token(scope)
     if present:
         if token is None:

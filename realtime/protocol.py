@@ -31,6 +31,8 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4010
     # The process stops gracefully (SIGTERM): PROTOCOL.md's "server restarting".
     SERVER_RESTARTING = 4012
+    # 1013, "try again later": over a connection cap, or (not in PROTOCOL.md) the
+    # database could not authenticate the handshake.
     TOO_MANY_CONNECTIONS = 4013
 
 

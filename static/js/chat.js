@@ -686,7 +686,8 @@
     }
     if (code === C.TOO_MANY_CONNECTIONS) {
       showAlert(
-        "Too many open connections for your account: close other tabs. Retrying in a while.",
+        "Too many open connections for your account (close other tabs), or the server " +
+          "cannot reach its database. Retrying in a while.",
         "error"
       );
       return { minDelay: 30000 };

@@ -273,3 +273,26 @@ async def test_handshakes_made_together_share_the_user_query_and_get_users_of_th
     assert calls == [["alice", "dormant", "nobody"]]
     assert first.username == second.username == "alice" and first is not second
     assert dormant is None and nobody is None
+
+
+@pytest.mark.parametrize("source", ["query", "session"])
+async def test_a_handshake_the_database_cannot_authenticate_closes_4013(alice, token_for,
+                                                                      monkeypatch, caplog,
+                                                                      source):
+    """The database is unreachable: the handshake is accepted and closed with 4013 ("try
+    again later"), not refused with an HTTP 500; one warning says why."""
+    from django.db import OperationalError
+
+    from realtime import middleware
+
+    cookie = await session_cookie(alice) if source == "session" else None
+
+    async def database_down(*args, **kwargs):
+        raise OperationalError("the database is down")
+
+    monkeypatch.setattr(middleware.ACTIVE_USERS, "get", database_down)
+    monkeypatch.setattr(middleware, "get_user", database_down)
+    comm = (communicator(f"/ws/test/?token={token_for('alice')}") if source == "query"
+            else communicator(headers=cookie))
+    await expect_close(comm, 4013)
+    assert "could not authenticate a WebSocket: the database is down" in caplog.text
