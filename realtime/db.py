@@ -7,6 +7,9 @@ Every database call made from the event loop goes through this module:
   one per call, which the WebSocket hot paths cannot afford). A connection is
   dropped when a call leaves it unusable, and checked after
   :data:`IDLE_CHECK_SECONDS` of quiet. Work from one event loop runs in order.
+  While no connection can be made, calls fail at once with
+  :class:`~realtime.batching.DatabaseUnreachable` (one attempt per
+  :data:`RECONNECT_PAUSE_SECONDS`).
 * :class:`Lookup` gathers the lookups by key made while the worker is busy
   into one call: a reconnect storm's handshakes then share their queries.
 * :func:`run_blocking` is for the rare call that may hold a thread for long
