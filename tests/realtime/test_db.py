@@ -20,6 +20,18 @@ from tests.conftest import ROOT, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def settings_shell(script: str, **env: str) -> str:
+    """The last line ``manage.py shell -c script`` prints in a process of its own, whose
+    settings are read with these environment variables (``DJANGO_SETTINGS_MODULE``
+    unset)."""
+    environ = {**os.environ, "DEBUG": "true", **env}
+    environ.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
+                            env=environ, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()[-1]
+
+
 def connection_state() -> tuple[int, object]:
     """The running thread and its DB-API connection, after a query."""
     get_user_model().objects.exists()
@@ -374,15 +386,10 @@ def test_hot_transaction_is_a_savepoint_inside_the_callers_atomic(make_user):
 @pytest.mark.parametrize(("value", "pragma"), [("full", "2"), ("normal", "1"), ("", "2")])
 def test_sqlite_commits_wait_for_what_sqlite_synchronous_says(tmp_path, value, pragma):
     """Each commit waits for the disk (2) by default and with full; with normal (1) it does not."""
-    env = {**os.environ, "SQLITE_PATH": str(tmp_path / "s.sqlite3"), "DATABASE_URL": "",
-           "DEBUG": "true", "SQLITE_SYNCHRONOUS": value}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
     script = ("from django.db import connection; c = connection.cursor(); "
               "c.execute('PRAGMA synchronous'); print(c.fetchone()[0])")
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == pragma
+    assert settings_shell(script, SQLITE_PATH=str(tmp_path / "s.sqlite3"), DATABASE_URL="",
+                          SQLITE_SYNCHRONOUS=value) == pragma
 
 
 def test_an_unknown_sqlite_synchronous_is_refused_at_start():
@@ -400,33 +407,25 @@ def test_a_sqlite_database_gets_the_same_settings_however_it_is_named(tmp_path, 
     """DATABASE_URL=sqlite:///... runs with the embedded default's WAL, BEGIN IMMEDIATE,
     busy timeout and synchronous setting, as SQLITE_PATH does."""
     path = tmp_path / "named.sqlite3"
-    env = {**os.environ, "DEBUG": "true", "SQLITE_SYNCHRONOUS": "full",
-           "SQLITE_PATH": str(path) if how == "SQLITE_PATH" else "",
-           "DATABASE_URL": f"sqlite:///{path}" if how == "DATABASE_URL" else ""}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
     script = ("from django.db import connection as c; k = c.cursor(); out = []\n"
               "for p in ('journal_mode', 'synchronous', 'busy_timeout'):\n"
               "    k.execute('PRAGMA ' + p); out.append(str(k.fetchone()[0]))\n"
               "print(' '.join(out), c.transaction_mode, c.settings_dict['NAME'])")
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-5:] == ["wal", "2", "20000", "IMMEDIATE", str(path)]
+    printed = settings_shell(
+        script, SQLITE_SYNCHRONOUS="full",
+        SQLITE_PATH=str(path) if how == "SQLITE_PATH" else "",
+        DATABASE_URL=f"sqlite:///{path}" if how == "DATABASE_URL" else "")
+    assert printed.split() == ["wal", "2", "20000", "IMMEDIATE", str(path)]
 
 
-def test_postgresql_connections_give_up_on_a_silent_host(monkeypatch):
+def test_postgresql_connections_give_up_on_a_silent_host():
     """A PostgreSQL URL gets a connect timeout, TCP keepalives and a TCP user timeout
     from DATABASE_CONNECT_TIMEOUT and DATABASE_DEAD_PEER_SECONDS; parameters of the URL
     itself win."""
-    env = {**os.environ, "DEBUG": "true", "DATABASE_CONNECT_TIMEOUT": "3",
-           "DATABASE_DEAD_PEER_SECONDS": "16",
-           "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none?keepalives_count=9"}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
     script = ("import json; from django.conf import settings\n"
               "print(json.dumps(settings.DATABASES['default']['OPTIONS'], sort_keys=True))")
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {
+    printed = settings_shell(script, DATABASE_CONNECT_TIMEOUT="3", DATABASE_DEAD_PEER_SECONDS="16",
+                             DATABASE_URL="postgres://nobody@127.0.0.1:1/none?keepalives_count=9")
+    assert json.loads(printed) == {
         "connect_timeout": 3, "keepalives": 1, "keepalives_idle": 8, "keepalives_interval": 2,
         "keepalives_count": 9, "tcp_user_timeout": 16000}
