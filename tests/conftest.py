@@ -394,14 +394,9 @@ async def lose_the_database_connection() -> None:
     On PostgreSQL the server ends the worker's session (``pg_terminate_backend``);
     on SQLite, which has no server, the worker's connection is closed under Django.
     """
-    connection = connections["default"]
-
-    def backend_pid() -> int:
-        connections["default"].ensure_connection()
-        return connections["default"].connection.info.backend_pid
-
-    if connection.vendor == "postgresql":
-        pid = await db.run(backend_pid)
+    if connections["default"].vendor == "postgresql":
+        # db.run connects the worker first, so its connection is open here.
+        pid = await db.run(lambda: connections["default"].connection.info.backend_pid)
 
         def terminate() -> None:
             try:
