@@ -21,7 +21,6 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from realtime import tokens
-from realtime.batching import ServiceUnavailable
 from realtime.middleware import get_active_user
 from realtime.protocol import (
     API_MAX_BODY_BYTES,
@@ -73,7 +72,7 @@ TOO_LARGE = ("too_large", f"body exceeds {API_MAX_BODY_BYTES} bytes")
 NO_ACTIVE_USER = ("unauthorized", "token names no active user")
 #: The 403 of a user who is not staff on a staff-only endpoint.
 STAFF_ONLY = ("forbidden", "staff only")
-#: The 503 of a request the database (or the channel layer) could not serve.
+#: The 503 of a request the database could not serve.
 UNAVAILABLE = ("unavailable", "the service is unavailable; try again")
 
 
@@ -247,8 +246,8 @@ def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[
     """Wrap an async API view: method check, authentication, error translation.
 
     The view gets ``request.api_user`` (``AnonymousUser`` when ``auth`` is off).
-    A database error, or a :class:`~realtime.batching.ServiceUnavailable`, is
-    logged and answered 503 ``unavailable`` with the API's error body.
+    A database error is logged and answered 503 ``unavailable`` with the API's
+    error body (a notification post's own 503 comes from its view).
     """
 
     def decorator(view: View) -> View:
@@ -263,7 +262,7 @@ def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()
-            except (DatabaseError, ServiceUnavailable):
+            except DatabaseError:
                 logger.exception("could not serve %s %s", request.method, request.path)
                 return error_response(*UNAVAILABLE)
 
