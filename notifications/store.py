@@ -55,7 +55,7 @@ def acknowledge(user_id: int, ids: Iterable[int]) -> int:
         return 0
     with db.hot_cursor() as cursor, db.hot_transaction(cursor):
         _start_writing_queues(cursor, [user_id])
-        return _mark_delivered(cursor, {user_id: ids}, timezone.now())
+        return _mark_delivered(cursor, {user_id: ids}, timezone.now(), count=True)
 
 
 @dataclass(eq=False)
@@ -97,15 +97,17 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     """Acknowledge, check and store posts in one transaction; a result per post.
 
     One query finds every user the batch names (Bearer actors and targets),
-    one ``INSERT`` stores every accepted post, and one count finds the queues
-    over ``NOTIFICATIONS_QUEUE_LIMIT`` to trim. On PostgreSQL the user rows of
+    one ``INSERT`` stores every accepted post, and one ``DELETE`` trims the
+    queues over ``NOTIFICATIONS_QUEUE_LIMIT``. On PostgreSQL the user rows of
     every queue the batch writes (its targets' and its acknowledging users')
     are locked first, in primary-key order, so that the batches of other
     processes write one queue one after the other. Without the acknowledging
     users' locks, a batch that trims Ann's queue and acknowledges Bob's
     deadlocked with one that did the reverse. Acks come before the insert, so
     what they deliver no longer counts against the limit. On PostgreSQL the
-    transaction plans no bitmap scans (:data:`NO_BITMAP_SCANS`).
+    transaction plans no bitmap scans (:data:`NO_BITMAP_SCANS`), and it waits
+    for the server twice: only the ``INSERT``'s ids are read before the
+    ``COMMIT`` (:func:`realtime.db.hot_transaction`).
 
     A result is a :class:`Stored` notification, a :class:`Refused`, or
     :data:`AUTHORISED` for a post without data that passed its checks.
@@ -154,8 +156,7 @@ def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, 
         if acks:
             _mark_delivered(cursor, acks, now)
         pks = _insert(cursor, [(user_id, data) for _, user_id, data in accepted], now)
-        for user_id in _over_limit(cursor, queues):
-            _trim_queue(cursor, user_id)
+        _trim_queues(cursor, queues)
     for (index, user_id, data), pk in zip(accepted, pks, strict=True):
         results[index] = Stored(pk, user_id, data, now, user_id is None)
     return results
@@ -191,20 +192,13 @@ def _lock_sql(conn, count: int) -> str:
 #: Every acked notification leaves an entry in the partial index of undelivered ones
 #: until a vacuum. A bitmap scan reads the row of each such entry again with every batch,
 #: and never marks it dead; an index scan marks it, and later scans skip it. The planner
-#: picks bitmap scans for the queue count and the acks' UPDATE while its statistics put a
+#: picks bitmap scans for the queue trim's read and the acks' UPDATE while its statistics put a
 #: user's queue at a few rows (taken on a near-empty table, say): a batch took 32 ms after
 #: 140,000 notifications instead of 2.4 (bench/RESULTS.md, "sixteenth part").
 NO_BITMAP_SCANS = "SET LOCAL enable_bitmapscan = off"
 
 #: The columns :func:`_insert` writes, in the order of its values.
 INSERT_FIELDS = ("user", "data", "broadcast", "created_at", "delivered_at")
-
-
-def _over_limit_sql(conn, count: int) -> str:
-    table = conn.ops.quote_name(Notification._meta.db_table)
-    return (f"SELECT user_id FROM {table} WHERE delivered_at IS NULL"
-            f" AND user_id IN ({db.placeholders(count)})"
-            " GROUP BY user_id HAVING COUNT(*) > %s")
 
 
 def _mark_sql(conn, count: int) -> str:
@@ -216,19 +210,22 @@ def _mark_sql(conn, count: int) -> str:
 
 def _trim_sql(conn, count: int) -> str:
     table = conn.ops.quote_name(Notification._meta.db_table)
-    return (f"DELETE FROM {table} WHERE user_id = %s AND delivered_at IS NULL AND id <="
-            f" (SELECT id FROM {table} WHERE user_id = %s AND delivered_at IS NULL"
-            " ORDER BY id DESC LIMIT 1 OFFSET %s)")
+    return (f"DELETE FROM {table} WHERE id IN (SELECT id FROM"
+            " (SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id DESC) AS newer"
+            f" FROM {table} WHERE delivered_at IS NULL AND user_id IN ({db.placeholders(count)}))"
+            " AS queued WHERE newer > %s)")
 
 
-def _trim_queue(cursor, user_id: int) -> None:
-    """Delete the user's oldest undelivered notifications beyond the newest N.
+def _trim_queues(cursor, user_ids: list[int]) -> None:
+    """Delete the users' oldest undelivered notifications beyond the newest N each.
 
-    The newest N are the N greatest ids; the (N+1)th and everything older go
-    (none when there are no more than N: the cutoff is then NULL).
+    The newest N of a queue are its N greatest ids. One statement for every
+    queue, whose answer nothing waits for; it reads the undelivered entries of
+    these users in the partial index, as a count of them would.
     """
-    cursor.execute(db.statement(cursor, _trim_sql, 1),
-                   [user_id, user_id, settings.NOTIFICATIONS_QUEUE_LIMIT])
+    if user_ids:
+        cursor.execute(db.statement(cursor, _trim_sql, len(user_ids)),
+                       [*user_ids, settings.NOTIFICATIONS_QUEUE_LIMIT])
 
 
 def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
@@ -270,21 +267,12 @@ def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime
     ])
 
 
-def _over_limit(cursor, user_ids: list[int]) -> list[int]:
-    """Those of ``user_ids`` with more than ``NOTIFICATIONS_QUEUE_LIMIT`` undelivered.
+def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime, *,
+                    count: bool = False) -> int:
+    """Mark delivered the acked ids that are their user's.
 
-    One grouped count per batch, in SQL for the reason given in :func:`_mark_delivered`
-    (it uses the partial index of undelivered rows).
-    """
-    if not user_ids:
-        return []
-    cursor.execute(db.statement(cursor, _over_limit_sql, len(user_ids)),
-                   [*user_ids, settings.NOTIFICATIONS_QUEUE_LIMIT])
-    return [row[0] for row in cursor.fetchall()]
-
-
-def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> int:
-    """Mark delivered the acked ids that are their user's; how many were newly marked.
+    With ``count``, returns how many were newly marked; else 0, without waiting
+    for the statements' answer (in a pipelined transaction a count waits).
 
     ``acks`` maps user ids to the ids they acknowledged. Whatever the number of
     users, one ``UPDATE ... WHERE (id, user_id) IN (VALUES ...)`` per
@@ -302,6 +290,7 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime) -> in
             db.statement(cursor, _mark_sql, len(chunk)),
             [moment, *(pair[0] for pair in chunk), *(value for pair in chunk for value in pair)],
         )
-        marked += cursor.rowcount
+        if count:
+            marked += cursor.rowcount
     return marked
 

@@ -431,6 +431,8 @@ class DriverCursor:
         self.db = db
         self.cursor = db.connection.cursor()
         self._qmark = db.Database.paramstyle == "qmark"
+        #: The psycopg pipeline of a :func:`hot_transaction`, while one is open.
+        self.pipeline: Any = None
 
     def execute(self, sql: str, params: list | tuple) -> None:
         self.cursor.execute(_qmark(sql) if self._qmark else sql, params)
@@ -443,6 +445,9 @@ class DriverCursor:
 
     @property
     def rowcount(self) -> int:
+        # In a pipeline the count arrives with the statement's result: wait for it.
+        if self.pipeline is not None:
+            self.pipeline.sync()
         return self.cursor.rowcount
 
     @property
@@ -490,6 +495,13 @@ def hot_transaction(cursor) -> Iterator[None]:
     cannot roll back is closed, never left inside a transaction. Everywhere
     else it is ``atomic()``. Inside, use only this cursor: Django does not
     know of the transaction, and an ORM write would try to begin its own.
+
+    On PostgreSQL the transaction is a psycopg pipeline: statements go to the
+    server without waiting for each other's answers, until one whose rows (or
+    ``rowcount``) are read; the ``COMMIT`` goes with the statements after the
+    last read. A batch then waits for the server once per read, not once per
+    statement. An error of any statement is raised at the next read or at
+    the end, and the transaction is rolled back.
     """
     db = cursor.db
     if not isinstance(cursor, DriverCursor) or db.in_atomic_block or not db.get_autocommit():
@@ -498,13 +510,32 @@ def hot_transaction(cursor) -> Iterator[None]:
         return
     driver = cursor.cursor
     mode = getattr(db, "transaction_mode", None) if db.vendor == "sqlite" else None
-    driver.execute(f"BEGIN {mode}" if mode else "BEGIN")
     try:
-        yield
-        driver.execute("COMMIT")
+        with _pipeline(cursor):
+            driver.execute(f"BEGIN {mode}" if mode else "BEGIN")
+            yield
+            driver.execute("COMMIT")
     except BaseException:
         try:
             driver.execute("ROLLBACK")
         except Exception:
             db.close()
         raise
+
+
+@contextlib.contextmanager
+def _pipeline(cursor: DriverCursor) -> Iterator[None]:
+    """Run the cursor's statements in a psycopg pipeline, where there is one.
+
+    Leaving it waits for every statement's answer and raises the first error.
+    """
+    pipelines = getattr(cursor.db.Database, "Pipeline", None)  # psycopg 3, not psycopg2
+    if cursor.db.vendor != "postgresql" or pipelines is None or not pipelines.is_supported():
+        yield
+        return
+    with cursor.db.connection.pipeline() as pipeline:
+        cursor.pipeline = pipeline
+        try:
+            yield
+        finally:
+            cursor.pipeline = None

@@ -62,6 +62,25 @@ async def test_queue_limit_counts_only_undelivered(amake_user, settings):
     assert await Notification.objects.filter(user=bob).acount() == 4
 
 
+def test_one_batch_trims_every_queue_it_fills_to_its_own_newest(make_user, settings):
+    """One statement trims all of a batch's queues: each keeps its own newest, acked rows stay."""
+    settings.NOTIFICATIONS_QUEUE_LIMIT = 2
+    ann, bob, cyd = make_user("ann"), make_user("bob"), make_user("cyd")
+    (acked,) = store.store_batch([store.Post(target="ann", data={"n": -1})], {})
+    posts = [store.Post(target=name, data={"n": n}) for n in range(3) for name in ("ann", "bob")]
+    stored = store.store_batch([*posts, store.Post(target="cyd", data={})], {ann.pk: {acked.pk}})
+    newest = {name: [row.pk for post, row in zip(posts, stored, strict=False)
+                     if post.target == name][-2:] for name in ("ann", "bob")}
+
+    def queue(user):
+        return list(Notification.objects.filter(user=user, delivered_at__isnull=True)
+                    .order_by("pk").values_list("pk", flat=True))
+
+    assert queue(ann) == newest["ann"] and queue(bob) == newest["bob"]
+    assert queue(cyd) == [stored[-1].pk]
+    assert Notification.objects.filter(pk=acked.pk, delivered_at__isnull=False).exists()
+
+
 async def test_acknowledge_ignores_ids_of_other_users(amake_user):
     """Ack marks the user's own ids delivered; another user's and unknown ids are ignored."""
     bob, carol = await amake_user("bea"), await amake_user("cyd")
@@ -324,25 +343,25 @@ def test_a_batch_never_reads_acked_notifications_again_on_postgresql(make_user, 
 
     A bitmap scan reads each of their rows again with every batch (the planner takes one
     while its statistics put a queue at a few rows); an index scan marks them dead once.
-    So the queue count and the acks' UPDATE of a batch, and a plain ack, run without
+    So the queue trim and the acks' UPDATE of a batch, and a plain ack, run without
     bitmap scans, and the setting ends with their transaction.
     """
     bea = make_user("bea")
     seen: dict[str, str] = {}
 
     def watching(name, statement):
-        def run(cursor, *args):
+        def run(cursor, *args, **kwargs):
             cursor.execute("SHOW enable_bitmapscan", [])
             seen[name] = cursor.fetchone()[0]
-            return statement(cursor, *args)
+            return statement(cursor, *args, **kwargs)
         return run
 
-    monkeypatch.setattr(store, "_over_limit", watching("count", store._over_limit))
+    monkeypatch.setattr(store, "_trim_queues", watching("trim", store._trim_queues))
     monkeypatch.setattr(store, "_mark_delivered", watching("acks", store._mark_delivered))
     first, second = store.store_batch([store.Post(target="bea", data={"n": n}) for n in (1, 2)],
                                       {})
     store.store_batch([store.Post(target="bea", data={"n": 3})], {bea.pk: {first.pk}})
-    assert seen == {"count": "off", "acks": "off"}
+    assert seen == {"trim": "off", "acks": "off"}
     seen.clear()
     assert api.ack(bea.pk, [second.pk]) == 1
     assert seen == {"acks": "off"}
@@ -390,14 +409,14 @@ def test_batches_trimming_and_acknowledging_each_others_queues_do_not_deadlock(
         [store.Post(target=user.username, data={"n": n}) for n in range(3)], {})]
         for user in (ann, bob)}
     at_trim, trim_now = threading.Semaphore(0), threading.Event()
-    trim = store._trim_queue
+    trim = store._trim_queues
 
-    def trim_when_told(cursor, user_id):
+    def trim_when_told(cursor, user_ids):
         at_trim.release()
         trim_now.wait(10)
-        trim(cursor, user_id)
+        trim(cursor, user_ids)
 
-    monkeypatch.setattr(store, "_trim_queue", trim_when_told)
+    monkeypatch.setattr(store, "_trim_queues", trim_when_told)
     errors: list[Exception] = []
     threads = [
         in_a_thread(lambda target=target, acker=acker: store.store_batch(

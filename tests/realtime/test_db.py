@@ -371,6 +371,28 @@ def test_hot_transaction_rolls_back_on_any_error_and_leaves_no_transaction_open(
         cursor.execute("SELECT 1", [])
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's pipeline mode")
+def test_on_postgresql_hot_transaction_statements_do_not_wait_for_each_others_answers(make_user):
+    """Pipelined: a statement's error comes at the next read, or at the end; all rolls back."""
+    make_user("ann")
+    went_on = []
+    with pytest.raises(Exception, match="division by zero"), db.hot_cursor() as cursor:
+        with db.hot_transaction(cursor):
+            cursor.execute("UPDATE auth_user SET username = %s WHERE username = %s",
+                           ["zed", "ann"])
+            assert cursor.rowcount == 1, "a count waits for its statement's answer"
+            cursor.execute("SELECT 1 / %s", [0])
+            went_on.append("past the failing statement")
+            cursor.execute("SELECT 1", [])
+            cursor.fetchall()
+            went_on.append("past the read after it")
+    assert went_on == ["past the failing statement"]
+    assert get_user_model().objects.filter(username="ann").exists()
+    with db.hot_cursor() as cursor, db.hot_transaction(cursor):  # BEGIN works again
+        cursor.execute("SELECT %s", [2])
+        assert cursor.fetchall() == [(2,)]
+
+
 def test_hot_transaction_is_a_savepoint_inside_the_callers_atomic(make_user):
     """A caller's transaction (the sync ``notify()``) decides: its rollback undoes the writes."""
     make_user("ann")
