@@ -209,7 +209,7 @@ class RoomSequencer:
             if not outgoing.done.done():
                 publishing = await self.store_batch([outgoing], turn, publishing)
 
-        await each_alone(batch, alone, lambda outgoing: self.fail([outgoing]))
+        await each_alone(batch, alone, self.fail)
         return publishing
 
     def fail(self, batch: list[Outgoing]) -> None:

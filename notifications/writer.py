@@ -273,9 +273,9 @@ class Writer:
         async def alone(post: Post) -> None:
             results.extend(await db.run(store_batch, [post], {}))
 
-        def failed(post: Post) -> None:
-            logger.exception("could not store a notification")
-            results.append(ServiceUnavailable("could not store"))
+        def failed(unstored: list[Post]) -> None:
+            logger.exception("could not store %d notification(s)", len(unstored))
+            results.extend(ServiceUnavailable("could not store") for _ in unstored)
 
         await each_alone(posts, alone, failed)
         return results

@@ -15,12 +15,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from realtime import tokens
+from realtime import db, tokens
 from realtime.middleware import get_active_user
 from realtime.protocol import (
     API_MAX_BODY_BYTES,
@@ -246,8 +245,10 @@ def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[
     """Wrap an async API view: method check, authentication, error translation.
 
     The view gets ``request.api_user`` (``AnonymousUser`` when ``auth`` is off).
-    A database error is logged and answered 503 ``unavailable`` with the API's
-    error body (a notification post's own 503 comes from its view).
+    A database that cannot serve (:data:`realtime.db.UNAVAILABLE_ERRORS`) is
+    logged and answered 503 ``unavailable`` with the API's error body (a
+    notification post's own 503 comes from its view). Other database errors
+    are bugs, not outages: they go on to Django's 500 and its error log.
     """
 
     def decorator(view: View) -> View:
@@ -262,7 +263,7 @@ def api_view(*methods: str, auth: bool = True, staff: bool = False) -> Callable[
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()
-            except DatabaseError:
+            except db.UNAVAILABLE_ERRORS:
                 logger.exception("could not serve %s %s", request.method, request.path)
                 return error_response(*UNAVAILABLE)
 

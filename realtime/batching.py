@@ -24,19 +24,19 @@ class DatabaseUnreachable(OperationalError):
 
 
 async def each_alone(items: list[T], store: Callable[[T], Awaitable[None]],
-                     failed: Callable[[T], None]) -> None:
+                     failed: Callable[[list[T]], None]) -> None:
     """After a batch failed: ``store`` each item in a transaction of its own.
 
-    One bad item then fails only itself; ``failed(item)`` is called, inside the
-    ``except`` (so ``logger.exception`` works there), for each that fails again.
-    Once the database cannot be reached, the items left fail with it, untried.
+    One bad item then fails only itself: ``failed([item])`` is called, inside
+    the ``except`` (so ``logger.exception`` works there), for each that fails
+    again. Once the database cannot be reached, the item and those left fail
+    with it, untried, in one call: an outage logs once per batch, not per item.
     """
     for index, item in enumerate(items):
         try:
             await store(item)
         except DatabaseUnreachable:
-            for untried in items[index:]:
-                failed(untried)
+            failed(items[index:])
             return
         except Exception:
-            failed(item)
+            failed([item])

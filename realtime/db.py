@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from channels.db import database_sync_to_async
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections, transaction
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
@@ -49,6 +49,7 @@ __all__ = [
     "IDLE_CHECK_SECONDS",
     "INSERT_CHUNK",
     "RECONNECT_PAUSE_SECONDS",
+    "UNAVAILABLE_ERRORS",
     "WORKER_CHECKPOINT_PAGES",
     "Lookup",
     "close",
@@ -66,6 +67,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
+
+#: The database errors that mean it cannot serve now: down, unreachable, out of
+#: connections, a deadlock (``OperationalError``), a closed connection
+#: (``InterfaceError``). Answered "try again later"; any other database error is a
+#: statement the database refused, a bug, and goes on to the server's error log.
+UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
 
 #: After this long without work, connections are checked before the next call.
 IDLE_CHECK_SECONDS = 30.0

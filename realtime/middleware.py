@@ -20,7 +20,6 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
-from django.db import DatabaseError
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
@@ -119,12 +118,13 @@ async def authenticate(scope) -> tuple[object, CloseCode | None, datetime | None
 
     The session key is set only when the session cookie authenticated the user:
     such a connection lasts as long as its session (``realtime.sessions``). When
-    the database cannot say who the user is, the code is 4013 (it stands for
-    1013, "try again later", as it does for the connection caps).
+    the database cannot serve (:data:`realtime.db.UNAVAILABLE_ERRORS`), the code
+    is 4013 (it stands for 1013, "try again later", as it does for the
+    connection caps); any other database error is a bug, raised.
     """
     try:
         return await _authenticate(scope)
-    except DatabaseError as exc:
+    except db.UNAVAILABLE_ERRORS as exc:
         logger.warning("could not authenticate a WebSocket: %s", exc)
         return AnonymousUser(), CloseCode.TOO_MANY_CONNECTIONS, None, None
 

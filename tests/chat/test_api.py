@@ -112,3 +112,21 @@ def test_the_database_down_is_503_unavailable(room_with_messages, token_for, mon
     assert response.json() == {"error": "unavailable",
                                "message": "the service is unavailable; try again"}
     assert f"could not serve GET {path}" in caplog.text
+
+
+def test_a_database_error_that_is_a_bug_is_not_answered_try_again(room_with_messages,
+                                                                  token_for, monkeypatch):
+    """Only a database that cannot serve is 503 "try again"; a refused statement (an
+    IntegrityError escaping a view, a DataError) is a bug: Django's 500 and error log."""
+    from django.db import IntegrityError
+
+    from chat import services
+
+    token = token_for("bob")
+
+    def refused(*args, **kwargs):
+        raise IntegrityError("a constraint the view did not expect")
+
+    monkeypatch.setattr(services.rooms, "rooms_overview", refused)
+    with pytest.raises(IntegrityError):
+        get("/api/rooms", token)

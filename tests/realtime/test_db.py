@@ -120,7 +120,7 @@ async def test_an_unreachable_database_fails_calls_at_once_until_the_pause_ends(
 
 async def test_each_alone_fails_the_rest_untried_once_the_database_is_unreachable():
     """After a failed batch each item is tried alone; one bad item fails only itself,
-    but once the database cannot be reached, the items left fail without a try."""
+    but once the database cannot be reached, the items left fail with it, in one call."""
     tried, failed = [], []
 
     async def store(item: str) -> None:
@@ -132,7 +132,7 @@ async def test_each_alone_fails_the_rest_untried_once_the_database_is_unreachabl
 
     await each_alone(["a", "bad", "b", "unreachable", "c", "d"], store, failed.append)
     assert tried == ["a", "bad", "b", "unreachable"]
-    assert failed == ["bad", "unreachable", "c", "d"]
+    assert failed == [["bad"], ["unreachable", "c", "d"]]
 
 
 async def test_close_closes_the_connections_and_a_later_call_starts_again():

@@ -296,3 +296,20 @@ async def test_a_handshake_the_database_cannot_authenticate_closes_4013(alice, t
             else communicator(headers=cookie))
     await expect_close(comm, 4013)
     assert "could not authenticate a WebSocket: the database is down" in caplog.text
+
+
+async def test_a_database_error_that_is_a_bug_is_raised_not_closed_4013(alice, token_for,
+                                                                       monkeypatch):
+    """Only a database that cannot serve closes 4013 "try again later"; a statement it
+    refuses is a bug, raised to the server (its error log and HTTP 500)."""
+    from django.db import ProgrammingError
+
+    from realtime import middleware
+
+    async def refused(*args, **kwargs):
+        raise ProgrammingError("no such column")
+
+    monkeypatch.setattr(middleware.ACTIVE_USERS, "get", refused)
+    comm = communicator(f"/ws/test/?token={token_for('alice')}")
+    with pytest.raises(ProgrammingError):
+        await comm.connect()
