@@ -63,7 +63,7 @@ async def test_queue_limit_counts_only_undelivered(amake_user, settings):
 
 
 def test_one_batch_trims_every_queue_it_fills_to_its_own_newest(make_user, settings):
-    """One statement trims all of a batch's queues: each keeps its own newest, acked rows stay."""
+    """A batch trims each queue it fills to that queue's newest; acked rows stay."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 2
     ann, bob, cyd = make_user("ann"), make_user("bob"), make_user("cyd")
     (acked,) = store.store_batch([store.Post(target="ann", data={"n": -1})], {})
