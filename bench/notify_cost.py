@@ -2,11 +2,15 @@
 table fills.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/notify_cost \\
-        .venv/bin/python bench/notify_cost.py [--batches 3500] [--analyze-every 500]
+        .venv/bin/python bench/notify_cost.py [--batches 3500] [--analyze-every 500] \
+        [--no-acks]
 
 Stores batches as the writer does under notify64: 40 posts to 100 users each, every
-batch carrying the acks of the one before. Every ``--report`` batches it prints the
-wall time per batch, and on PostgreSQL per statement (by its first words). With
+batch carrying the acks of the one before (``--no-acks``: none, so the queues fill up to
+``NOTIFICATIONS_QUEUE_LIMIT`` and then every batch trims them, as for offline users).
+Every ``--report`` batches it prints the wall time per batch, and on PostgreSQL per
+statement (by its first words; in the pipelined transaction a statement's time is its
+sending, and the wait for the server falls to the next that reads rows). With
 ``--analyze-every N`` it runs ``ANALYZE`` every N batches, as autoanalyze would on a
 deployment. The database must be migrated (``manage.py migrate``); its notifications
 are deleted first. Without DATABASE_URL it runs on a fresh SQLite file.
@@ -26,6 +30,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3500)
     parser.add_argument("--report", type=int, default=250, help="batches per line")
     parser.add_argument("--analyze-every", type=int, default=0, metavar="N")
+    parser.add_argument("--no-acks", action="store_true", help="never acknowledge")
     args = parser.parse_args()
     scratch_django.setup("notify_cost")
     from django.contrib.auth import get_user_model
@@ -52,7 +57,8 @@ def main() -> None:
                  for i in range(POSTS)]
         acks_now, acks = acks, collections.defaultdict(set)
         for result in store.store_batch(posts, acks_now):
-            acks[result.user_id].add(result.pk)
+            if not args.no_acks:
+                acks[result.user_id].add(result.pk)
         stored += POSTS
         if args.analyze_every and batch % args.analyze_every == 0:
             with connection.cursor() as cursor:
