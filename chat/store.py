@@ -45,7 +45,7 @@ def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Sto
     is missing (deleted while its members were connected) is made again, as a join
     would. Statements: the recipients of private messages (only if any), the rooms,
     the missing rooms (only if any), the ``INSERT`` of the messages
-    (:func:`realtime.db.insert_returning_ids`), and the ``UPDATE`` of the last message
+    (:func:`realtime.db.insert_rows`), and the ``UPDATE`` of the last message
     time of the rooms where it is :data:`LAST_MESSAGE_AT_STEP` behind (only if any).
     """
     now = timezone.now()
@@ -72,10 +72,11 @@ def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Sto
             rows.extend((pk, o.sender.pk, o.content, users.get(o.recipient), moment)
                         for o, ok in zip(batch, keep, strict=True) if ok)
             kept.append(keep)
-        ids = iter(db.insert_returning_ids(cursor, Message, INSERT_FIELDS, rows))
+        inserted = db.insert_rows(cursor, Message, INSERT_FIELDS, rows)
         behind = sorted(pk for pk, stale in rooms.values() if stale)
         if behind:
             cursor.execute(db.statement(cursor, _touch_sql, len(behind)), [moment, *behind])
+    ids = iter(inserted())
     return [[Stored(next(ids), now) if ok else None for ok in keep] for keep in kept]
 
 

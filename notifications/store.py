@@ -7,7 +7,7 @@ writer is SQL built once per shape (:func:`realtime.db.statement`) on a
 """
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,17 +97,18 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     """Acknowledge, check and store posts in one transaction; a result per post.
 
     One query finds every user the batch names (Bearer actors and targets),
-    one ``INSERT`` stores every accepted post, and one ``DELETE`` trims the
-    queues over ``NOTIFICATIONS_QUEUE_LIMIT``. On PostgreSQL the user rows of
-    every queue the batch writes (its targets' and its acknowledging users')
-    are locked first, in primary-key order, so that the batches of other
-    processes write one queue one after the other. Without the acknowledging
-    users' locks, a batch that trims Ann's queue and acknowledges Bob's
-    deadlocked with one that did the reverse. Acks come before the insert, so
-    what they deliver no longer counts against the limit. On PostgreSQL the
-    transaction plans no bitmap scans (:data:`NO_BITMAP_SCANS`), and it waits
-    for the server twice: only the ``INSERT``'s ids are read before the
-    ``COMMIT`` (:func:`realtime.db.hot_transaction`).
+    one ``INSERT`` stores every accepted post, and the queues over
+    ``NOTIFICATIONS_QUEUE_LIMIT`` are trimmed (:func:`_trim_queues`). On
+    PostgreSQL the user rows of every queue the batch writes (its targets' and
+    its acknowledging users') are locked first, in primary-key order, so that
+    the batches of other processes write one queue one after the other.
+    Without the acknowledging users' locks, a batch that trims Ann's queue and
+    acknowledges Bob's deadlocked with one that did the reverse. Acks come
+    before the insert, so what they deliver no longer counts against the
+    limit. On PostgreSQL the transaction plans no bitmap scans
+    (:data:`NO_BITMAP_SCANS`), and it waits for the server twice: for the
+    users' query, and at the ``COMMIT``, after which the ``INSERT``'s ids are
+    read (:func:`realtime.db.hot_transaction`, :func:`realtime.db.insert_rows`).
 
     A result is a :class:`Stored` notification, a :class:`Refused`, or
     :data:`AUTHORISED` for a post without data that passed its checks.
@@ -117,14 +118,27 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     """
     names = {p.actor for p in posts if p.actor is not None}
     names |= {p.target for p in posts if p.target is not None and p.target_pk is None}
-    with db.hot_cursor() as cursor:
-        users = _users_named(cursor, names)
-        return _store_checked(cursor, posts, users, acks)
-
-
-def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, bool]],
-                   acks: dict[int, set[int]]) -> list[Stored | Refused | str]:
     now = timezone.now()
+    with db.hot_cursor() as cursor, db.hot_transaction(cursor):
+        results, accepted = _checked(posts, _users_named(cursor, names))
+        queues = sorted({user_id for _, user_id, _ in accepted if user_id is not None})
+        _start_writing_queues(cursor, sorted({*queues, *acks}))
+        if acks:
+            _mark_delivered(cursor, acks, now)
+        inserted = _insert(cursor, [(user_id, data) for _, user_id, data in accepted], now)
+        _trim_queues(cursor, queues)
+    for (index, user_id, data), pk in zip(accepted, inserted(), strict=True):
+        results[index] = Stored(pk, user_id, data, now, user_id is None)
+    return results
+
+
+def _checked(posts: list[Post], users: dict[str, tuple[int, bool, bool]]
+             ) -> tuple[list[Stored | Refused | str], list[tuple[int, int | None, dict[str, Any]]]]:
+    """Each post's answer as far as the checks go, and the posts to store.
+
+    A post to store is ``(its index, its user's id or None for a broadcast,
+    its data)``; its answer is :data:`AUTHORISED` until it is stored.
+    """
     accepted: list[tuple[int, int | None, dict[str, Any]]] = []
     results: list[Stored | Refused | str] = []
     for post in posts:
@@ -149,17 +163,8 @@ def _store_checked(cursor, posts: list[Post], users: dict[str, tuple[int, bool, 
             results.append(Refused.no_such_user(post.target))
             continue
         accepted.append((len(results), user_id, post.data))
-        results.append(AUTHORISED)  # replaced by the stored row below
-    queues = sorted({user_id for _, user_id, _ in accepted if user_id is not None})
-    with db.hot_transaction(cursor):
-        _start_writing_queues(cursor, sorted({*queues, *acks}))
-        if acks:
-            _mark_delivered(cursor, acks, now)
-        pks = _insert(cursor, [(user_id, data) for _, user_id, data in accepted], now)
-        _trim_queues(cursor, queues)
-    for (index, user_id, data), pk in zip(accepted, pks, strict=True):
-        results[index] = Stored(pk, user_id, data, now, user_id is None)
-    return results
+        results.append(AUTHORISED)
+    return results, accepted
 
 
 def store_one(post: Post) -> Stored:
@@ -277,14 +282,16 @@ def _start_writing_queues(cursor, user_ids: list[int]) -> None:
         cursor.execute(db.statement(cursor, _lock_sql, len(user_ids)), user_ids)
 
 
-def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]], now: datetime) -> list[int]:
-    """Insert notifications ``(user_id or None for a broadcast, data)``; their ids, in order.
+def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]],
+            now: datetime) -> Callable[[], list[int]]:
+    """Insert notifications ``(user_id or None for a broadcast, data)``.
 
+    Returns a function that gives their ids, in order (:func:`realtime.db.insert_rows`).
     A broadcast is delivered when it is stored.
     """
     ops, encoder = cursor.db.ops, Notification._meta.get_field("data").encoder
     moment = ops.adapt_datetimefield_value(now)
-    return db.insert_returning_ids(cursor, Notification, INSERT_FIELDS, [
+    return db.insert_rows(cursor, Notification, INSERT_FIELDS, [
         # What JSONField.get_db_prep_save() comes to, without its per-field steps.
         (user_id, ops.adapt_json_value(data, encoder), user_id is None, moment,
          moment if user_id is None else None)

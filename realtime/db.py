@@ -55,7 +55,7 @@ __all__ = [
     "close",
     "hot_cursor",
     "hot_transaction",
-    "insert_returning_ids",
+    "insert_rows",
     "placeholders",
     "run",
     "run_blocking",
@@ -366,11 +366,15 @@ def statement(cursor, build: Callable[..., str], *shape: Any) -> str:
 INSERT_CHUNK = 150
 
 
-def insert_returning_ids(cursor, model: Any, fields: tuple[str, ...],
-                         rows: list[tuple]) -> list[int]:
-    """Insert ``rows`` (the values of ``model``'s ``fields``, in that order); their ids.
+def insert_rows(cursor, model: Any, fields: tuple[str, ...],
+                rows: list[tuple]) -> Callable[[], list[int]]:
+    """Insert ``rows`` (the values of ``model``'s ``fields``, in that order).
 
-    The ids come in the order of the rows, as ``bulk_create`` relies on too.
+    Returns a function that gives their ids, in the order of the rows, as
+    ``bulk_create`` relies on too. In a pipelined :func:`hot_transaction` the
+    statement goes on a cursor of its own, and its ids are read only when
+    asked: asked after the transaction, they do not make it wait for the
+    server once more. Everywhere else they are read at once.
 
     * PostgreSQL: one ``INSERT ... SELECT * FROM UNNEST(...) RETURNING``, one array
       per column, as ``bulk_create`` does: the statement's text is the same whatever
@@ -381,6 +385,23 @@ def insert_returning_ids(cursor, model: Any, fields: tuple[str, ...],
 
     Values are as the driver takes them: ``connection.ops.adapt_*`` already applied.
     """
+    if getattr(cursor, "pipeline", None) is not None and rows:
+        own = DriverCursor(cursor.db)
+        own.execute(statement(cursor, _insert_sql, model, fields, None),
+                    [list(column) for column in zip(*rows, strict=True)])
+
+        def later() -> list[int]:
+            try:
+                return [row[0] for row in own.fetchall()]
+            finally:
+                own.cursor.close()
+
+        return later
+    ids = _insert_now(cursor, model, fields, rows)
+    return lambda: ids
+
+
+def _insert_now(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple]) -> list[int]:
     conn = cursor.db
     ids: list[int] = []
     if not rows:

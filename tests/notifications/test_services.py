@@ -412,6 +412,8 @@ def test_batches_trimming_and_acknowledging_each_others_queues_do_not_deadlock(
     trim = store._trim_queues
 
     def trim_when_told(cursor, user_ids):
+        cursor.execute("SELECT 1", [])
+        cursor.fetchall()  # a read waits for the statements before it (a pipeline sends later)
         at_trim.release()
         trim_now.wait(10)
         trim(cursor, user_ids)

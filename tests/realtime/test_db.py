@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections, transaction
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from realtime import db
 from realtime.batching import DatabaseUnreachable, each_alone
@@ -391,6 +392,31 @@ def test_on_postgresql_hot_transaction_statements_do_not_wait_for_each_others_an
     with db.hot_cursor() as cursor, db.hot_transaction(cursor):  # BEGIN works again
         cursor.execute("SELECT %s", [2])
         assert cursor.fetchall() == [(2,)]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's pipeline mode")
+def test_on_postgresql_inserted_ids_are_read_when_asked_not_before_the_commit():
+    """In a pipelined transaction nothing waits for the INSERT before the end: a row it
+    refuses fails the transaction there, and the ids come from the function returned."""
+    from notifications.models import Notification
+    from notifications.store import INSERT_FIELDS
+
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    went_on = []
+    with pytest.raises(Exception, match="null value"), db.hot_cursor() as cursor:
+        with db.hot_transaction(cursor):
+            db.insert_rows(cursor, Notification, INSERT_FIELDS, [(None, None, True, now, now)])
+            went_on.append("past the refused INSERT")
+    assert went_on == ["past the refused INSERT"]
+    assert not Notification.objects.exists()
+    with db.hot_cursor() as cursor:
+        with db.hot_transaction(cursor):
+            inserted = db.insert_rows(cursor, Notification, INSERT_FIELDS,
+                                      [(None, connection.ops.adapt_json_value({"n": n}, None),
+                                        True, now, now) for n in (1, 2)])
+        ids = inserted()
+    assert [note.data["n"] for note in Notification.objects.filter(pk__in=ids).order_by("pk")] \
+        == [1, 2] and ids == sorted(ids)
 
 
 def test_hot_transaction_is_a_savepoint_inside_the_callers_atomic(make_user):
