@@ -202,7 +202,10 @@ async def test_bad_posts_beside_good_posts_and_acks_lose_nothing(staff, amake_us
         via_edge(NOTIFY, '{"x": NaN}', good),
         via_edge("/api/notify/x\x00y", "{}", bearer("bea")),
         via_edge(NOTIFY, '{"a": 1e400}', good),
-        via_edge(NOTIFY, nested(975), good),
+        # Too deep, but not near the interpreter's recursion limit: a collection that
+        # runs there fails every finalizer it calls, which pytest counts against the
+        # test (seen once in CI). The limit's own path has its test in UNSTORABLE.
+        via_edge(NOTIFY, '{"a":' * 100 + "1" + "}" * 100, good),
         via_edge(NOTIFY, '{"ok": 1}', good),
         via_edge("/api/notify/carol", '{"ok": 2}', good),
     )
