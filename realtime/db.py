@@ -385,32 +385,34 @@ def insert_rows(cursor, model: Any, fields: tuple[str, ...],
 
     Values are as the driver takes them: ``connection.ops.adapt_*`` already applied.
     """
-    if getattr(cursor, "pipeline", None) is not None and rows:
-        own = DriverCursor(cursor.db)
-        own.execute(statement(cursor, _insert_sql, model, fields, None),
-                    [list(column) for column in zip(*rows, strict=True)])
+    conn = cursor.db
+    if rows and conn.vendor == "postgresql" and conn.features.can_return_rows_from_bulk_insert:
+        deferred = getattr(cursor, "pipeline", None) is not None
+        target = DriverCursor(conn) if deferred else cursor
+        target.execute(statement(cursor, _insert_sql, model, fields, None),
+                       [list(column) for column in zip(*rows, strict=True)])
+        if not deferred:
+            ids = [row[0] for row in target.fetchall()]
+            return lambda: ids
 
         def later() -> list[int]:
             try:
-                return [row[0] for row in own.fetchall()]
+                return [row[0] for row in target.fetchall()]
             finally:
-                own.cursor.close()
+                target.cursor.close()
 
         return later
-    ids = _insert_now(cursor, model, fields, rows)
+    ids = _insert_values(cursor, model, fields, rows)
     return lambda: ids
 
 
-def _insert_now(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple]) -> list[int]:
+def _insert_values(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple]) -> list[int]:
+    """:func:`insert_rows` with ``VALUES``: rows in chunks, or one by one; ids read at once."""
     conn = cursor.db
     ids: list[int] = []
     if not rows:
         return ids
     if conn.features.can_return_rows_from_bulk_insert:
-        if conn.vendor == "postgresql":
-            cursor.execute(statement(cursor, _insert_sql, model, fields, None),
-                           [list(column) for column in zip(*rows, strict=True)])
-            return [row[0] for row in cursor.fetchall()]
         size = min(INSERT_CHUNK, (conn.features.max_query_params or 999) // len(fields))
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
