@@ -92,6 +92,8 @@ async def finish() -> None:
     await found.flush_acks()
     if found.task is not None and not found.task.done():
         await asyncio.shield(found.task)
+    if found.pushing is not None and not found.pushing.done():
+        await asyncio.shield(found.pushing)
 
 
 class Writer:
@@ -102,10 +104,11 @@ class Writer:
     post pays one round trip. Acks also wait (up to ``ACK_DELAY_SECONDS``) for
     a post to ride with, so a busy process writes no transactions of acks
     alone. Notifications are pushed only once their batch has committed
-    ("stored, then pushed"), in id order. A batch that fails is retried as
-    its acks alone, then one post at a time, so one bad row fails neither the
-    other posts nor the acks; once a row is committed its post is answered as
-    stored, whatever fails after.
+    ("stored, then pushed"), in id order; a batch is pushed while the next one
+    is in the database. A batch that fails is retried as its acks alone, then
+    one post at a time, so one bad row fails neither the other posts nor the
+    acks; once a row is committed its post is answered as stored, whatever
+    fails after.
     """
 
     def __init__(self) -> None:
@@ -124,6 +127,8 @@ class Writer:
         #: The batch in the database, and the users whose acks it carries.
         self.current_batch: asyncio.Future | None = None
         self.current_ack_users: frozenset[int] = frozenset()
+        #: The push of the last batch stored, while it runs.
+        self.pushing: asyncio.Task | None = None
 
     async def submit(self, post: Post) -> tuple[int | None, str]:
         """Store and push ``post`` with the next batch: ``(id, status)``.
@@ -202,8 +207,9 @@ class Writer:
                 self.ack_timer = None
             self.current_batch, self.next_batch = self.next_batch, loop.create_future()
             self.current_ack_users = frozenset(acks)
+            stored: list[tuple[Post, Stored]] = []
             try:
-                await self._store_and_push(posts, acks)
+                stored = await self._store(posts, acks)
             except Exception:
                 logger.exception("the notifications writer failed")
                 for post in posts:
@@ -212,6 +218,12 @@ class Writer:
                 self.current_ack_users = frozenset()
                 self.current_batch.set_result(None)
                 self.current_batch = None
+            # The push of the batch before (its registry round trip, its NOTEs) ran
+            # while this one was in the database. One push at a time: batches are
+            # pushed in id order, and a slow push holds the writer back.
+            if self.pushing is not None:
+                await self.pushing
+            self.pushing = loop.create_task(_push_stored(stored)) if stored else None
         if self.acks:
             # Acks taken during the last batch wait for a post, or for the delay.
             self._schedule_acks()
@@ -231,14 +243,16 @@ class Writer:
             if len(self.posts) == waiting:
                 return
 
-    async def _store_and_push(self, posts: list[Post], acks: dict[int, set[int]]) -> None:
+    async def _store(self, posts: list[Post], acks: dict[int, set[int]]
+                     ) -> list[tuple[Post, Stored]]:
+        """Store a batch; answer the posts it did not store, and return those it did."""
         try:
             results = await db.run(store_batch, posts, acks)
         except Exception:
             if not posts:
                 logger.warning("a batch of acks failed; its notifications come again",
                                exc_info=True)
-                return
+                return []
             if len(posts) > 1 or acks:
                 logger.warning("a batch of %d notifications and the acks of %d users failed;"
                                " storing each alone", len(posts), len(acks), exc_info=True)
@@ -251,8 +265,7 @@ class Writer:
                 _settle(post, exception=result)
             else:
                 _settle(post, result=(None, result))
-        if stored:
-            await _push_stored(stored)
+        return stored
 
     @staticmethod
     async def _each_alone(posts: list[Post], acks: dict[int, set[int]]

@@ -59,6 +59,38 @@ async def test_a_connected_user_gets_a_batch_in_id_order(amake_user, connect):
     assert [frame["id"] for frame in frames] == [note_id for note_id, _ in results]
 
 
+async def test_a_batch_is_stored_while_the_one_before_is_pushed(amake_user, batches,
+                                                                monkeypatch):
+    """The push of a batch (its registry round trip, its NOTEs) does not hold the next
+    batch out of the database; batches are still pushed one at a time, in id order."""
+    bob = await amake_user("bob")
+    pushes: list[list[int]] = []
+    first_push_may_end = asyncio.Event()
+    original = writer.push_notes
+
+    async def slow_first_push(items):
+        pushes.append([item["id"] for item in items])
+        if len(pushes) == 1:
+            await first_push_may_end.wait()
+        return await original(items)
+
+    monkeypatch.setattr(writer, "push_notes", slow_first_push)
+    first = asyncio.ensure_future(api.anotify(bob, {"n": 0}))
+    while not pushes:
+        await asyncio.sleep(0)
+    second = asyncio.ensure_future(api.anotify(bob, {"n": 1}))
+    for _ in range(200):  # the second batch reaches the database meanwhile
+        if len(batches) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert batches == [(1, 0), (1, 0)]
+    assert len(pushes) == 1, "the second push waits for the first"
+    assert not first.done() and not second.done()
+    first_push_may_end.set()
+    (first_id, _), (second_id, _) = await asyncio.gather(first, second)
+    assert pushes == [[first_id], [second_id]] and first_id < second_id
+
+
 async def test_queue_limit_holds_within_one_batch(amake_user, settings, batches):
     """Five posts to one user in one batch keep the newest NOTIFICATIONS_QUEUE_LIMIT."""
     settings.NOTIFICATIONS_QUEUE_LIMIT = 3
