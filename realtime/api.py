@@ -28,6 +28,7 @@ from realtime.protocol import (
     TOO_DEEP,
     leaf_problem,
     too_deep,
+    untrusted_json,
 )
 
 STATUS_OF = {
@@ -160,7 +161,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if len(body) > API_MAX_BODY_BYTES:
         raise ApiError(*TOO_LARGE)
     try:
-        data = _loads(body)
+        with untrusted_json(body):
+            data = _loads(body)
     except _NotFinite:
         raise ApiError(*_not_finite_or_not_json(body)) from None
     except RecursionError:
