@@ -379,6 +379,9 @@ class Bench:
                 else:
                     shutil.copyfile(self.db, own)
             env["SQLITE_PATH"] = str(own)
+            if env.get("DATABASE_URL", "").startswith("sqlite:"):
+                # --variant NAME:DATABASE_URL=sqlite: serves the same copy, named by a URL.
+                env["DATABASE_URL"] = f"sqlite:///{own}"
         if self.postgres() and (kind != "daphne" or root != ROOT or extra_env):
             env["DATABASE_URL"] = self.own_database(label, root)
             # Nor do they share a cluster on Redis (presence, the registry, the room locks).
