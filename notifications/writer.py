@@ -298,10 +298,23 @@ async def _push_stored(stored: list[tuple[Post, Stored]]) -> None:
     """Push what a batch stored, in id order in one event; answer each post with its id.
 
     Everything here comes after the commit: whatever fails (a NOTE that cannot
-    be encoded, the push), each post is answered as stored (``queued`` when its
-    NOTE was not pushed), never as "could not store": a client that retried
-    would store it twice.
+    be encoded, the push, the answers themselves), each post is answered as
+    stored (``queued`` when its NOTE was not pushed), never as "could not
+    store": a client that retried would store it twice. It raises nothing:
+    the writer awaits it before the next push.
     """
+    try:
+        await _push_and_answer(stored)
+    except Exception:
+        logger.exception("notifications %s are stored, but their answers failed;"
+                         " the posts not answered yet are answered queued",
+                         [row.pk for _, row in stored])
+    finally:
+        for post, row in stored:
+            _settle(post, result=(row.pk, QUEUED))  # a post answered before stays so
+
+
+async def _push_and_answer(stored: list[tuple[Post, Stored]]) -> None:
     items, unsent = [], set()
     for post, row in stored:
         try:

@@ -65,19 +65,19 @@ async def test_a_batch_is_stored_while_the_one_before_is_pushed(amake_user, batc
     batch out of the database; batches are still pushed one at a time, in id order."""
     bob = await amake_user("bob")
     pushes: list[list[int]] = []
-    first_push_may_end = asyncio.Event()
+    first_push_started, first_push_may_end = asyncio.Event(), asyncio.Event()
     original = writer.push_notes
 
     async def slow_first_push(items):
         pushes.append([item["id"] for item in items])
         if len(pushes) == 1:
+            first_push_started.set()
             await first_push_may_end.wait()
         return await original(items)
 
     monkeypatch.setattr(writer, "push_notes", slow_first_push)
     first = asyncio.ensure_future(api.anotify(bob, {"n": 0}))
-    while not pushes:
-        await asyncio.sleep(0)
+    await first_push_started.wait()
     second = asyncio.ensure_future(api.anotify(bob, {"n": 1}))
     for _ in range(200):  # the second batch reaches the database meanwhile
         if len(batches) == 2:
@@ -89,6 +89,24 @@ async def test_a_batch_is_stored_while_the_one_before_is_pushed(amake_user, batc
     first_push_may_end.set()
     (first_id, _), (second_id, _) = await asyncio.gather(first, second)
     assert pushes == [[first_id], [second_id]] and first_id < second_id
+
+
+async def test_a_post_is_answered_as_stored_when_its_answer_fails(amake_user, monkeypatch,
+                                                                  caplog):
+    """Past the commit nothing answers "could not store": if working out a post's status
+    fails, the post is answered queued with its id, and the writer goes on."""
+    bob = await amake_user("bob")
+
+    def broken(status):
+        raise RuntimeError("metrics are broken")
+
+    monkeypatch.setattr(writer, "counted", broken)
+    note_id, status = await asyncio.wait_for(api.anotify(bob, {"n": 0}), 10)
+    assert (status, await undelivered_ids(bob)) == ("queued", [note_id])
+    assert "their answers failed" in caplog.text
+    monkeypatch.undo()
+    next_id, _ = await asyncio.wait_for(api.anotify(bob, {"n": 1}), 10)
+    assert next_id > note_id
 
 
 async def test_queue_limit_holds_within_one_batch(amake_user, settings, batches):
