@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
+from notifications import store
 from notifications.models import Notification
 
 
@@ -52,6 +53,10 @@ class NotificationAdmin(admin.ModelAdmin):
     ordering = ["-id"]
     raw_id_fields = ["user"]
     list_select_related = ["user"]
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """The "delete selected" action: the recipients' queues locked first, as a batch does."""
+        store.delete(queryset)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         """Add ``data_text``: the JSON as text, so search finds any key or value."""

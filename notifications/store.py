@@ -14,6 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connections, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from notifications.errors import Refused
@@ -24,6 +26,8 @@ from realtime import db
 #: Acked ``(id, user)`` pairs per ``UPDATE``: three parameters each, under the 999
 #: that SQLite builds before 3.32 allow per query.
 ACK_BATCH = 330
+#: Users locked per statement by :func:`delete` (chunks in primary-key order).
+MAX_LOCKS = 900
 
 
 def undelivered(user_ids: list[int]) -> dict[int, list[Notification]]:
@@ -130,6 +134,26 @@ def store_batch(posts: list[Post], acks: dict[int, set[int]]) -> list[Stored | R
     for (index, user_id, data), pk in zip(accepted, inserted(), strict=True):
         results[index] = Stored(pk, user_id, data, now, user_id is None)
     return results
+
+
+def delete(notifications: QuerySet) -> int:
+    """Delete ``notifications`` (the admin's deletes) after locking their users' queues.
+
+    A batch locks the queues it writes before it touches a row
+    (:func:`_start_writing_queues`). A bulk delete that did not could hold a
+    row that a batch trims while it waits for a row that the batch acked: a
+    deadlock, which PostgreSQL breaks after ``deadlock_timeout`` by failing one
+    of them. Returns how many rows were deleted.
+    """
+    alias = notifications.db
+    with transaction.atomic(using=alias):
+        user_ids = sorted(set(notifications.filter(user__isnull=False)
+                              .values_list("user_id", flat=True)))
+        with connections[alias].cursor() as cursor:
+            for start in range(0, len(user_ids), MAX_LOCKS):
+                _start_writing_queues(cursor, user_ids[start : start + MAX_LOCKS])
+        deleted, _ = notifications.delete()
+    return deleted
 
 
 def _checked(posts: list[Post], users: dict[str, tuple[int, bool, bool]]

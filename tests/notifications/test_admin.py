@@ -68,3 +68,20 @@ def test_changelist_shows_data_as_json(admin_client_, make_user):
     # PostgreSQL's jsonb keeps keys in its own order: compare the JSON, and its escaping.
     assert json.loads(html.unescape(cell)) == {"text": "hi <b>", "ok": True}
     assert "&quot;ok&quot;: true" in cell and "&lt;b&gt;" in cell
+
+
+def test_delete_selected_deletes_the_selected_and_only_them(admin_client_, make_user):
+    """The "delete selected" action (its confirmation posted) deletes queued, delivered and
+    broadcast rows alike, and leaves the others."""
+    bea, cyd = make_user("bea"), make_user("cyd")
+    chosen = [Notification.objects.create(user=bea, data={"n": 0}),
+              Notification.objects.create(user=cyd, data={"n": 1}, delivered_at=timezone.now()),
+              Notification.objects.create(user=None, broadcast=True, data={"n": 2},
+                                          delivered_at=timezone.now())]
+    kept = Notification.objects.create(user=bea, data={"n": 3})
+    response = admin_client_.post(URL, {
+        "action": "delete_selected", "post": "yes",
+        "_selected_action": [str(row.pk) for row in chosen],
+    })
+    assert response.status_code == 302
+    assert list(Notification.objects.values_list("pk", flat=True)) == [kept.pk]

@@ -486,6 +486,25 @@ def test_acknowledging_waits_for_the_users_lock_on_postgresql(make_user):
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL row locks")
+def test_an_admin_delete_waits_for_the_users_locks_on_postgresql(make_user):
+    """The admin's "delete selected" locks the recipients' queues before it deletes, as a
+    batch does: otherwise it could hold a row a batch trims while it waits for a row the
+    batch acked (a deadlock)."""
+    from django.contrib import admin as django_admin
+
+    from notifications.admin import NotificationAdmin
+
+    _, bob = make_user("ann"), make_user("bob")
+    store.store_batch([store.Post(target=name, data={}) for name in ("ann", "bob")], {})
+    model_admin = NotificationAdmin(Notification, django_admin.site)
+    assert waits_while_held(
+        lambda: get_user_model().objects.select_for_update().get(pk=bob.pk),
+        lambda: model_admin.delete_queryset(None, model_admin.get_queryset(None)),
+    ), "the delete did not wait for the user's lock"
+    assert Notification.objects.count() == 0
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL row locks")
 def test_a_batch_does_not_wait_for_a_transaction_that_only_refers_to_its_user(make_user):
     """A batch's user locks exclude the other batches of that user, nothing else.
 
