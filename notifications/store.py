@@ -197,24 +197,44 @@ def store_one(post: Post) -> Stored:
     return stored
 
 
-def _users_sql(conn, count: int) -> str:
+def _in_one_array(conn) -> bool:
+    """Whether the lists of a batch's statements go as one array parameter each.
+
+    On PostgreSQL (``= ANY(%s)``, ``UNNEST(%s)``) the statement's text is then the
+    same whatever the number of users or acks, so psycopg parses it once: it
+    caches the parse only of statements of up to 50 parameters, and parsed the
+    longer ones again with every batch. SQLite has no arrays: one parameter
+    per value there, where a statement's shape is built once per count.
+    """
+    return conn.vendor == "postgresql"
+
+
+def _list_shape(cursor, values: list) -> tuple[int | None, list]:
+    """The shape of a statement over ``values`` and their parameters (:func:`_in_one_array`)."""
+    if _in_one_array(cursor.db):
+        return None, [values]
+    return len(values), values
+
+
+def _users_sql(conn, count: int | None) -> str:
     model = get_user_model()
     opts, quote = model._meta, conn.ops.quote_name
     columns = [opts.pk.column, opts.get_field(model.USERNAME_FIELD).column,
                opts.get_field("is_active").column, opts.get_field("is_staff").column]
+    one_of = "= ANY(%s::text[])" if count is None else f"IN ({db.placeholders(count)})"
     return (f"SELECT {', '.join(map(quote, columns))} FROM {quote(opts.db_table)}"
-            f" WHERE {quote(columns[1])} IN ({db.placeholders(count)})")
+            f" WHERE {quote(columns[1])} {one_of}")
 
 
-def _lock_sql(conn, count: int) -> str:
+def _lock_sql(conn, count: int | None) -> str:
     opts, quote = get_user_model()._meta, conn.ops.quote_name
     pk = quote(opts.pk.column)
     # FOR NO KEY UPDATE conflicts with itself, so it excludes only other writers of the
     # queue. FOR UPDATE would also wait for (and hold up) the key-share lock of a foreign
     # key's check, which every chat message of the user takes at its commit.
     mode = "NO KEY UPDATE" if conn.features.has_select_for_no_key_update else "UPDATE"
-    return (f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} IN"
-            f" ({db.placeholders(count)}) ORDER BY {pk} FOR {mode}")
+    one_of = "= ANY(%s::bigint[])" if count is None else f"IN ({db.placeholders(count)})"
+    return f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} {one_of} ORDER BY {pk} FOR {mode}"
 
 
 #: Run first in a PostgreSQL batch's transaction (it lasts until the transaction ends).
@@ -230,8 +250,13 @@ NO_BITMAP_SCANS = "SET LOCAL enable_bitmapscan = off"
 INSERT_FIELDS = ("user", "data", "broadcast", "created_at", "delivered_at")
 
 
-def _mark_sql(conn, count: int) -> str:
+def _mark_sql(conn, count: int | None) -> str:
     table = conn.ops.quote_name(Notification._meta.db_table)
+    if count is None:
+        return (f"UPDATE {table} SET delivered_at = %s"
+                " FROM UNNEST(%s::bigint[], %s::bigint[]) AS acked (id, user_id)"
+                f" WHERE {table}.id = acked.id AND {table}.user_id = acked.user_id"
+                f" AND {table}.delivered_at IS NULL")
     return (f"UPDATE {table} SET delivered_at = %s WHERE id IN ({db.placeholders(count)})"
             " AND delivered_at IS NULL"
             f" AND (id, user_id) IN (VALUES {db.placeholders(count, 2)})")
@@ -251,11 +276,10 @@ def _trim_sql(conn, count: int) -> str:
             " ORDER BY id DESC LIMIT 1 OFFSET %s)")
 
 
-def _trim_all_sql(conn, count: int) -> str:
+def _trim_all_sql(conn) -> str:
     table = conn.ops.quote_name(Notification._meta.db_table)
-    queues = ", ".join(["(%s)"] * count)
     return (f"DELETE FROM {table} WHERE id IN (SELECT beyond.id"
-            f" FROM (VALUES {queues}) AS queue (user_id) CROSS JOIN LATERAL"
+            " FROM UNNEST(%s::bigint[]) AS queue (user_id) CROSS JOIN LATERAL"
             f" (SELECT id FROM {table} WHERE user_id = queue.user_id AND delivered_at IS NULL"
             " ORDER BY id DESC OFFSET %s) AS beyond)")
 
@@ -275,7 +299,7 @@ def _trim_queues(cursor, user_ids: list[int]) -> None:
         return
     limit = settings.NOTIFICATIONS_QUEUE_LIMIT
     if cursor.db.vendor == "postgresql":
-        cursor.execute(db.statement(cursor, _trim_all_sql, len(user_ids)), [*user_ids, limit])
+        cursor.execute(db.statement(cursor, _trim_all_sql), [user_ids, limit])
         return
     cursor.execute(db.statement(cursor, _over_limit_sql, len(user_ids)), [*user_ids, limit])
     for (user_id,) in cursor.fetchall():
@@ -286,7 +310,8 @@ def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
     """``(pk, is_active, is_staff)`` of the users with these usernames, by username."""
     if not names:
         return {}
-    cursor.execute(db.statement(cursor, _users_sql, len(names)), list(names))
+    shape, params = _list_shape(cursor, list(names))
+    cursor.execute(db.statement(cursor, _users_sql, shape), params)
     return {name: (pk, bool(active), bool(staff))
             for pk, name, active, staff in cursor.fetchall()}
 
@@ -303,7 +328,8 @@ def _start_writing_queues(cursor, user_ids: list[int]) -> None:
     if cursor.db.vendor == "postgresql":
         cursor.execute(NO_BITMAP_SCANS, [])
     if cursor.db.features.has_select_for_update:
-        cursor.execute(db.statement(cursor, _lock_sql, len(user_ids)), user_ids)
+        shape, params = _list_shape(cursor, user_ids)
+        cursor.execute(db.statement(cursor, _lock_sql, shape), params)
 
 
 def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]],
@@ -331,9 +357,10 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime, *,
     for the statements' answer (in a pipelined transaction a count waits).
 
     ``acks`` maps user ids to the ids they acknowledged. Whatever the number of
-    users, one ``UPDATE ... WHERE (id, user_id) IN (VALUES ...)`` per
-    ``ACK_BATCH`` pairs marks only ids acknowledged by their own user. It is
-    SQL (row values: SQLite 3.15+, PostgreSQL) because it runs with every
+    users, one ``UPDATE`` per ``ACK_BATCH`` pairs marks only ids acknowledged
+    by their own user: on PostgreSQL joined with ``UNNEST`` of the pairs'
+    arrays (:func:`_in_one_array`), on SQLite ``WHERE (id, user_id) IN (VALUES
+    ...)`` (row values: SQLite 3.15+). It is SQL because it runs with every
     batch. The plain ``id IN (...)`` beside the pairs lets SQLite's planner
     find the rows by primary key instead of scanning the undelivered ones.
     """
@@ -342,10 +369,14 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime, *,
     marked = 0
     for start in range(0, len(pairs), ACK_BATCH):
         chunk = pairs[start : start + ACK_BATCH]
-        cursor.execute(
-            db.statement(cursor, _mark_sql, len(chunk)),
-            [moment, *(pair[0] for pair in chunk), *(value for pair in chunk for value in pair)],
-        )
+        if _in_one_array(cursor.db):
+            ids, user_ids = zip(*chunk, strict=True)
+            cursor.execute(db.statement(cursor, _mark_sql, None),
+                           [moment, list(ids), list(user_ids)])
+        else:
+            cursor.execute(db.statement(cursor, _mark_sql, len(chunk)),
+                           [moment, *(pair[0] for pair in chunk),
+                            *(value for pair in chunk for value in pair)])
         if count:
             marked += cursor.rowcount
     return marked
