@@ -201,10 +201,10 @@ def _in_one_array(conn) -> bool:
     """Whether the lists of a batch's statements go as one array parameter each.
 
     On PostgreSQL (``= ANY(%s)``, ``UNNEST(%s)``) the statement's text is then the
-    same whatever the number of users or acks, so psycopg parses it once: it
-    caches the parse only of statements of up to 50 parameters, and parsed the
-    longer ones again with every batch. SQLite has no arrays: one parameter
-    per value there, where a statement's shape is built once per count.
+    same whatever the number of users or acks, so psycopg parses it once (it
+    caches the parse only of statements of up to 50 parameters), and it is one
+    entry in ``pg_stat_statements``. SQLite has no arrays: one parameter per
+    value there, where a statement's shape is built once per count.
     """
     return conn.vendor == "postgresql"
 
