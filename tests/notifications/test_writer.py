@@ -91,6 +91,29 @@ async def test_a_batch_is_stored_while_the_one_before_is_pushed(amake_user, batc
     assert pushes == [[first_id], [second_id]] and first_id < second_id
 
 
+async def test_a_graceful_stop_waits_for_the_last_push(amake_user, monkeypatch):
+    """``writer.finish`` (SIGTERM) returns only once the last batch is pushed and its
+    posts are answered."""
+    bob = await amake_user("bob")
+    push_started, push_may_end = asyncio.Event(), asyncio.Event()
+    original = writer.push_notes
+
+    async def held_push(items):
+        push_started.set()
+        await push_may_end.wait()
+        return await original(items)
+
+    monkeypatch.setattr(writer, "push_notes", held_push)
+    post = asyncio.ensure_future(api.anotify(bob, {"n": 0}))
+    await push_started.wait()
+    finishing = asyncio.ensure_future(writer.finish())
+    await asyncio.sleep(0.05)
+    assert not finishing.done() and not post.done()
+    push_may_end.set()
+    await asyncio.wait_for(finishing, 10)
+    assert post.done() and post.result()[1] == "queued"
+
+
 async def test_a_post_is_answered_as_stored_when_its_answer_fails(amake_user, monkeypatch,
                                                                   caplog):
     """Past the commit nothing answers "could not store": if working out a post's status
