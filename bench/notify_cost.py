@@ -3,9 +3,9 @@ table fills.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/notify_cost \\
         .venv/bin/python bench/notify_cost.py [--batches 3500] [--analyze-every 500] \
-        [--no-acks]
+        [--no-acks] [--posts 40]
 
-Stores batches as the writer does under notify64: 40 posts to 100 users each, every
+Stores batches as the writer does under notify64: 40 posts (``--posts``) to 100 users each, every
 batch carrying the acks of the one before (``--no-acks``: none, so the queues fill up to
 ``NOTIFICATIONS_QUEUE_LIMIT`` and then every batch trims them, as for offline users).
 Every ``--report`` batches it prints the wall and CPU time per batch (the CPU this
@@ -23,7 +23,7 @@ import time
 
 import scratch_django  # bench/, this script's directory
 
-POSTS, USERS = 40, 100
+USERS = 100
 
 
 def main() -> None:
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--report", type=int, default=250, help="batches per line")
     parser.add_argument("--analyze-every", type=int, default=0, metavar="N")
     parser.add_argument("--no-acks", action="store_true", help="never acknowledge")
+    parser.add_argument("--posts", type=int, default=40, help="posts per batch")
     args = parser.parse_args()
     scratch_django.setup("notify_cost")
     from django.contrib.auth import get_user_model
@@ -55,12 +56,12 @@ def main() -> None:
     started, cpu_started = time.perf_counter(), time.thread_time()
     for batch in range(1, args.batches + 1):
         posts = [store.Post(target=names[(stored + i) % USERS], data={"n": stored + i})
-                 for i in range(POSTS)]
+                 for i in range(args.posts)]
         acks_now, acks = acks, collections.defaultdict(set)
         for result in store.store_batch(posts, acks_now):
             if not args.no_acks:
                 acks[result.user_id].add(result.pk)
-        stored += POSTS
+        stored += args.posts
         if args.analyze_every and batch % args.analyze_every == 0:
             with connection.cursor() as cursor:
                 cursor.execute(f"ANALYZE {Notification._meta.db_table}")
