@@ -59,57 +59,56 @@ async def test_a_connected_user_gets_a_batch_in_id_order(amake_user, connect):
     assert [frame["id"] for frame in frames] == [note_id for note_id, _ in results]
 
 
+class FirstPushHeld:
+    """``writer.push_notes`` that records the ids of each push and holds the first one
+    until :attr:`may_end` is set (:attr:`started` is set once it is held)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.pushes: list[list[int]] = []
+        self.started, self.may_end = asyncio.Event(), asyncio.Event()
+        self.original = writer.push_notes
+        monkeypatch.setattr(writer, "push_notes", self.push)
+
+    async def push(self, items):
+        self.pushes.append([item["id"] for item in items])
+        if len(self.pushes) == 1:
+            self.started.set()
+            await self.may_end.wait()
+        return await self.original(items)
+
+
 async def test_a_batch_is_stored_while_the_one_before_is_pushed(amake_user, batches,
                                                                 monkeypatch):
     """The push of a batch (its registry round trip, its NOTEs) does not hold the next
     batch out of the database; batches are still pushed one at a time, in id order."""
     bob = await amake_user("bob")
-    pushes: list[list[int]] = []
-    first_push_started, first_push_may_end = asyncio.Event(), asyncio.Event()
-    original = writer.push_notes
-
-    async def slow_first_push(items):
-        pushes.append([item["id"] for item in items])
-        if len(pushes) == 1:
-            first_push_started.set()
-            await first_push_may_end.wait()
-        return await original(items)
-
-    monkeypatch.setattr(writer, "push_notes", slow_first_push)
+    held = FirstPushHeld(monkeypatch)
     first = asyncio.ensure_future(api.anotify(bob, {"n": 0}))
-    await first_push_started.wait()
+    await held.started.wait()
     second = asyncio.ensure_future(api.anotify(bob, {"n": 1}))
     for _ in range(200):  # the second batch reaches the database meanwhile
         if len(batches) == 2:
             break
         await asyncio.sleep(0.01)
     assert batches == [(1, 0), (1, 0)]
-    assert len(pushes) == 1, "the second push waits for the first"
+    assert len(held.pushes) == 1, "the second push waits for the first"
     assert not first.done() and not second.done()
-    first_push_may_end.set()
+    held.may_end.set()
     (first_id, _), (second_id, _) = await asyncio.gather(first, second)
-    assert pushes == [[first_id], [second_id]] and first_id < second_id
+    assert held.pushes == [[first_id], [second_id]] and first_id < second_id
 
 
 async def test_a_graceful_stop_waits_for_the_last_push(amake_user, monkeypatch):
     """``writer.finish`` (SIGTERM) returns only once the last batch is pushed and its
     posts are answered."""
     bob = await amake_user("bob")
-    push_started, push_may_end = asyncio.Event(), asyncio.Event()
-    original = writer.push_notes
-
-    async def held_push(items):
-        push_started.set()
-        await push_may_end.wait()
-        return await original(items)
-
-    monkeypatch.setattr(writer, "push_notes", held_push)
+    held = FirstPushHeld(monkeypatch)
     post = asyncio.ensure_future(api.anotify(bob, {"n": 0}))
-    await push_started.wait()
+    await held.started.wait()
     finishing = asyncio.ensure_future(writer.finish())
     await asyncio.sleep(0.05)
     assert not finishing.done() and not post.done()
-    push_may_end.set()
+    held.may_end.set()
     await asyncio.wait_for(finishing, 10)
     assert post.done() and post.result()[1] == "queued"
 
