@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 #: room's row (and its indexes) is rewritten once per step, not with every batch.
 LAST_MESSAGE_AT_STEP = timedelta(seconds=1)
 
-#: The columns :func:`insert_batches` writes, in the order of its values.
-INSERT_FIELDS = ("room", "sender", "content", "recipient", "created_at")
+#: The columns :func:`insert_batches` writes, in the order of its values; the batch's
+#: ``created_at`` is one value that every row shares.
+INSERT_FIELDS = ("room", "sender", "content", "recipient")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +70,14 @@ def insert_batches(batches: "list[tuple[str, list[Outgoing]]]") -> list[list[Sto
         for room, batch in batches:
             keep = [o.recipient is None or o.recipient in users for o in batch]
             pk = rooms[room][0]
-            rows.extend((pk, o.sender.pk, o.content, users.get(o.recipient), moment)
+            rows.extend((pk, o.sender.pk, o.content, users.get(o.recipient))
                         for o, ok in zip(batch, keep, strict=True) if ok)
             kept.append(keep)
-        inserted = db.insert_rows(cursor, Message, INSERT_FIELDS, rows)
+        inserted = db.insert_rows(cursor, Message, INSERT_FIELDS, rows, {"created_at": moment})
         behind = sorted(pk for pk, stale in rooms.values() if stale)
         if behind:
-            cursor.execute(db.statement(cursor, _touch_sql, len(behind)), [moment, *behind])
+            shape, params = db.list_shape(cursor, behind)
+            cursor.execute(db.statement(cursor, _touch_sql, shape), [moment, *params])
     ids = iter(inserted())
     return [[Stored(next(ids), now) if ok else None for ok in keep] for keep in kept]
 
@@ -87,16 +89,17 @@ def insert_batch(room: str, batch: "list[Outgoing]") -> list[Stored | None]:
 
 def _rooms(cursor, names: list[str], step_ago) -> dict[str, tuple[int, bool]]:
     """``{name: (pk, whether its last_message_at is a step behind or empty)}``."""
-    cursor.execute(db.statement(cursor, _rooms_sql, len(names)), [step_ago, *names])
+    shape, params = db.list_shape(cursor, names)
+    cursor.execute(db.statement(cursor, _rooms_sql, shape), [step_ago, *params])
     return {name: (pk, bool(stale)) for pk, name, stale in cursor.fetchall()}
 
 
-def _rooms_sql(conn, count: int) -> str:
+def _rooms_sql(conn, count: int | None) -> str:
     opts, quote = Room._meta, conn.ops.quote_name
     name = quote(opts.get_field("name").column)
     last = quote(opts.get_field("last_message_at").column)
     return (f"SELECT {quote(opts.pk.column)}, {name}, ({last} IS NULL OR {last} <= %s)"
-            f" FROM {quote(opts.db_table)} WHERE {name} IN ({db.placeholders(count)})")
+            f" FROM {quote(opts.db_table)} WHERE {name} {db.one_of(count, 'text')}")
 
 
 def _make_rooms_sql(conn, count: int) -> str:
@@ -107,8 +110,8 @@ def _make_rooms_sql(conn, count: int) -> str:
             f" VALUES {db.placeholders(count, 3)} ON CONFLICT ({quote(columns[0])}) DO NOTHING")
 
 
-def _touch_sql(conn, count: int) -> str:
+def _touch_sql(conn, count: int | None) -> str:
     opts, quote = Room._meta, conn.ops.quote_name
     return (f"UPDATE {quote(opts.db_table)}"
             f" SET {quote(opts.get_field('last_message_at').column)} = %s"
-            f" WHERE {quote(opts.pk.column)} IN ({db.placeholders(count)})")
+            f" WHERE {quote(opts.pk.column)} {db.one_of(count, 'bigint')}")

@@ -197,31 +197,12 @@ def store_one(post: Post) -> Stored:
     return stored
 
 
-def _in_one_array(conn) -> bool:
-    """Whether the lists of a batch's statements go as one array parameter each.
-
-    On PostgreSQL (``= ANY(%s)``, ``UNNEST(%s)``) the statement's text is then the
-    same whatever the number of users or acks, so psycopg parses it once (it
-    caches the parse only of statements of up to 50 parameters), and it is one
-    entry in ``pg_stat_statements``. SQLite has no arrays: one parameter per
-    value there, where a statement's shape is built once per count.
-    """
-    return conn.vendor == "postgresql"
-
-
-def _list_shape(cursor, values: list) -> tuple[int | None, list]:
-    """The shape of a statement over ``values`` and their parameters (:func:`_in_one_array`)."""
-    if _in_one_array(cursor.db):
-        return None, [values]
-    return len(values), values
-
-
 def _users_sql(conn, count: int | None) -> str:
     model = get_user_model()
     opts, quote = model._meta, conn.ops.quote_name
     columns = [opts.pk.column, opts.get_field(model.USERNAME_FIELD).column,
                opts.get_field("is_active").column, opts.get_field("is_staff").column]
-    one_of = "= ANY(%s::text[])" if count is None else f"IN ({db.placeholders(count)})"
+    one_of = db.one_of(count, "text")
     return (f"SELECT {', '.join(map(quote, columns))} FROM {quote(opts.db_table)}"
             f" WHERE {quote(columns[1])} {one_of}")
 
@@ -233,7 +214,7 @@ def _lock_sql(conn, count: int | None) -> str:
     # queue. FOR UPDATE would also wait for (and hold up) the key-share lock of a foreign
     # key's check, which every chat message of the user takes at its commit.
     mode = "NO KEY UPDATE" if conn.features.has_select_for_no_key_update else "UPDATE"
-    one_of = "= ANY(%s::bigint[])" if count is None else f"IN ({db.placeholders(count)})"
+    one_of = db.one_of(count, "bigint")
     return f"SELECT {pk} FROM {quote(opts.db_table)} WHERE {pk} {one_of} ORDER BY {pk} FOR {mode}"
 
 
@@ -246,8 +227,9 @@ def _lock_sql(conn, count: int | None) -> str:
 #: 140,000 notifications instead of 2.4 (bench/RESULTS.md, "sixteenth part").
 NO_BITMAP_SCANS = "SET LOCAL enable_bitmapscan = off"
 
-#: The columns :func:`_insert` writes, in the order of its values.
-INSERT_FIELDS = ("user", "data", "broadcast", "created_at", "delivered_at")
+#: The columns :func:`_insert` writes, in the order of its values; the batch's
+#: ``created_at`` is one value that every row shares.
+INSERT_FIELDS = ("user", "data", "broadcast", "delivered_at")
 
 
 def _mark_sql(conn, count: int | None) -> str:
@@ -310,7 +292,7 @@ def _users_named(cursor, names: set[str]) -> dict[str, tuple[int, bool, bool]]:
     """``(pk, is_active, is_staff)`` of the users with these usernames, by username."""
     if not names:
         return {}
-    shape, params = _list_shape(cursor, list(names))
+    shape, params = db.list_shape(cursor, list(names))
     cursor.execute(db.statement(cursor, _users_sql, shape), params)
     return {name: (pk, bool(active), bool(staff))
             for pk, name, active, staff in cursor.fetchall()}
@@ -328,7 +310,7 @@ def _start_writing_queues(cursor, user_ids: list[int]) -> None:
     if cursor.db.vendor == "postgresql":
         cursor.execute(NO_BITMAP_SCANS, [])
     if cursor.db.features.has_select_for_update:
-        shape, params = _list_shape(cursor, user_ids)
+        shape, params = db.list_shape(cursor, user_ids)
         cursor.execute(db.statement(cursor, _lock_sql, shape), params)
 
 
@@ -343,10 +325,10 @@ def _insert(cursor, rows: list[tuple[int | None, dict[str, Any]]],
     moment = ops.adapt_datetimefield_value(now)
     return db.insert_rows(cursor, Notification, INSERT_FIELDS, [
         # What JSONField.get_db_prep_save() comes to, without its per-field steps.
-        (user_id, ops.adapt_json_value(data, encoder), user_id is None, moment,
+        (user_id, ops.adapt_json_value(data, encoder), user_id is None,
          moment if user_id is None else None)
         for user_id, data in rows
-    ])
+    ], {"created_at": moment})
 
 
 def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime, *,
@@ -359,7 +341,7 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime, *,
     ``acks`` maps user ids to the ids they acknowledged. Whatever the number of
     users, one ``UPDATE`` per ``ACK_BATCH`` pairs marks only ids acknowledged
     by their own user: on PostgreSQL joined with ``UNNEST`` of the pairs'
-    arrays (:func:`_in_one_array`), on SQLite ``WHERE (id, user_id) IN (VALUES
+    arrays (:func:`realtime.db.in_one_array`), on SQLite ``WHERE (id, user_id) IN (VALUES
     ...)`` (row values: SQLite 3.15+). It is SQL because it runs with every
     batch. The plain ``id IN (...)`` beside the pairs lets SQLite's planner
     find the rows by primary key instead of scanning the undelivered ones.
@@ -369,7 +351,7 @@ def _mark_delivered(cursor, acks: dict[int, Iterable[int]], now: datetime, *,
     marked = 0
     for start in range(0, len(pairs), ACK_BATCH):
         chunk = pairs[start : start + ACK_BATCH]
-        if _in_one_array(cursor.db):
+        if db.in_one_array(cursor.db):
             ids, user_ids = zip(*chunk, strict=True)
             cursor.execute(db.statement(cursor, _mark_sql, None),
                            [moment, list(ids), list(user_ids)])

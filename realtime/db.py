@@ -55,7 +55,10 @@ __all__ = [
     "close",
     "hot_cursor",
     "hot_transaction",
+    "in_one_array",
     "insert_rows",
+    "list_shape",
+    "one_of",
     "placeholders",
     "run",
     "run_blocking",
@@ -343,6 +346,31 @@ def placeholders(count: int, width: int = 1) -> str:
     return ", ".join([one] * count)
 
 
+def in_one_array(conn) -> bool:
+    """Whether a hot statement's list of values goes as one array parameter.
+
+    On PostgreSQL (``= ANY(%s)``, ``UNNEST(%s)``) the statement's text is then the
+    same whatever the number of values, so psycopg parses it once (it caches the
+    parse only of statements of up to 50 parameters), and it is one entry in
+    ``pg_stat_statements``. SQLite has no arrays: one parameter per value there,
+    where a statement's shape is built once per count.
+    """
+    return conn.vendor == "postgresql"
+
+
+def list_shape(cursor, values: list) -> tuple[int | None, list]:
+    """The shape of a statement over ``values`` (:func:`one_of`) and its parameters."""
+    if in_one_array(cursor.db):
+        return None, [values]
+    return len(values), values
+
+
+def one_of(count: int | None, kind: str) -> str:
+    """The SQL that a column is one of :func:`list_shape`'s values of type ``kind``:
+    ``= ANY(%s::kind[])`` for one array (``count`` is ``None``), else ``IN (...)``."""
+    return f"= ANY(%s::{kind}[])" if count is None else f"IN ({placeholders(count)})"
+
+
 #: The hot paths' SQL by (backend, builder, shape): built once, not per batch.
 _statements: dict[tuple, str] = {}
 
@@ -366,9 +394,12 @@ def statement(cursor, build: Callable[..., str], *shape: Any) -> str:
 INSERT_CHUNK = 150
 
 
-def insert_rows(cursor, model: Any, fields: tuple[str, ...],
-                rows: list[tuple]) -> Callable[[], list[int]]:
+def insert_rows(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple],
+                shared: dict[str, Any] | None = None) -> Callable[[], list[int]]:
     """Insert ``rows`` (the values of ``model``'s ``fields``, in that order).
+
+    ``shared`` holds the values that every row has (a batch's ``created_at``), by
+    field name: each is sent once, not once per row.
 
     Returns a function that gives their ids, in the order of the rows, as
     ``bulk_create`` relies on too. In a pipelined :func:`hot_transaction` the
@@ -379,18 +410,22 @@ def insert_rows(cursor, model: Any, fields: tuple[str, ...],
     * PostgreSQL: one ``INSERT ... SELECT * FROM UNNEST(...) RETURNING``, one array
       per column, as ``bulk_create`` does: the statement's text is the same whatever
       the number of rows, so psycopg parses it once (it caches the parse only of
-      statements of up to 50 parameters).
+      statements of up to 50 parameters). A shared value is one parameter beside
+      the arrays: psycopg writes an array's values out one by one (a timestamp
+      costs it microseconds).
     * SQLite 3.35+: one multi-row ``INSERT ... RETURNING`` per :data:`INSERT_CHUNK`.
     * Older SQLite: one statement per row.
 
     Values are as the driver takes them: ``connection.ops.adapt_*`` already applied.
     """
     conn = cursor.db
+    shared = shared or {}
+    names = tuple(shared)
     if rows and conn.vendor == "postgresql" and conn.features.can_return_rows_from_bulk_insert:
         deferred = getattr(cursor, "pipeline", None) is not None
         target = DriverCursor(conn) if deferred else cursor
-        target.execute(statement(cursor, _insert_sql, model, fields, None),
-                       [list(column) for column in zip(*rows, strict=True)])
+        target.execute(statement(cursor, _insert_sql, model, fields, names, None),
+                       [*shared.values(), *map(list, zip(*rows, strict=True))])
         if not deferred:
             ids = [row[0] for row in target.fetchall()]
             return lambda: ids
@@ -402,7 +437,9 @@ def insert_rows(cursor, model: Any, fields: tuple[str, ...],
                 target.cursor.close()
 
         return later
-    ids = _insert_values(cursor, model, fields, rows)
+    if shared:
+        rows = [(*row, *shared.values()) for row in rows]
+    ids = _insert_values(cursor, model, fields + names, rows)
     return lambda: ids
 
 
@@ -416,26 +453,30 @@ def _insert_values(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple
         size = min(INSERT_CHUNK, (conn.features.max_query_params or 999) // len(fields))
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            cursor.execute(statement(cursor, _insert_sql, model, fields, len(chunk)),
+            cursor.execute(statement(cursor, _insert_sql, model, fields, (), len(chunk)),
                            [value for row in chunk for value in row])
             ids.extend(row[0] for row in cursor.fetchall())
         return ids
     returning = conn.features.can_return_columns_from_insert
     for row in rows:
-        cursor.execute(statement(cursor, _insert_sql, model, fields, 1), row)
+        cursor.execute(statement(cursor, _insert_sql, model, fields, (), 1), row)
         ids.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
     return ids
 
 
-def _insert_sql(conn, model: Any, fields: tuple[str, ...], count: int | None) -> str:
-    """The ``INSERT`` of ``count`` rows, or (``None``) of one array per column."""
+def _insert_sql(conn, model: Any, fields: tuple[str, ...], shared: tuple[str, ...],
+                count: int | None) -> str:
+    """The ``INSERT`` of ``count`` rows of ``fields`` and then ``shared`` (``VALUES``), or
+    (``None``) of one array per field of ``fields`` and one value per ``shared``."""
     opts, quote = model._meta, conn.ops.quote_name
-    columns = [opts.get_field(name) for name in fields]
+    columns = [opts.get_field(name) for name in fields + shared]
     head = f"INSERT INTO {quote(opts.db_table)} ({', '.join(quote(f.column) for f in columns)})"
     if count is None:
         # As bulk_create: the types without their parameters (varchar[], not varchar(64)[]).
-        arrays = ", ".join(f"(%s)::{f.db_type(conn).split('(')[0]}[]" for f in columns)
-        values = f" SELECT * FROM UNNEST({arrays})"
+        types = [f.db_type(conn).split("(")[0] for f in columns]
+        arrays = ", ".join(f"(%s)::{kind}[]" for kind in types[: len(fields)])
+        values = "".join(f", (%s)::{kind}" for kind in types[len(fields) :])
+        values = f" SELECT *{values} FROM UNNEST({arrays})"
     else:
         values = f" VALUES {placeholders(count, len(columns))}"
     returning = (f" RETURNING {quote(opts.pk.column)}"

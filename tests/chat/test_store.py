@@ -111,6 +111,43 @@ def test_a_large_batch_keeps_its_order(make_user):
     ids = [s.pk for s in results]
     assert ids == sorted(ids) and len(set(ids)) == count
     assert contents([results]) == [[str(n) for n in range(count)]]
+    assert set(Message.objects.values_list("created_at", flat=True)) == {results[0].created_at}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="arrays are PostgreSQL's")
+def test_on_postgresql_a_transactions_statements_are_the_same_for_any_number_of_rooms(
+        make_user, monkeypatch):
+    """The rooms' lookup, the INSERT and the rooms' UPDATE each send one array per list,
+    and the batch's time once: their text and number of parameters do not grow with the
+    rooms or the messages (psycopg parses again each statement of over 50 parameters)."""
+    alice = make_user("alice")
+    names = [f"room-{n}" for n in range(60)]
+    store.insert_batches([(name, [message(alice, "first")]) for name in names])
+    later = timezone.now() + store.LAST_MESSAGE_AT_STEP * 2
+    monkeypatch.setattr(store.timezone, "now", lambda: later)  # every room a step behind
+    sent = []
+    real = db.DriverCursor.execute
+
+    def execute(self, sql, params):
+        sent.append((sql, params))
+        return real(self, sql, params)
+
+    monkeypatch.setattr(db.DriverCursor, "execute", execute)
+
+    def statements(rooms: list[str]) -> list[tuple[str, int]]:
+        sent.clear()
+        store.insert_batches([(name, [message(alice, "a"), message(alice, "b")])
+                              for name in rooms])
+        return [(sql, len(params)) for sql, params in sent if sql.split()[0] != "BEGIN"
+                and sql != "COMMIT"]
+
+    one = statements(names[:1])
+    monkeypatch.setattr(store.timezone, "now", lambda: later + store.LAST_MESSAGE_AT_STEP * 2)
+    assert statements(names) == one
+    assert [sql.split()[0] for sql, _ in one] == ["SELECT", "INSERT", "UPDATE"]
+    assert [count for _, count in one] == [2, len(store.INSERT_FIELDS) + 1, 2]
+    (insert,) = [params for sql, params in sent if sql.startswith("INSERT")]
+    assert sum(isinstance(param, list) for param in insert) == len(store.INSERT_FIELDS)
 
 
 def test_a_room_deleted_meanwhile_is_made_again(make_user):

@@ -405,7 +405,8 @@ def test_on_postgresql_inserted_ids_are_read_when_asked_not_before_the_commit():
     went_on = []
     with pytest.raises(Exception, match="null value"), db.hot_cursor() as cursor:
         with db.hot_transaction(cursor):
-            db.insert_rows(cursor, Notification, INSERT_FIELDS, [(None, None, True, now, now)])
+            db.insert_rows(cursor, Notification, INSERT_FIELDS, [(None, None, True, now)],
+                           {"created_at": now})
             went_on.append("past the refused INSERT")
     assert went_on == ["past the refused INSERT"]
     assert not Notification.objects.exists()
@@ -413,10 +414,30 @@ def test_on_postgresql_inserted_ids_are_read_when_asked_not_before_the_commit():
         with db.hot_transaction(cursor):
             inserted = db.insert_rows(cursor, Notification, INSERT_FIELDS,
                                       [(None, connection.ops.adapt_json_value({"n": n}, None),
-                                        True, now, now) for n in (1, 2)])
+                                        True, now) for n in (1, 2)], {"created_at": now})
         ids = inserted()
     assert [note.data["n"] for note in Notification.objects.filter(pk__in=ids).order_by("pk")] \
         == [1, 2] and ids == sorted(ids)
+
+
+def test_insert_rows_gives_every_row_the_shared_values():
+    """``shared`` values go to each row, in every chunk of a large insert, whatever the
+    backend; the ids come back in the rows' order."""
+    from notifications.models import Notification
+    from notifications.store import INSERT_FIELDS
+
+    moment = timezone.now()
+    count = db.INSERT_CHUNK * 2 + 1
+    rows = [(None, connection.ops.adapt_json_value({"n": n}, None), True,
+             connection.ops.adapt_datetimefield_value(moment)) for n in range(count)]
+    with db.hot_cursor() as cursor:
+        with db.hot_transaction(cursor):
+            inserted = db.insert_rows(cursor, Notification, INSERT_FIELDS, rows, {
+                "created_at": connection.ops.adapt_datetimefield_value(moment)})
+        ids = inserted()
+    stored = Notification.objects.filter(pk__in=ids).order_by("pk")
+    assert [note.data["n"] for note in stored] == list(range(count)) and ids == sorted(ids)
+    assert {note.created_at for note in stored} == {moment}
 
 
 def test_hot_transaction_is_a_savepoint_inside_the_callers_atomic(make_user):
