@@ -29,6 +29,7 @@ class ChatConsumer(Gapless, ProtocolConsumer):
     """
 
     endpoint = "chat"
+    overlapping_types = frozenset({"message"})
     local: fanout.LocalRoom | None = None
     access: RoomAccess | None = None
     announced = False

@@ -17,7 +17,9 @@ raised by a handler becomes an ``error`` frame and the connection stays open.
 """
 
 import asyncio
+import collections
 import logging
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from channels.consumer import get_handler_name
@@ -27,7 +29,7 @@ from django.conf import settings
 
 from realtime import metrics, protocol, servers, shutdown, tokens, wire
 from realtime.hub import Hub, get_hub
-from realtime.limits import TokenBucket, too_large
+from realtime.limits import MAX_FRAMES_IN_FLIGHT, TokenBucket, too_large
 from realtime.middleware import get_active_user
 from realtime.protocol import CloseCode, ErrorCode, ProtocolError
 
@@ -56,6 +58,10 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     groups = ()
     #: Frame type -> the name of its ``on_<type>`` handler, collected per class.
     frame_handlers: dict[str, str] = {}
+    #: Frame types whose handling does not hold up the frames after them (see
+    #: :meth:`overlap`): a connection's chat messages, stored in the order sent, share
+    #: their room's batches under load instead of waiting for each other's commit.
+    overlapping_types: frozenset[str] = frozenset()
 
     hub: Hub
     conn: str
@@ -72,6 +78,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     _takes_frames = False  # whether it takes encoded text frames (else ASGI messages)
     _closer: asyncio.Task | None = None
     _close_down: asyncio.Future | None = None
+    _in_flight: "collections.deque[asyncio.Future] | None" = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -229,6 +236,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             unregistered = asyncio.ensure_future(
                 self.hub.registry.unregister(self.user.username, self.conn))
         try:
+            # What the connection sent before it closed is handled before it leaves:
+            # its room sees its last messages, then that it left.
+            await self.settle_in_flight()
             try:
                 if self._connected:
                     await self.disconnect(code)
@@ -379,8 +389,12 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 logger.info("closing a %s connection that kept flooding", self.endpoint)
                 await self.close_with(CloseCode.RATE_LIMITED)
             return
+        await self.answering(self.receive(text, data))
+
+    async def answering(self, handling: Awaitable[None]) -> None:
+        """Await the handling of a frame; its errors become ``error`` frames."""
         try:
-            await self.receive(text, data)
+            await handling
         except ProtocolError as exc:
             metrics.inc("realtime_errors_total", code=str(exc.code))
             await self.send(protocol.error(exc.code, exc.message))
@@ -401,7 +415,35 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         name = self.frame_handlers.get(frame["type"])
         if name is None:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame['type']!r}")
+        if frame["type"] in self.overlapping_types:
+            await self.overlap(getattr(self, name)(frame))
+            return
+        await self.settle_in_flight()
         await getattr(self, name)(frame)
+
+    async def overlap(self, handling: Awaitable[None]) -> None:
+        """Go on to the connection's next frame while ``handling`` runs.
+
+        Its errors are answered as any handler's. At most
+        :data:`~realtime.limits.MAX_FRAMES_IN_FLIGHT` run at once: past that, this
+        waits for the oldest, and the frames after it wait in the server's queue as
+        they do behind any handler. The handlings start in the order the frames came
+        (a chat message takes its place in its room's queue in its first step), and
+        a frame of another type waits for all of them first (:meth:`receive`), as
+        the connection's close does: overlapping reorders nothing the client sees.
+        """
+        in_flight = self._in_flight
+        if in_flight is None:
+            in_flight = self._in_flight = collections.deque()
+        in_flight.append(asyncio.ensure_future(self.answering(handling)))
+        while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_FRAMES_IN_FLIGHT):
+            await in_flight.popleft()
+
+    async def settle_in_flight(self) -> None:
+        """Wait until every overlapping frame (:meth:`overlap`) has been handled."""
+        in_flight = self._in_flight
+        while in_flight:
+            await in_flight.popleft()
 
     async def on_ping(self, frame: dict) -> None:
         """``ping`` (or the plain text ``ping``) -> ``pong``."""

@@ -8,6 +8,11 @@ from collections.abc import AsyncIterator, Callable
 
 from django.conf import settings
 
+#: How many of a connection's frames of an overlapping type (a chat ``message``) may be
+#: handled at once; past that its next frame waits for the oldest (see
+#: ``ProtocolConsumer.overlapping_types``).
+MAX_FRAMES_IN_FLIGHT = 16
+
 
 def too_large(text: str | None, data: bytes | None, limit: int) -> bool:
     """Whether a frame's payload exceeds ``limit`` bytes (0: no limit)."""
