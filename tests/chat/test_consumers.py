@@ -7,17 +7,21 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from chat import presence
+from chat import fanout, presence, store
 from chat.models import Message, Room
+from chat.sequencer import RoomsWriter
 from project.asgi import application
+from realtime import consumers
 from realtime.hub import get_hub
 from tests.chat.helpers import open_chat, receive, receive_type, request, send
+from tests.conftest import wait_for
 from tests.realtime.support import hold
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def store(room: str, username: str, count: int, recipient: str | None = None) -> list[int]:
+def store_messages(room: str, username: str, count: int,
+                   recipient: str | None = None) -> list[int]:
     from django.contrib.auth import get_user_model
 
     users = get_user_model().objects
@@ -45,7 +49,7 @@ async def test_join_sends_empty_history_then_user_joined(alice):
 
 async def test_history_on_join_is_the_last_50_oldest_first(alice):
     """With 55 stored messages, history holds the newest 50, oldest first, truncated."""
-    ids = await database_sync_to_async(store)("big", "alice", 55)
+    ids = await database_sync_to_async(store_messages)("big", "alice", 55)
     chat, history, _ = await open_chat("big", alice)
     assert [m["id"] for m in history["messages"]] == ids[-50:]
     assert history["truncated"] is True
@@ -57,7 +61,7 @@ async def test_history_on_join_is_the_last_50_oldest_first(alice):
 
 async def test_since_returns_everything_after_the_id(alice):
     """?since=ID gives every visible message with id > ID, not truncated."""
-    ids = await database_sync_to_async(store)("since", "alice", 60)
+    ids = await database_sync_to_async(store_messages)("since", "alice", 60)
     chat, history, _ = await open_chat("since", alice, since=ids[4])
     assert [m["id"] for m in history["messages"]] == ids[5:]
     assert history["truncated"] is False
@@ -66,7 +70,7 @@ async def test_since_returns_everything_after_the_id(alice):
 
 async def test_since_is_capped_at_1000_newest(alice):
     """More than 1000 messages after since: the newest 1000, truncated."""
-    ids = await database_sync_to_async(store)("flood", "alice", 1003)
+    ids = await database_sync_to_async(store_messages)("flood", "alice", 1003)
     chat, history, _ = await open_chat("flood", alice, since=0)
     assert [m["id"] for m in history["messages"]] == ids[-1000:]
     assert history["truncated"] is True
@@ -75,7 +79,7 @@ async def test_since_is_capped_at_1000_newest(alice):
 
 async def test_empty_since_counts_as_absent(alice):
     """An empty since= behaves like no since: the last 50."""
-    ids = await database_sync_to_async(store)("emptysince", "alice", 3)
+    ids = await database_sync_to_async(store_messages)("emptysince", "alice", 3)
     chat, history, _ = await open_chat("emptysince", alice, since="")
     assert [m["id"] for m in history["messages"]] == ids
     await chat.disconnect()
@@ -234,6 +238,102 @@ async def test_message_is_stored_then_sent_to_the_whole_room(alice, bob):
     await b.disconnect()
 
 
+def held_store(monkeypatch) -> tuple[asyncio.Event, asyncio.Event, list[list[int]]]:
+    """Hold the rooms' transactions at a gate (``entered``, ``gate``), and record each
+    transaction's batch sizes, one per room."""
+    entered, gate = hold(monkeypatch, RoomsWriter, "store", after_call=False)
+    sizes: list[list[int]] = []
+    real = store.insert_batches
+
+    def insert_batches(batches):
+        sizes.append([len(batch) for _, batch in batches])
+        return real(batches)
+
+    monkeypatch.setattr(store, "insert_batches", insert_batches)
+    return entered, gate, sizes
+
+
+async def test_a_connections_next_messages_are_read_while_its_last_is_stored(
+        alice, monkeypatch):
+    """While a connection's message waits for its transaction, its next messages are read
+    and queued behind it: they are stored together, in the order sent, and each one
+    comes back to the sender, in that order."""
+    a, _, _ = await open_chat("busy", alice)
+    entered, gate, sizes = held_store(monkeypatch)
+    local = fanout.local_rooms(await get_hub())["busy"]
+    await send(a, {"type": "message", "content": "m0", "ref": "r0"})
+    await asyncio.wait_for(entered.wait(), 5)
+    for n in (1, 2):
+        await send(a, {"type": "message", "content": f"m{n}", "ref": f"r{n}"})
+    await wait_for(lambda: len(local.sequencer.queue) == 2)
+    gate.set()
+    echoes = [await receive_type(a, "message") for _ in range(3)]
+    assert [echo["ref"] for echo in echoes] == ["r0", "r1", "r2"]
+    assert [echo["id"] for echo in echoes] == sorted(echo["id"] for echo in echoes)
+    assert sizes == [[1], [2]]
+    await a.disconnect()
+
+
+async def test_a_connection_has_at_most_max_frames_in_flight(alice, monkeypatch):
+    """Past MAX_FRAMES_IN_FLIGHT messages being stored, the connection's next frame waits
+    for the oldest; every message is still stored, in order."""
+    monkeypatch.setattr(consumers, "MAX_FRAMES_IN_FLIGHT", 3)
+    a, _, _ = await open_chat("capped", alice)
+    entered, gate, sizes = held_store(monkeypatch)
+    local = fanout.local_rooms(await get_hub())["capped"]
+    await send(a, {"type": "message", "content": "m0", "ref": "r0"})
+    await asyncio.wait_for(entered.wait(), 5)
+    for n in range(1, 6):
+        await send(a, {"type": "message", "content": f"m{n}", "ref": f"r{n}"})
+    await wait_for(lambda: len(local.sequencer.queue) == 2)
+    await asyncio.sleep(0.2)  # a fourth would be queued by now if it had been read
+    assert len(local.sequencer.queue) == 2
+    gate.set()
+    echoes = [await receive_type(a, "message") for _ in range(6)]
+    assert [echo["ref"] for echo in echoes] == [f"r{n}" for n in range(6)]
+    assert sum(map(sum, sizes)) == 6
+    await a.disconnect()
+
+
+async def test_a_frame_of_another_type_waits_for_the_messages_before_it(alice, monkeypatch):
+    """A history request sent after a message is answered after that message is stored,
+    and its answer holds it, as when each frame waited for the one before."""
+    a, _, _ = await open_chat("ordered", alice)
+    entered, gate, _ = held_store(monkeypatch)
+    await send(a, {"type": "message", "content": "first", "ref": "r"})
+    await send(a, {"type": "history"})
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.sleep(0.2)
+    assert await a.receive_nothing(0.1)
+    gate.set()
+    echo = await receive(a)
+    assert echo["type"] == "message" and echo["ref"] == "r"
+    history = await receive(a)
+    assert history["type"] == "history" and history["messages"][-1]["id"] == echo["id"]
+    await a.disconnect()
+
+
+async def test_a_connection_that_closes_has_its_last_messages_sent_before_it_leaves(
+        alice, bob, monkeypatch):
+    """A connection that closes while its messages are being stored: the room gets
+    those messages, then its user_left."""
+    b, _, _ = await open_chat("bye", bob)
+    a, _, _ = await open_chat("bye", alice)
+    assert (await receive(b))["type"] == "user_joined"
+    entered, gate, _ = held_store(monkeypatch)
+    await send(a, {"type": "message", "content": "last words"})
+    await asyncio.wait_for(entered.wait(), 5)
+    await a.send_input({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.sleep(0.2)
+    gate.set()
+    said = await receive(b)
+    assert said["type"] == "message" and said["content"] == "last words"
+    left = await receive(b)
+    assert left["type"] == "user_left" and left["user_id"] == "alice"
+    await a.wait()
+    await b.disconnect()
+
+
 async def test_message_without_ref_has_no_ref(alice):
     """Without a ref, the sender's copy has no ref key."""
     a, _, _ = await open_chat("noref", alice)
@@ -375,7 +475,7 @@ async def test_private_to_oneself_is_invalid(alice):
 
 async def test_history_paging_with_before_and_limit(alice):
     """history before=ID limit=N gives the N visible messages below ID, oldest first."""
-    ids = await database_sync_to_async(store)("page", "alice", 10)
+    ids = await database_sync_to_async(store_messages)("page", "alice", 10)
     a, _, _ = await open_chat("page", alice)
     page = await request(a, {"type": "history", "before": ids[5], "limit": 3})
     assert page["type"] == "history" and page["room"] == "page" and page["before"] == ids[5]
