@@ -372,15 +372,22 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     # --- Incoming frames ----------------------------------------------------------------
 
     async def websocket_receive(self, message) -> None:
-        """Size limit and token bucket, then :meth:`receive`; its errors become frames."""
+        """Size limit and token bucket, then :meth:`receive`; its errors become frames.
+
+        A frame is answered after the overlapping frames before it (:meth:`overlap`)
+        have been handled, a refused one too: a flooder's accepted messages are
+        stored before its 4008.
+        """
         if self.closing:
             return
         text, data = message.get("text"), message.get("bytes")
         self._frames_in.value += 1
         if too_large(text, data, settings.WS_MAX_MESSAGE_BYTES):
+            await self.settle_in_flight()
             await self.close_with(CloseCode.MESSAGE_TOO_BIG)
             return
         if not self.bucket.take():
+            await self.settle_in_flight()
             # Every dropped frame is answered, the one that reaches the burst too.
             await self.send(
                 protocol.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
@@ -411,14 +418,18 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         A type without a handler gets ``unknown_type``; an endpoint of raw
         frames overrides this method (see :class:`realtime.echo.EchoConsumer`).
         """
-        frame = protocol.load_frame(text_data, bytes_data)
+        try:
+            frame = protocol.load_frame(text_data, bytes_data)
+        except ProtocolError:
+            await self.settle_in_flight()  # answered after the frames before it
+            raise
         name = self.frame_handlers.get(frame["type"])
-        if name is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame['type']!r}")
-        if frame["type"] in self.overlapping_types:
+        if name is not None and frame["type"] in self.overlapping_types:
             await self.overlap(getattr(self, name)(frame))
             return
         await self.settle_in_flight()
+        if name is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame['type']!r}")
         await getattr(self, name)(frame)
 
     async def overlap(self, handling: Awaitable[None]) -> None:
