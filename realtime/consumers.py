@@ -427,7 +427,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if name is not None and frame["type"] in self.overlapping_types:
             await self.overlap(getattr(self, name)(frame))
             return
-        await self.settle_in_flight()
+        if self._in_flight:
+            await self.settle_in_flight()
         if name is None:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame['type']!r}")
         await getattr(self, name)(frame)

@@ -399,7 +399,7 @@ def insert_rows(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple],
     """Insert ``rows`` (the values of ``model``'s ``fields``, in that order).
 
     ``shared`` holds the values that every row has (a batch's ``created_at``), by
-    field name: each is sent once, not once per row.
+    field name: on PostgreSQL each is one parameter, not one per row.
 
     Returns a function that gives their ids, in the order of the rows, as
     ``bulk_create`` relies on too. In a pipelined :func:`hot_transaction` the
