@@ -295,6 +295,21 @@ async def test_a_connection_has_at_most_max_frames_in_flight(alice, monkeypatch)
     await a.disconnect()
 
 
+async def held_message_then(a: WebsocketCommunicator, monkeypatch, frame: dict | str) -> dict:
+    """Send a message that is held in its transaction, then ``frame``: nothing comes back
+    until the transaction goes on; then the message's echo, which this returns."""
+    entered, gate, _ = held_store(monkeypatch)
+    await send(a, {"type": "message", "content": "first", "ref": "r"})
+    await send(a, frame)
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.sleep(0.2)
+    assert await a.receive_nothing(0.1)
+    gate.set()
+    echo = await receive(a)
+    assert echo["type"] == "message" and echo["ref"] == "r"
+    return echo
+
+
 @pytest.mark.parametrize(("frame", "answer"), [
     ({"type": "history"}, "history"),
     ("{not json", "invalid_json"),
@@ -305,15 +320,7 @@ async def test_a_frame_of_another_type_waits_for_the_messages_before_it(
     """A frame sent after a message is answered after that message is stored, a bad
     frame too, as when each frame waited for the one before; a history holds it."""
     a, _, _ = await open_chat("ordered", alice)
-    entered, gate, _ = held_store(monkeypatch)
-    await send(a, {"type": "message", "content": "first", "ref": "r"})
-    await send(a, frame)
-    await asyncio.wait_for(entered.wait(), 5)
-    await asyncio.sleep(0.2)
-    assert await a.receive_nothing(0.1)
-    gate.set()
-    echo = await receive(a)
-    assert echo["type"] == "message" and echo["ref"] == "r"
+    echo = await held_message_then(a, monkeypatch, frame)
     then = await receive(a)
     if answer == "history":
         assert then["type"] == "history" and then["messages"][-1]["id"] == echo["id"]
@@ -326,15 +333,7 @@ async def test_a_frame_too_large_closes_the_connection_after_the_messages_before
         alice, monkeypatch, settings):
     """4009 for an oversized frame comes after the messages sent before it are stored."""
     a, _, _ = await open_chat("big", alice)
-    entered, gate, _ = held_store(monkeypatch)
-    await send(a, {"type": "message", "content": "first", "ref": "r"})
-    await send(a, "x" * (settings.WS_MAX_MESSAGE_BYTES + 1))
-    await asyncio.wait_for(entered.wait(), 5)
-    await asyncio.sleep(0.2)
-    assert await a.receive_nothing(0.1)
-    gate.set()
-    echo = await receive(a)
-    assert echo["type"] == "message" and echo["ref"] == "r"
+    await held_message_then(a, monkeypatch, "x" * (settings.WS_MAX_MESSAGE_BYTES + 1))
     assert await a.receive_output(5) == {"type": "websocket.close", "code": 4009}
     await a.disconnect()
 
