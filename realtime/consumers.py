@@ -396,21 +396,30 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 logger.info("closing a %s connection that kept flooding", self.endpoint)
                 await self.close_with(CloseCode.RATE_LIMITED)
             return
-        await self.answering(self.receive(text, data))
-
-    async def answering(self, handling: Awaitable[None]) -> None:
-        """Await the handling of a frame; its errors become ``error`` frames."""
         try:
-            await handling
-        except ProtocolError as exc:
+            await self.receive(text, data)
+        except Exception as exc:
+            await self.answer_error(exc)
+
+    async def answer_error(self, exc: Exception) -> None:
+        """The ``error`` frame of a frame's handling that raised ``exc``: its code for a
+        :class:`~realtime.protocol.ProtocolError`, else ``unavailable`` (logged)."""
+        if isinstance(exc, ProtocolError):
             metrics.inc("realtime_errors_total", code=str(exc.code))
             await self.send(protocol.error(exc.code, exc.message))
-        except Exception:
-            logger.exception("unexpected error handling a %s frame", self.endpoint)
-            metrics.inc("realtime_errors_total", code=str(ErrorCode.UNAVAILABLE))
-            await self.send(
-                protocol.error(ErrorCode.UNAVAILABLE, "the server could not handle this frame")
-            )
+            return
+        logger.error("unexpected error handling a %s frame", self.endpoint, exc_info=exc)
+        metrics.inc("realtime_errors_total", code=str(ErrorCode.UNAVAILABLE))
+        await self.send(
+            protocol.error(ErrorCode.UNAVAILABLE, "the server could not handle this frame")
+        )
+
+    async def _answering(self, handling: Awaitable[None]) -> None:
+        """Await an overlapping frame's handling; its errors become ``error`` frames."""
+        try:
+            await handling
+        except Exception as exc:
+            await self.answer_error(exc)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """A JSON frame: call its type's ``on_<type>`` with the decoded frame.
@@ -447,7 +456,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         in_flight = self._in_flight
         if in_flight is None:
             in_flight = self._in_flight = collections.deque()
-        in_flight.append(asyncio.ensure_future(self.answering(handling)))
+        in_flight.append(asyncio.ensure_future(self._answering(handling)))
         while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_FRAMES_IN_FLIGHT):
             await in_flight.popleft()
 

@@ -437,14 +437,16 @@ def insert_rows(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple],
                 target.cursor.close()
 
         return later
-    if shared:
-        rows = [(*row, *shared.values()) for row in rows]
-    ids = _insert_values(cursor, model, fields + names, rows)
+    ids = _insert_values(cursor, model, fields + names, rows, tuple(shared.values()))
     return lambda: ids
 
 
-def _insert_values(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple]) -> list[int]:
-    """:func:`insert_rows` with ``VALUES``: rows in chunks, or one by one; ids read at once."""
+def _insert_values(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple],
+                   shared: tuple) -> list[int]:
+    """:func:`insert_rows` with ``VALUES``: rows in chunks, or one by one; ids read at once.
+
+    ``fields`` ends with the shared ones, whose values (``shared``) follow each row's.
+    """
     conn = cursor.db
     ids: list[int] = []
     if not rows:
@@ -453,13 +455,16 @@ def _insert_values(cursor, model: Any, fields: tuple[str, ...], rows: list[tuple
         size = min(INSERT_CHUNK, (conn.features.max_query_params or 999) // len(fields))
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            cursor.execute(statement(cursor, _insert_sql, model, fields, (), len(chunk)),
-                           [value for row in chunk for value in row])
+            params: list[Any] = []
+            for row in chunk:
+                params += row
+                params += shared
+            cursor.execute(statement(cursor, _insert_sql, model, fields, (), len(chunk)), params)
             ids.extend(row[0] for row in cursor.fetchall())
         return ids
     returning = conn.features.can_return_columns_from_insert
     for row in rows:
-        cursor.execute(statement(cursor, _insert_sql, model, fields, (), 1), row)
+        cursor.execute(statement(cursor, _insert_sql, model, fields, (), 1), row + shared)
         ids.append(cursor.fetchone()[0] if returning else cursor.lastrowid)
     return ids
 
