@@ -1,29 +1,65 @@
-"""The least an ASGI app can do for the notify scenario: daphne's own HTTP ceiling.
+"""The least an ASGI app can do for the notify scenario: daphne's own ceiling.
 
-Every HTTP request is read to its end and answered ``202`` with a small JSON body;
-every WebSocket is accepted and held, silent, until the client leaves. No Django,
-no authentication, no database, no channel layer: what is left is daphne's (and
-Twisted's) own cost of a keep-alive POST. ``bench/run.py --ceiling`` serves it
-under daphne on the project's core, beside the project, so that notify can be
-reported as a fraction of what daphne itself can answer (issue 20).
+Every WebSocket is accepted and filed under the ``user_id`` claim of its
+``?token=`` (read, not verified); whatever it sends (the client's acks) is read
+and dropped. Every ``POST /api/notify/<user>`` is read to its end, its body is
+written to that user's sockets as the project's ``notification`` frame, and it is
+answered ``202`` with a small JSON body. No Django, no signature check, no
+database, no channel layer: what is left is daphne's (and Twisted's) own cost of
+a keep-alive POST and of the frame it causes. ``bench/run.py --ceiling`` serves it
+under daphne on the project's core, with the project's daphne verbosity, so that
+notify can be reported as a fraction of what daphne itself can carry (issue 20).
 
-    python -m daphne -b 127.0.0.1 -p 8001 bench.trivial_asgi:application
+    python -m daphne -v 0 -b 127.0.0.1 -p 8001 bench.trivial_asgi:application
 """
+
+import base64
+import itertools
+import json
+from urllib.parse import parse_qs, unquote
 
 BODY = b'{"status": "delivered", "id": 1}'
 HEADERS = [(b"content-type", b"application/json"),
            (b"content-length", str(len(BODY)).encode())]
+PREFIX = "/api/notify/"
+
+sockets: dict[str, list] = {}
+ids = itertools.count(1)
+
+
+def user_of(scope) -> str:
+    """The ``user_id`` claim of the connection's ``?token=``, or ``""``."""
+    token = parse_qs(scope["query_string"].decode()).get("token", [""])[0]
+    try:
+        claims = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["user_id"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return ""
 
 
 async def application(scope, receive, send) -> None:
     if scope["type"] == "http":
-        while (await receive()).get("more_body"):
-            pass
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        if path.startswith(PREFIX):
+            text = f'{{"type":"notification","id":{next(ids)},"data":{body.decode()}}}'
+            for target in sockets.get(unquote(path[len(PREFIX):]), ()):
+                await target({"type": "websocket.send", "text": text})
         await send({"type": "http.response.start", "status": 202, "headers": HEADERS})
         await send({"type": "http.response.body", "body": BODY})
     elif scope["type"] == "websocket":
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        while (await receive())["type"] != "websocket.disconnect":
-            pass
+        own = sockets.setdefault(user_of(scope), [])
+        own.append(send)
+        try:
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            own.remove(send)
