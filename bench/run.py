@@ -408,17 +408,20 @@ class Bench:
         log(f"baseline {rev} ({described}) in {tree}")
         return tree
 
-    def start_trivial(self) -> Server:
-        """bench/trivial_asgi.py under daphne, on the project's core: daphne's notify ceiling.
+    def start_trivial(self, deliver: bool) -> Server:
+        """bench/trivial_asgi.py under daphne, on the project's core: one of daphne's
+        ceilings, ``trivial-http`` (posts answered) or ``trivial-notify`` (delivered too).
 
         ``-v 0`` as the project's daphne gets from ``ACCESS_LOG=false`` here: an access
         log line per post would lower the ceiling by a cost the project does not pay.
         """
         port = free_port()
+        label = "trivial-notify" if deliver else "trivial-http"
         cmd = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port),
                "bench.trivial_asgi:application"]
-        server = Server("trivial-daphne", pinned(cmd, self.server_cpu), dict(os.environ), ROOT,
-                        port, self.out / "trivial-daphne.log")
+        env = dict(os.environ, TRIVIAL_DELIVER="1" if deliver else "0")
+        server = Server(label, pinned(cmd, self.server_cpu), env, ROOT, port,
+                        self.out / f"{label}.log")
         self.servers.append(server)
         return server
 
@@ -650,12 +653,16 @@ def render(data: dict) -> str:
                 rows.append(f"| {r['scenario']} | {r['layer']} | seed | "
                             + ", ".join(f"{k}={seed.get(k)}" for k in keys if k in seed)
                             + " | | | |")
-        ceiling = ((r.get("median") or {}).get("trivial-daphne") or {}).get("notify_per_s")
-        for label, med in (r.get("median") or {}).items():
-            if ceiling and label.startswith("project") and med.get("notify_per_s"):
-                rows.append(f"| {r['scenario']} | {r['layer']} | {label} | notify_per_s / "
-                            f"daphne's ceiling | {round(med['notify_per_s'] / ceiling, 3)} "
-                            f"| | |")
+        medians = r.get("median") or {}
+        ceilings = {"daphne's HTTP ceiling (trivial-http posts_per_s)":
+                    (medians.get("trivial-http") or {}).get("posts_per_s"),
+                    "daphne's notify ceiling (trivial-notify notify_per_s)":
+                    (medians.get("trivial-notify") or {}).get("notify_per_s")}
+        for label, med in medians.items():
+            for what, ceiling in ceilings.items():
+                if ceiling and label.startswith("project") and med.get("notify_per_s"):
+                    rows.append(f"| {r['scenario']} | {r['layer']} | {label} | notify_per_s / "
+                                f"{what} | {round(med['notify_per_s'] / ceiling, 3)} | | |")
         for e in r.get("errors") or []:
             rows.append(f"| {r['scenario']} | {r['layer']} | ERROR | {e} | | | |")
     m = data["machine"]
@@ -689,7 +696,7 @@ def main(argv=None) -> None:
     p.add_argument("--uvicorn", action="store_true", help="also serve the project with uvicorn")
     p.add_argument("--no-daphne", action="store_true", help="with --uvicorn: uvicorn only")
     p.add_argument("--ceiling", action="store_true",
-                   help="also serve bench/trivial_asgi.py under daphne (notify: daphne's ceiling)")
+                   help="also serve bench/trivial_asgi.py under daphne (notify: daphne's ceilings)")
     p.add_argument("--baseline", default="", metavar="REV",
                    help="also serve git revision REV (label project-<server>-base): an A/B run")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
@@ -747,7 +754,7 @@ def main(argv=None) -> None:
                 for name, extra in variants:
                     projects += [bench.start_project(layer, k, label=f"project-{k}-{name}",
                                                      extra_env=extra) for k in kinds]
-                trivial = ([bench.start_trivial()] if args.ceiling
+                trivial = ([bench.start_trivial(False), bench.start_trivial(True)] if args.ceiling
                            and any(SCENARIOS[n][0] == "notify" for n in steady) else [])
                 for name in steady:
                     bench.run_scenario(name, layer, projects + (

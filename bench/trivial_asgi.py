@@ -1,27 +1,32 @@
-"""The least an ASGI app can do for the notify scenario: daphne's own ceiling.
+"""The least an ASGI app can do for the notify scenario: daphne's own ceilings.
 
 Every WebSocket is accepted and filed under the ``user_id`` claim of its
 ``?token=`` (read, not verified); whatever it sends (the client's acks) is read
-and dropped. Every ``POST /api/notify/<user>`` is read to its end, its body is
-written to that user's sockets as the project's ``notification`` frame, and it is
-answered ``202`` with a small JSON body. No Django, no signature check, no
-database, no channel layer: what is left is daphne's (and Twisted's) own cost of
-a keep-alive POST and of the frame it causes. ``bench/run.py --ceiling`` serves it
+and dropped. Every ``POST /api/notify/<user>`` is read to its end and answered
+``202`` with a small JSON body. With ``TRIVIAL_DELIVER=1`` the body is first
+written to that user's sockets as the project's ``notification`` frame.
+
+No Django, no signature check, no database, no channel layer: what is left is
+daphne's (and Twisted's) own cost of a keep-alive POST (its HTTP ceiling, in
+answered posts/s) and, delivering, of the frame each post causes (its ceiling
+for the scenario, in notifications/s). ``bench/run.py --ceiling`` serves both
 under daphne on the project's core, with the project's daphne verbosity, so that
 notify can be reported as a fraction of what daphne itself can carry (issue 20).
 
-    python -m daphne -v 0 -b 127.0.0.1 -p 8001 bench.trivial_asgi:application
+    TRIVIAL_DELIVER=1 python -m daphne -v 0 -b 127.0.0.1 -p 8001 bench.trivial_asgi:application
 """
 
 import base64
 import itertools
 import json
+import os
 from urllib.parse import parse_qs, unquote
 
 BODY = b'{"status": "delivered", "id": 1}'
 HEADERS = [(b"content-type", b"application/json"),
            (b"content-length", str(len(BODY)).encode())]
 PREFIX = "/api/notify/"
+DELIVER = os.environ.get("TRIVIAL_DELIVER") == "1"
 
 sockets: dict[str, list] = {}
 ids = itertools.count(1)
@@ -46,7 +51,7 @@ async def application(scope, receive, send) -> None:
             if not message.get("more_body"):
                 break
         path = scope["path"]
-        if path.startswith(PREFIX):
+        if DELIVER and path.startswith(PREFIX):
             text = f'{{"type":"notification","id":{next(ids)},"data":{body.decode()}}}'
             for target in sockets.get(unquote(path[len(PREFIX):]), ()):
                 await target({"type": "websocket.send", "text": text})
