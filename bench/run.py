@@ -408,18 +408,21 @@ class Bench:
         log(f"baseline {rev} ({described}) in {tree}")
         return tree
 
-    def start_trivial(self, deliver: bool) -> Server:
+    def start_trivial(self, layer: str, deliver: bool) -> Server:
         """bench/trivial_asgi.py under daphne, on the project's core: one of daphne's
         ceilings, ``trivial-http`` (posts answered) or ``trivial-notify`` (delivered too).
 
-        ``-v 0`` as the project's daphne gets from ``ACCESS_LOG=false`` here: an access
-        log line per post would lower the ceiling by a cost the project does not pay.
+        Served by bench/trivial_serve.py: daphne with the start-up patches and the
+        ``-v 0`` that ``manage.py serve`` gives the project's daphne here
+        (``ACCESS_LOG=false``). Without them the ceiling would pay costs the
+        project's daphne does not (Twisted's form parsing of every POST: a fifth of
+        the answered posts, bench/RESULTS.md "twenty-third part").
         """
         port = free_port()
         label = "trivial-notify" if deliver else "trivial-http"
-        cmd = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port),
-               "bench.trivial_asgi:application"]
-        env = dict(os.environ, TRIVIAL_DELIVER="1" if deliver else "0")
+        cmd = [sys.executable, "bench/trivial_serve.py", "--", "-v", "0", "-b", "127.0.0.1",
+               "-p", str(port)]
+        env = dict(self.project_env(layer), TRIVIAL_DELIVER="1" if deliver else "0")
         server = Server(label, pinned(cmd, self.server_cpu), env, ROOT, port,
                         self.out / f"{label}.log")
         self.servers.append(server)
@@ -754,8 +757,9 @@ def main(argv=None) -> None:
                 for name, extra in variants:
                     projects += [bench.start_project(layer, k, label=f"project-{k}-{name}",
                                                      extra_env=extra) for k in kinds]
-                trivial = ([bench.start_trivial(False), bench.start_trivial(True)] if args.ceiling
-                           and any(SCENARIOS[n][0] == "notify" for n in steady) else [])
+                ceiling = args.ceiling and any(SCENARIOS[n][0] == "notify" for n in steady)
+                trivial = ([bench.start_trivial(layer, False), bench.start_trivial(layer, True)]
+                           if ceiling else [])
                 for name in steady:
                     bench.run_scenario(name, layer, projects + (
                         trivial if SCENARIOS[name][0] == "notify" else []), seed)

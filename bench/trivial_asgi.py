@@ -10,10 +10,11 @@ No Django, no signature check, no database, no channel layer: what is left is
 daphne's (and Twisted's) own cost of a keep-alive POST (its HTTP ceiling, in
 answered posts/s) and, delivering, of the frame each post causes (its ceiling
 for the scenario, in notifications/s). ``bench/run.py --ceiling`` serves both
-under daphne on the project's core, with the project's daphne verbosity, so that
-notify can be reported as a fraction of what daphne itself can carry (issue 20).
+under daphne on the project's core, as the project's daphne runs
+(``bench/trivial_serve.py``), so that notify can be reported as a fraction of what
+daphne itself can carry (issue 20).
 
-    TRIVIAL_DELIVER=1 python -m daphne -v 0 -b 127.0.0.1 -p 8001 bench.trivial_asgi:application
+    TRIVIAL_DELIVER=1 python bench/trivial_serve.py -- -v 0 -b 127.0.0.1 -p 8001
 """
 
 import base64
