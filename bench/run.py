@@ -551,8 +551,8 @@ class Bench:
             return
         raw = self.out / f"profile-{layer}-{name}.txt"
         seconds = max(4, int(self.args.duration) - 2)
-        members = {"fanout1000": 1000, "fanout100": 100, "notify": 100, "rooms2k": 2000,
-                   "rooms10k": 2000}.get(name, 50)
+        members = {"fanout1000": 1000, "fanout100": 100, "notify": 100, "notify64": 100,
+                   "rooms2k": 2000, "rooms10k": 2000}.get(name, 50)
 
         def spy():
             # Start once the clients are connected (and settled), not during the join storm.
