@@ -416,7 +416,7 @@ class Bench:
         ``-v 0`` that ``manage.py serve`` gives the project's daphne here
         (``ACCESS_LOG=false``). Without them the ceiling would pay costs the
         project's daphne does not (Twisted's form parsing of every POST: a fifth of
-        the answered posts, bench/RESULTS.md "twenty-third part").
+        each post's time, bench/RESULTS.md "twenty-third part").
         """
         port = free_port()
         label = "trivial-notify" if deliver else "trivial-http"
