@@ -57,6 +57,8 @@ ANALYZE_EVERY = 5.0
 # slow figure, so both are widened (for every server alike).
 FANOUT_PATIENCE = ["--quiet", "2", "--idle-timeout", "20"]
 #: name -> (loadgen scenario, loadgen arguments, layers it depends on)
+#: What the built-in client (``--no-peer``, or no loadgen) can run; the rest need loadgen.
+BUILTIN_SCENARIOS = {"echo", "fanout100", "fanout1000", "notify", "notify64", "connections"}
 SCENARIOS = {
     "echo": ("echo", ["--conns", "50", "--msgs", "1000000"], False),
     "fanout100": ("fanout", ["--members", "100", "--senders", "10", "--msgs", "100000",
@@ -516,6 +518,11 @@ class Bench:
     def run_builtin(self, name, layer, project: Server) -> dict:
         import wsclient
 
+        if name not in BUILTIN_SCENARIOS:
+            # Not a smaller run of the same thing: it would measure something else.
+            error = f"{name} needs loadgen.py (bench/run.py --setup); the built-in client has none"
+            log(f"{layer} {name}: {error}")
+            return {"client": "builtin", "median": {}, "errors": [error], "runs": []}
         args, ws = self.args, f"ws://127.0.0.1:{project.port}"
         proc = wsclient.Proc(project.pid)
         if self.client_cpu:
@@ -528,9 +535,9 @@ class Bench:
                     coro = wsclient.echo(ws, 50, args.duration, proc)
                 elif name.startswith("fanout"):
                     coro = wsclient.fanout(ws, SECRET, int(name[6:]), 10, args.duration, proc)
-                elif name == "notify":
+                elif name in ("notify", "notify64"):
                     coro = wsclient.notify("127.0.0.1", project.port, SECRET, 100, args.duration,
-                                           8, proc)
+                                           64 if name == "notify64" else 8, proc)
                 else:
                     coro = wsclient.connections(ws, SECRET, args.conns, args.hold, proc)
                 runs.append(asyncio.run(coro))
