@@ -190,6 +190,8 @@ class Bench:
         self.out = Path(args.out) / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.out.mkdir(parents=True, exist_ok=True)
         self.peer = peer_available() and not args.no_peer
+        #: PostgreSQL's round trip and commit on this machine (:meth:`measure_postgres`).
+        self.database_latency: dict = {}
         self.results: list[dict] = []
         self.servers: list[Server] = []
         self.db = self.out / "bench.sqlite3"
@@ -244,6 +246,39 @@ class Bench:
 
     def postgres(self) -> bool:
         return (self.args.database_url or "").startswith(("postgres://", "postgresql://"))
+
+    def measure_postgres(self) -> dict:
+        """This machine's PostgreSQL round trip and commit, medians of 300 each, in ms.
+
+        Every notify batch waits for a commit, so the notify ratios move with it from
+        one machine to the next (bench/RESULTS.md, "twenty-third part"): the run
+        records it beside its figures.
+        """
+        if not self.postgres():
+            return {}
+        import psycopg
+
+        def median_ms(work) -> float:
+            times = []
+            for _ in range(300):
+                started = time.perf_counter()
+                work()
+                times.append(time.perf_counter() - started)
+            return round(1000 * sorted(times)[len(times) // 2], 3)
+
+        with psycopg.connect(self.args.database_url) as conn:
+            conn.execute("CREATE TEMPORARY TABLE bench_commit (n int)")
+            conn.commit()
+
+            def insert_and_commit() -> None:
+                conn.execute("INSERT INTO bench_commit VALUES (1)")
+                conn.commit()
+
+            measured = {"postgres_roundtrip_ms": median_ms(lambda: conn.execute("SELECT 1")),
+                        "postgres_commit_ms": median_ms(insert_and_commit)}
+        log(f"PostgreSQL: SELECT 1 in {measured['postgres_roundtrip_ms']} ms, INSERT + COMMIT "
+            f"in {measured['postgres_commit_ms']} ms (medians)")
+        return measured
 
     def vacuum_database(self) -> None:
         """``VACUUM ANALYZE`` every PostgreSQL database of the run before a scenario.
@@ -617,7 +652,8 @@ class Bench:
                 "platform": platform.platform(), "free_h": free, "versions": versions,
                 "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 "server_cpu": self.server_cpu, "client_cpu": self.client_cpu,
-                "client": "loadgen" if self.peer else "builtin (websockets)"}
+                "client": "loadgen" if self.peer else "builtin (websockets)",
+                **self.database_latency}
 
     def save(self) -> None:
         data = {"machine": self.machine(), "args": vars(self.args), "results": self.results}
@@ -676,8 +712,11 @@ def render(data: dict) -> str:
         for e in r.get("errors") or []:
             rows.append(f"| {r['scenario']} | {r['layer']} | ERROR | {e} | | | |")
     m = data["machine"]
+    latency = (f", PostgreSQL: SELECT 1 {m['postgres_roundtrip_ms']} ms, INSERT + COMMIT "
+               f"{m['postgres_commit_ms']} ms" if "postgres_commit_ms" in m else "")
     return "\n".join([f"# Bench run ({m['client']})", "",
-                      f"nproc={m['nproc']}, python {m['python']}, {m['versions']}", "", *rows])
+                      f"nproc={m['nproc']}, python {m['python']}, {m['versions']}{latency}", "",
+                      *rows])
 
 
 def setup() -> None:
@@ -743,6 +782,7 @@ def main(argv=None) -> None:
             "ratios against the reference; measuring the project alone")
     log(f"output: {bench.out} (client: {'loadgen' if bench.peer else 'built-in'})")
     bench.prepare_database(users_needed(names, args.conns))
+    bench.database_latency = bench.measure_postgres()
     kinds = ([] if args.no_daphne else ["daphne"]) + (["uvicorn"] if args.uvicorn else [])
     baseline = bench.baseline_tree()
     variants = [(name, dict(pair.split("=", 1) for pair in pairs.split(",")))
