@@ -3,8 +3,6 @@
 
     .venv/bin/python bench/slow_reader.py [--seconds 15] [--senders 5] [--baseline]
 
-Needs ``psutil`` (``.venv/bin/pip install psutil``).
-
 Starts ``manage.py serve`` on a fresh SQLite file (rate limit off), joins one room
 with a reader that never reads (the websockets client stops draining the socket
 once its small queue is full, so TCP backs up into the server) and with senders
@@ -23,16 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import websockets
+from run import free_port  # bench/, this script's directory
+from wsclient import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def token(env: dict, user: str) -> str:
@@ -78,17 +71,17 @@ def start_server(senders: int) -> tuple[subprocess.Popen, int, list[str]]:
 
 async def measure(pid: int, port: int, tokens: list[str], seconds: float,
                   with_slow_reader: bool) -> None:
-    proc = psutil.Process(pid)
+    proc = Proc(pid)
     url = f"ws://127.0.0.1:{port}/ws/chat/busy/"
     slow = await websockets.connect(f"{url}?token={tokens[0]}", max_queue=1, max_size=None)
     if not with_slow_reader:
         await slow.close()
-    before = proc.memory_info().rss
+    before = proc.sample()[1]
     stop = time.monotonic() + seconds
     tasks = [asyncio.create_task(sender(url, t, stop)) for t in tokens[1:]]
     while time.monotonic() < stop:
         await asyncio.sleep(1)
-        grown = (proc.memory_info().rss - before) / 2**20
+        grown = (proc.sample()[1] - before) / 2**20
         elapsed = seconds - (stop - time.monotonic())
         state = "open" if slow.state.name == "OPEN" else slow.state.name
         print(f"t={elapsed:5.1f}s  rss=+{grown:7.1f} MiB  slow reader {state}")
