@@ -59,6 +59,55 @@ async def test_results_and_errors_come_back_to_the_caller():
         await db.run(fail)
 
 
+async def test_calls_run_one_at_a_time_in_the_order_they_were_made():
+    ran, gate = [], threading.Event()
+
+    def record(n: int) -> int:
+        if n == 0:
+            gate.wait(5)  # the others are queued behind it meanwhile
+        ran.append((n, threading.get_ident()))
+        return n
+
+    calls = [asyncio.ensure_future(db.run(record, n)) for n in range(5)]
+    await asyncio.sleep(0.05)
+    assert ran == []
+    gate.set()
+    assert await asyncio.gather(*calls) == [0, 1, 2, 3, 4]
+    assert [n for n, _ in ran] == [0, 1, 2, 3, 4]
+    assert len({thread for _, thread in ran}) == 1
+
+
+async def test_a_call_whose_caller_was_cancelled_before_it_started_is_not_run():
+    ran, gate = [], threading.Event()
+    first = asyncio.ensure_future(db.run(gate.wait, 5))
+    await asyncio.sleep(0.05)  # the worker is in the first call
+    cancelled = asyncio.ensure_future(db.run(ran.append, "cancelled"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    after = asyncio.ensure_future(db.run(ran.append, "after"))
+    gate.set()
+    await first
+    await after
+    assert ran == ["after"]
+    assert cancelled.cancelled()
+
+
+def test_an_answer_to_a_closed_event_loop_does_not_stop_the_worker():
+    gate = threading.Event()
+    loop = asyncio.new_event_loop()
+    call = loop.create_task(db.run(gate.wait, 5))
+    loop.run_until_complete(asyncio.sleep(0.05))  # the worker is in the call
+    call.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    gate.set()  # the call ends, and its answer finds its loop closed
+
+    async def next_call() -> str:
+        return await asyncio.wait_for(db.run(lambda: "still serving"), 5)
+
+    assert asyncio.run(next_call()) == "still serving"
+
+
 async def test_a_healthy_connection_survives_a_failed_call():
     _, before = await db.run(connection_state)
     with pytest.raises(get_user_model().DoesNotExist):
