@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 CLOSE_WAIT_SECONDS = 10.0
 
 
-#: The close-downs still running (a task is only weakly held by the loop).
+#: The close-downs and token-expiry closes still running, which nothing else awaits
+#: (a task is only weakly held by the loop).
 _closing_down: set[asyncio.Future] = set()
 
 
@@ -486,10 +487,14 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if expires_at is None:
             return
         delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.05
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(
-            delay, lambda: loop.create_task(self.close_with(CloseCode.TOKEN_EXPIRED))
-        )
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        closing = asyncio.get_running_loop().create_task(
+            self.close_with(CloseCode.TOKEN_EXPIRED))
+        _closing_down.add(closing)
+        closing.add_done_callback(_closing_down.discard)
 
     async def refresh_token(self, token: str) -> None:
         """Same user, valid token -> ``auth_ok``; else ``invalid_token``."""

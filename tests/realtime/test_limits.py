@@ -9,6 +9,7 @@ import contextlib
 import json
 import secrets
 import time
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import jwt
@@ -445,6 +446,30 @@ async def test_a_close_that_would_wait_for_a_stalled_reader_goes_on_aside(monkey
     assert consumer.closing
     await asyncio.wait_for(consumer._closer, 1)
     assert closes == [4010] and consumer._direct.aborted
+
+
+async def test_the_close_at_token_expiry_is_held_until_it_is_done():
+    """Nothing awaits the close that a token's expiry starts, and the event loop holds a
+    task only weakly: the consumers module holds it until it has closed."""
+    consumer = EchoConsumer()
+    consumer._direct = PausedWriter()
+    consumer._direct.paused = False
+    release, closes = asyncio.Event(), []
+
+    async def close(code=None):
+        closes.append(code)
+        await release.wait()
+
+    consumer.close = close
+    before = set(consumers._closing_down)
+    consumer.schedule_expiry(datetime.now(UTC))
+    await asyncio.sleep(0.2)  # the timer fires 0.05 s after the expiry
+    held = consumers._closing_down - before
+    assert closes == [4001] and len(held) == 1
+    (closing,) = held
+    release.set()
+    await asyncio.wait_for(closing, 1)
+    assert closing not in consumers._closing_down
 
 
 async def test_a_close_the_server_can_send_at_once_is_awaited():
