@@ -56,9 +56,9 @@ ANALYZE_EVERY = 5.0
 # shared, loaded machine a server that pauses longer turns into an error instead of a
 # slow figure, so both are widened (for every server alike).
 FANOUT_PATIENCE = ["--quiet", "2", "--idle-timeout", "20"]
-#: name -> (loadgen scenario, loadgen arguments, layers it depends on)
 #: What the built-in client (``--no-peer``, or no loadgen) can run; the rest need loadgen.
 BUILTIN_SCENARIOS = {"echo", "fanout100", "fanout1000", "notify", "notify64", "connections"}
+#: name -> (loadgen scenario, loadgen arguments, layers it depends on)
 SCENARIOS = {
     "echo": ("echo", ["--conns", "50", "--msgs", "1000000"], False),
     "fanout100": ("fanout", ["--members", "100", "--senders", "10", "--msgs", "100000",

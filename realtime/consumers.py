@@ -45,6 +45,14 @@ CLOSE_WAIT_SECONDS = 10.0
 _closing_down: set[asyncio.Future] = set()
 
 
+def _held(closing: Awaitable[None]) -> asyncio.Future:
+    """Run ``closing`` in a task held in :data:`_closing_down` until it is done."""
+    task = asyncio.ensure_future(closing)
+    _closing_down.add(task)
+    task.add_done_callback(_closing_down.discard)
+    return task
+
+
 class ProtocolConsumer(AsyncWebsocketConsumer):
     """A consumer that keeps the contract's limits and auth rules."""
 
@@ -212,9 +220,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         """
         self.closing = True
         if self._close_down is None:
-            self._close_down = asyncio.ensure_future(self._give_back(code))
-            _closing_down.add(self._close_down)
-            self._close_down.add_done_callback(_closing_down.discard)
+            self._close_down = _held(self._give_back(code))
         return self._close_down
 
     async def _give_back(self, code: int | None) -> None:
@@ -397,7 +403,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 logger.info("closing a %s connection that kept flooding", self.endpoint)
                 await self.close_with(CloseCode.RATE_LIMITED)
             return
-        try:
+        try:  # as _answering() does, without a coroutine more per frame
             await self.receive(text, data)
         except Exception as exc:
             await self.answer_error(exc)
@@ -491,10 +497,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
 
     def _expire(self) -> None:
         self._expiry = None
-        closing = asyncio.get_running_loop().create_task(
-            self.close_with(CloseCode.TOKEN_EXPIRED))
-        _closing_down.add(closing)
-        closing.add_done_callback(_closing_down.discard)
+        _held(self.close_with(CloseCode.TOKEN_EXPIRED))
 
     async def refresh_token(self, token: str) -> None:
         """Same user, valid token -> ``auth_ok``; else ``invalid_token``."""
