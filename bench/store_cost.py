@@ -1,7 +1,7 @@
 """The CPU and wall time of one chat transaction (``chat.store.insert_batches``).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_rt \\
-        .venv/bin/python bench/store_cost.py [--server-binding] [--profile]
+        .venv/bin/python bench/store_cost.py [--server-binding] [--profile] [--statements]
 
 Stores batches of several shapes (rooms x messages per room) in a migrated
 database, as the sequencer's RoomsWriter does, and prints the CPU time of this
@@ -9,7 +9,9 @@ thread (what holds the GIL the event loop needs) and the wall time per
 transaction. ``--server-binding`` runs the statements on psycopg's
 server-binding cursor instead of the client-binding one Django gives (an
 experiment: the project does not do this); ``--profile`` prints a cProfile of
-the 100-room shape. Without DATABASE_URL it runs on a fresh SQLite file.
+the 100-room shape; ``--statements`` (SQLite only) prints the CPU of a one-message
+transaction's bare statements, sent on the driver's connection without the project's
+Python around them. Without DATABASE_URL it runs on a fresh SQLite file.
 """
 
 import argparse
@@ -28,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--server-binding", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--statements", action="store_true")
     args = parser.parse_args()
     scratch_django.setup("store_cost")
     from django.contrib.auth import get_user_model
@@ -81,6 +84,46 @@ def main() -> None:
             store.insert_batches(transaction)
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+    if args.statements:
+        bare_statements(user.pk)
+
+
+def bare_statements(sender: int, count: int = 2000) -> None:
+    """The CPU per transaction of the one-message shape's statements, sent bare (SQLite)."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        raise SystemExit("--statements: SQLite only")
+    cursor = connection.connection.cursor()
+    (room,) = cursor.execute("SELECT id FROM chat_room WHERE name = 'store-cost-0'").fetchone()
+    insert = ("INSERT INTO chat_message (room_id, sender_id, content, recipient_id, created_at)"
+              " VALUES (?, ?, ?, NULL, ?) RETURNING id")
+    select = ("SELECT id, name, (last_message_at IS NULL OR last_message_at <= ?)"
+              " FROM chat_room WHERE name IN (?)")
+    moment = "2026-01-01 00:00:00"
+
+    def empty() -> None:
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute("COMMIT")
+
+    def inserting() -> None:
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute(insert, (room, sender, "x" * 64, moment)).fetchall()
+        cursor.execute("COMMIT")
+
+    def selecting_and_inserting() -> None:
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute(select, (moment, "store-cost-0")).fetchall()
+        cursor.execute(insert, (room, sender, "x" * 64, moment)).fetchall()
+        cursor.execute("COMMIT")
+
+    for label, transaction in (("BEGIN + COMMIT", empty),
+                               ("BEGIN + INSERT + COMMIT", inserting),
+                               ("BEGIN + SELECT rooms + INSERT + COMMIT", selecting_and_inserting)):
+        cpu = time.thread_time()
+        for _ in range(count):
+            transaction()
+        print(f"{label:>40}: {1e6 * (time.thread_time() - cpu) / count:.0f} us CPU per transaction")
 
 
 def database_backend_cpu():
