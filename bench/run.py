@@ -31,6 +31,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -264,7 +265,7 @@ class Bench:
                 started = time.perf_counter()
                 work()
                 times.append(time.perf_counter() - started)
-            return round(1000 * sorted(times)[len(times) // 2], 3)
+            return round(1000 * statistics.median(times), 3)
 
         with psycopg.connect(self.args.database_url) as conn:
             conn.execute("CREATE TEMPORARY TABLE bench_commit (n int)")

@@ -89,17 +89,23 @@ def main() -> None:
 
 
 def bare_statements(sender: int, count: int = 2000) -> None:
-    """The CPU per transaction of the one-message shape's statements, sent bare (SQLite)."""
+    """The CPU per transaction of the one-message shape's statements, sent bare (SQLite).
+
+    The statements are the server's own, from the builders ``chat.store`` uses.
+    """
     from django.db import connection
+
+    from chat import store
+    from chat.models import Message
+    from realtime import db
 
     if connection.vendor != "sqlite":
         raise SystemExit("--statements: SQLite only")
     cursor = connection.connection.cursor()
     (room,) = cursor.execute("SELECT id FROM chat_room WHERE name = 'store-cost-0'").fetchone()
-    insert = ("INSERT INTO chat_message (room_id, sender_id, content, recipient_id, created_at)"
-              " VALUES (?, ?, ?, NULL, ?) RETURNING id")
-    select = ("SELECT id, name, (last_message_at IS NULL OR last_message_at <= ?)"
-              " FROM chat_room WHERE name IN (?)")
+    fields = (*store.INSERT_FIELDS, "created_at")
+    insert = db._qmark(db._insert_sql(connection, Message, fields, (), 1))
+    select = db._qmark(store._rooms_sql(connection, 1))
     moment = "2026-01-01 00:00:00"
 
     def empty() -> None:
@@ -108,13 +114,13 @@ def bare_statements(sender: int, count: int = 2000) -> None:
 
     def inserting() -> None:
         cursor.execute("BEGIN IMMEDIATE")
-        cursor.execute(insert, (room, sender, "x" * 64, moment)).fetchall()
+        cursor.execute(insert, (room, sender, "x" * 64, None, moment)).fetchall()
         cursor.execute("COMMIT")
 
     def selecting_and_inserting() -> None:
         cursor.execute("BEGIN IMMEDIATE")
         cursor.execute(select, (moment, "store-cost-0")).fetchall()
-        cursor.execute(insert, (room, sender, "x" * 64, moment)).fetchall()
+        cursor.execute(insert, (room, sender, "x" * 64, None, moment)).fetchall()
         cursor.execute("COMMIT")
 
     for label, transaction in (("BEGIN + COMMIT", empty),
