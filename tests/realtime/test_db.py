@@ -84,6 +84,9 @@ async def test_a_call_whose_caller_was_cancelled_before_it_started_is_not_run():
     cancelled = asyncio.ensure_future(db.run(ran.append, "cancelled"))
     await asyncio.sleep(0)
     cancelled.cancel()
+    # The cancellation reaches the worker's queue from the event loop: once the caller
+    # has finished being cancelled, not in the same instant.
+    await asyncio.gather(cancelled, return_exceptions=True)
     after = asyncio.ensure_future(db.run(ran.append, "after"))
     gate.set()
     await first
